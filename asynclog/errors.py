@@ -1,0 +1,50 @@
+"""The few exceptions a user of asynclog would catch."""
+
+__all__ = [
+    "AsyncLogError",
+    "ConfigError",
+    "ClosedError",
+    "LogInputError",
+    "QueueFullError",
+    "WriterError",
+    "CorruptLogError",
+]
+
+
+class AsyncLogError(Exception):
+    """Base of every error asynclog raises on purpose."""
+
+
+class ConfigError(AsyncLogError, ValueError):
+    """A configuration key is unknown or has the wrong type; the message names the key and the file."""
+
+
+class ClosedError(AsyncLogError, RuntimeError):
+    """A call on a run or stream that is already closed."""
+
+
+class LogInputError(AsyncLogError, TypeError):
+    """Data the caller passed cannot be logged (unserializable value, non-string key, sparse tensor, ...).
+
+    Raised at the call site; nothing logged before is affected.
+    """
+
+
+class QueueFullError(AsyncLogError):
+    """The hand-over queue or staging pool is full and the policy is ``error``."""
+
+
+class WriterError(AsyncLogError, RuntimeError):
+    """The writer process failed or died; carries its exit code and, where it sent one, its traceback."""
+
+    def __init__(self, message: str, exitcode: int | None = None):
+        super().__init__(message)
+        self.exitcode = exitcode
+
+
+class CorruptLogError(AsyncLogError):
+    """A log file fails a checksum or is cut inside a frame; ``offset`` is where the damage starts."""
+
+    def __init__(self, message: str, offset: int):
+        super().__init__(f"{message} at offset {offset}")
+        self.offset = offset

@@ -1,0 +1,221 @@
+"""The on-disk layout of an asynclog file (format version 1; docs/FORMAT.md is the long form).
+
+All integers are little-endian. A file is a 16-byte preamble, a sequence of frames, and, when the run was
+closed, a footer frame followed by a 16-byte trailer::
+
+    preamble   0   8  magic  b"ASYNCLOG"
+               8   4  u32    format version (1)
+              12   4  u32    reserved (0)
+
+    frame      0   4  magic  b"ALFR"
+               4   1  u8     kind    (FrameKind: 1 header, 2 records, 3 tensor piece, 4 stream chunk, 5 footer)
+               5   1  u8     filter  (Filter: 0 raw, 1 zstd, 2 byte-shuffle then zstd)
+               6   2  u16    item size the shuffle used (0 when none)
+               8   4  u32    meta_len  (bytes of msgpack meta, never filtered)
+              12   8  u64    body_len  (bytes of body as stored)
+              20   8  u64    raw_len   (bytes of body once the filter is undone)
+              28   4  u32    crc32 of bytes 0..28 of this header
+              32   .  meta   msgpack map
+               .   .  body   filtered bytes
+               .   4  u32    crc32 of meta + body as stored
+
+    trailer    0   8  u64    offset of the footer frame
+               8   8  magic  b"ALFOOTER"
+
+Checking the header on its own lets a reader skip a frame without reading its payload, and tells a torn
+length apart from a torn payload. A reader that finds no trailer scans frames from the preamble and stops at
+the first one that fails, which is where the log was cut.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from typing import BinaryIO, NamedTuple
+
+import msgspec
+
+__all__ = [
+    "FORMAT_VERSION",
+    "FrameKind",
+    "Filter",
+    "FrameHeader",
+    "PREAMBLE",
+    "PREAMBLE_SIZE",
+    "HEADER_SIZE",
+    "TRAILER_SIZE",
+    "frame_prefix",
+    "frame_suffix",
+    "trailer",
+    "read_preamble",
+    "read_header",
+    "read_trailer",
+    "scan_frames",
+]
+
+FORMAT_VERSION = 1
+FILE_MAGIC = b"ASYNCLOG"
+FRAME_MAGIC = b"ALFR"
+TRAILER_MAGIC = b"ALFOOTER"
+
+_PREAMBLE = struct.Struct("<8sII")
+_HEADER = struct.Struct("<4sBBHIQQ")  # everything but the header's own crc
+_CRC = struct.Struct("<I")
+_TRAILER = struct.Struct("<Q8s")
+
+PREAMBLE = _PREAMBLE.pack(FILE_MAGIC, FORMAT_VERSION, 0)
+PREAMBLE_SIZE = _PREAMBLE.size
+HEADER_SIZE = _HEADER.size + _CRC.size
+TRAILER_SIZE = _TRAILER.size
+SUFFIX_SIZE = _CRC.size
+
+_meta_encoder = msgspec.msgpack.Encoder()
+_meta_decoder = msgspec.msgpack.Decoder()
+
+
+class FrameKind(enum.IntEnum):
+    HEADER = 1
+    RECORDS = 2
+    TENSOR = 3
+    CHUNK = 4
+    FOOTER = 5
+
+
+class Filter(enum.IntEnum):
+    RAW = 0
+    ZSTD = 1
+    SHUFFLE_ZSTD = 2
+
+
+class FrameHeader(NamedTuple):
+    offset: int
+    kind: FrameKind
+    filter: Filter
+    itemsize: int
+    meta_len: int
+    body_len: int
+    raw_len: int
+
+    @property
+    def size(self) -> int:
+        """Bytes the whole frame takes in the file."""
+        return HEADER_SIZE + self.meta_len + self.body_len + SUFFIX_SIZE
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.size
+
+
+def frame_prefix(kind: FrameKind, filt: Filter, itemsize: int, meta: bytes, body_len: int, raw_len: int) -> bytes:
+    """Header plus meta: everything of a frame that comes before its body."""
+    head = _HEADER.pack(FRAME_MAGIC, kind, filt, itemsize, len(meta), body_len, raw_len)
+    return head + _CRC.pack(zlib.crc32(head)) + meta
+
+
+def frame_suffix(meta: bytes, body) -> bytes:
+    """The payload checksum that closes a frame."""
+    return _CRC.pack(zlib.crc32(body, zlib.crc32(meta)))
+
+
+def encode_meta(meta: dict) -> bytes:
+    return _meta_encoder.encode(meta)
+
+
+def decode_meta(data: bytes) -> dict:
+    return _meta_decoder.decode(data)
+
+
+def trailer(footer_offset: int) -> bytes:
+    return _TRAILER.pack(footer_offset, TRAILER_MAGIC)
+
+
+def read_preamble(f: BinaryIO) -> int:
+    """Check the preamble and return the format version."""
+    from .errors import CorruptLogError
+
+    data = f.read(PREAMBLE_SIZE)
+    if len(data) < PREAMBLE_SIZE:
+        raise CorruptLogError("file shorter than the asynclog preamble", 0)
+    magic, version, _ = _PREAMBLE.unpack(data)
+    if magic != FILE_MAGIC:
+        raise CorruptLogError("not an asynclog file (bad magic)", 0)
+    if version > FORMAT_VERSION:
+        raise CorruptLogError(f"format version {version} is newer than this reader's {FORMAT_VERSION}", 8)
+    return version
+
+
+def read_header(f: BinaryIO, offset: int) -> FrameHeader:
+    """Read and check the frame header at ``offset``; raise CorruptLogError if it is torn or damaged."""
+    from .errors import CorruptLogError
+
+    f.seek(offset)
+    data = f.read(HEADER_SIZE)
+    if len(data) < HEADER_SIZE:
+        raise CorruptLogError("log cut inside a frame header", offset)
+    magic, kind, filt, itemsize, meta_len, body_len, raw_len = _HEADER.unpack_from(data)
+    (crc,) = _CRC.unpack_from(data, _HEADER.size)
+    if magic != FRAME_MAGIC or crc != zlib.crc32(data[: _HEADER.size]):
+        raise CorruptLogError("frame header checksum mismatch", offset)
+    try:
+        return FrameHeader(offset, FrameKind(kind), Filter(filt), itemsize, meta_len, body_len, raw_len)
+    except ValueError:
+        raise CorruptLogError(f"unknown frame kind {kind} or filter {filt}", offset) from None
+
+
+def read_payload(f: BinaryIO, header: FrameHeader, verify: bool = True) -> tuple[dict, bytes]:
+    """Read a frame's meta (decoded) and its body (still filtered), checking the payload checksum."""
+    from .errors import CorruptLogError
+
+    f.seek(header.offset + HEADER_SIZE)
+    n = header.meta_len + header.body_len
+    payload = f.read(n + SUFFIX_SIZE)
+    if len(payload) < n + SUFFIX_SIZE:
+        raise CorruptLogError("log cut inside a frame payload", header.offset)
+    if verify:
+        (crc,) = _CRC.unpack_from(payload, n)
+        if crc != zlib.crc32(memoryview(payload)[:n]):
+            raise CorruptLogError("frame payload checksum mismatch", header.offset)
+    try:
+        meta = decode_meta(payload[: header.meta_len])
+    except msgspec.DecodeError:
+        raise CorruptLogError("frame meta is not valid msgpack", header.offset) from None
+    return meta, payload[header.meta_len : n]
+
+
+def read_trailer(f: BinaryIO) -> int | None:
+    """Offset of the footer frame named by the trailer, or None when the file has no valid trailer."""
+    size = f.seek(0, os.SEEK_END)
+    if size < PREAMBLE_SIZE + TRAILER_SIZE:
+        return None
+    f.seek(size - TRAILER_SIZE)
+    offset, magic = _TRAILER.unpack(f.read(TRAILER_SIZE))
+    if magic != TRAILER_MAGIC or not PREAMBLE_SIZE <= offset < size - TRAILER_SIZE:
+        return None
+    return offset
+
+
+def scan_frames(f: BinaryIO, verify: bool = True) -> Iterator[FrameHeader]:
+    """Yield every frame header from the preamble on; raise CorruptLogError where the log stops being valid.
+
+    With ``verify`` each payload checksum is checked too (reading every byte); without it only headers are
+    read, which is enough to rebuild an index quickly.
+    """
+    from .errors import CorruptLogError
+
+    size = f.seek(0, os.SEEK_END)
+    offset = PREAMBLE_SIZE
+    while offset < size:
+        if size - offset == TRAILER_SIZE:
+            f.seek(offset)
+            if f.read(TRAILER_SIZE).endswith(TRAILER_MAGIC):
+                return
+        header = read_header(f, offset)
+        if header.end > size:
+            raise CorruptLogError("log cut inside a frame payload", offset)
+        if verify:
+            read_payload(f, header)
+        yield header
+        offset = header.end

@@ -1,0 +1,408 @@
+"""Run: the probe's side of one log file — events, tensors, phases, streams, close.
+
+Lifecycle: ``asynclog.start`` returns an open run; ``close`` (or leaving its ``with`` block, or interpreter
+exit) flushes everything, waits until the writer has written the footer, and returns the file's path.
+``close`` is idempotent. Every other call on a closed run raises ClosedError.
+
+Thread safety: every method may be called from any thread of the process that started the run. A forked
+child inherits the object but cannot use it (ClosedError): the writer belongs to the parent.
+
+Cost model: ``event`` encodes its record with msgspec in the caller's thread and appends the bytes to a
+batch under a lock; a batch crosses to the writer as one message when it is full or every flush interval.
+``tensor`` and stream chunks are copied into the staging pool. Nothing waits for the disk.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from .channel import Channel, Op
+from .config import LEVELS, Config, level_rank
+from .errors import ClosedError, LogInputError, WriterError
+from .format import FrameKind
+from .snapshot import Stager, check_tensor, shuffle_hint, tensor_bytes_view, tensor_meta
+from .stream import Stream, MutedStream
+
+__all__ = ["Run"]
+
+_ARRAY32 = struct.Struct(">BI")  # msgpack array header with a 32-bit count
+_SMALL_TENSOR_ITEMS = 64  # tensors up to this many elements may appear inside event fields
+
+
+def _enc_hook(obj: Any) -> Any:
+    """Turn the few non-msgpack types a probe passes into plain values; refuse the rest clearly."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(obj, torch.Tensor):
+        if obj.layout != torch.strided or obj.device.type == "meta":
+            raise TypeError(f"a {obj.layout} tensor on {obj.device} cannot be logged")
+        if obj.numel() > _SMALL_TENSOR_ITEMS:
+            raise TypeError(f"a tensor of {obj.numel()} elements is too large for an event field; use run.tensor")
+        return obj.detach().cpu().tolist()
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(obj, (numpy.generic, numpy.ndarray)):
+        if getattr(obj, "size", 1) > _SMALL_TENSOR_ITEMS:
+            raise TypeError("an array this large is too large for an event field; use run.tensor")
+        return obj.tolist()
+    if hasattr(obj, "__fspath__"):
+        return str(obj)
+    raise TypeError(f"cannot log a value of type {type(obj).__name__}")
+
+
+_encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
+
+
+def encode_value(value: Any, what: str) -> bytes:
+    """Encode one value for the log, or raise LogInputError naming ``what`` was wrong."""
+    try:
+        _check_keys(value)
+        return _encoder.encode(value)
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+        raise LogInputError(f"{what}: {exc}") from None
+
+
+def _check_keys(value: Any) -> None:
+    """Mapping keys must be str everywhere, so every record is also valid JSON for ``asynclog cat``."""
+    kind = type(value)
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                raise TypeError(f"mapping keys must be str, found {key!r}")
+            _check_keys(item)
+    elif kind is list or kind is tuple:
+        for item in value:
+            _check_keys(item)
+
+
+class Accounting:
+    """What logging cost the caller: calls, time inside asynclog's calls, a latency histogram, drops."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.ns_total = 0
+        self.histogram = [0] * 256
+        self.dropped_records = 0
+        self.dropped_tensors = 0
+        self.dropped_chunks = 0
+        self.bytes_in = 0
+
+    def add(self, ns: int) -> None:
+        self.calls += 1
+        self.ns_total += ns
+        bits = ns.bit_length()
+        self.histogram[(bits << 2) | ((ns >> (bits - 3)) & 3) if bits >= 3 else ns] += 1
+
+    def quantile_ns(self, q: float) -> int:
+        """Upper edge of the histogram bucket holding quantile ``q`` (within 25 %)."""
+        target, seen = q * self.calls, 0
+        for index, count in enumerate(self.histogram):
+            seen += count
+            if count and seen >= target:
+                bits, sub = index >> 2, index & 3
+                return index if bits < 3 else (4 + sub + 1) << (bits - 3)
+        return 0
+
+    def as_dict(self) -> dict:
+        return {"calls": self.calls, "producer_seconds": self.ns_total / 1e9,
+                "producer_p50_us": self.quantile_ns(0.5) / 1e3, "producer_p99_us": self.quantile_ns(0.99) / 1e3,
+                "dropped_records": self.dropped_records, "dropped_tensors": self.dropped_tensors,
+                "dropped_chunks": self.dropped_chunks, "bytes_in": self.bytes_in}
+
+
+class _Phase:
+    """Times a block; writes one ``phase`` record when it ends (with the exception's name if it raised)."""
+
+    def __init__(self, run: "Run", name: str, fields: dict):
+        self.run, self.name, self.fields = run, name, fields
+
+    def __enter__(self) -> "_Phase":
+        self.wall = time.time()
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        duration = time.perf_counter() - self.start
+        fields = self.fields if exc_type is None else {**self.fields, "error": exc_type.__name__}
+        self.run._record({"type": "phase", "name": self.name, "time": self.wall, "duration": duration,
+                          "data": fields})
+
+
+class Run:
+    """One open log file. Made by ``asynclog.start``; see the module docstring for the contract."""
+
+    def __init__(self, channel: Channel, stager: Stager, run_id: int, path: str, config: Config):
+        self.path = path
+        self.config = config
+        self.id = run_id
+        self.level = config.level
+        self.result: dict | None = None
+        self._rank = level_rank(config.level)
+        self._gates = {lvl: (self if i <= self._rank else MUTED) for i, lvl in enumerate(LEVELS)}
+        self._channel, self._stager, self._policy = channel, stager, config.policy
+        self._lock = threading.Lock()
+        self._parts: list[bytes] = []
+        self._batch_nbytes = 0
+        self._batch_limit = (config.batch_records, config.batch_bytes)
+        self._last_ship = time.monotonic()
+        self._next_tid = 0
+        self._streams: dict[str, Stream] = {}
+        self._closed = False
+        self._closed_why = "run is closed"
+        self.accounting = Accounting()
+        channel.add_flusher(run_id, self._flush_if_due)
+
+    # --- level gating -----------------------------------------------------------------------------------
+    def at(self, level: str) -> "Run | _MutedRun":
+        """This run if it keeps ``level``, else a muted stand-in whose calls do nothing (well under 1 µs)."""
+        try:
+            return self._gates[level]
+        except KeyError:
+            raise LogInputError(f"level must be one of {', '.join(LEVELS)}, not {level!r}") from None
+
+    def enabled(self, level: str) -> bool:
+        """Whether ``level`` is kept; use it to skip preparing data that would be dropped."""
+        return self.at(level) is self
+
+    # --- records ------------------------------------------------------------------------------------------
+    def event(self, name: str, /, **fields: Any) -> None:
+        """Log one record ``{"type": "event", "name", "time", "data": fields}``."""
+        start = time.perf_counter_ns()
+        if self._closed:
+            raise ClosedError(self._closed_why)
+        if type(name) is not str:
+            raise LogInputError(f"event name must be a str, not {type(name).__name__}")
+        self._record({"type": "event", "name": name, "time": time.time(), "data": fields}, start)
+
+    def phase(self, name: str, /, **fields: Any) -> _Phase:
+        """Context manager timing a block: ``with run.phase("phase1_sum_X"): ...``."""
+        if self._closed:
+            raise ClosedError(self._closed_why)
+        return _Phase(self, name, fields)
+
+    def _record(self, record: dict, start: int | None = None) -> None:
+        start = start or time.perf_counter_ns()
+        if self._closed:
+            raise ClosedError(self._closed_why)
+        channel = self._channel
+        if channel.error is not None:
+            raise channel.error
+        data = encode_value(record, f"cannot log {record['type']} {record['name']!r}")
+        with self._lock:
+            self._parts.append(data)
+            self._batch_nbytes += len(data)
+            if len(self._parts) >= self._batch_limit[0] or self._batch_nbytes >= self._batch_limit[1]:
+                self._ship_locked(self._policy)
+        self.accounting.bytes_in += len(data)
+        self.accounting.add(time.perf_counter_ns() - start)
+
+    def _ship_locked(self, policy: str) -> bool:
+        """Hand the current batch to the channel (caller holds the lock). False if it could not go now."""
+        parts = self._parts
+        if not parts:
+            return True
+        body = _ARRAY32.pack(0xDD, len(parts)) + b"".join(parts)
+        message = msgspec.msgpack.encode([Op.RECORDS, self.id, len(parts), body])
+        if policy == "nowait":
+            if not self._channel.put_nowait(message):
+                return False
+        elif not self._channel.put(message, policy):
+            self.accounting.dropped_records += len(parts)
+        self._parts = []
+        self._batch_nbytes = 0
+        self._last_ship = time.monotonic()
+        return True
+
+    def _flush_if_due(self) -> None:
+        """Called by the sender thread each flush interval; never blocks on a busy caller or a full queue."""
+        if self._parts and self._lock.acquire(blocking=False):
+            try:
+                if time.monotonic() - self._last_ship >= self._channel.flush_interval_s:
+                    self._ship_locked("nowait")
+            finally:
+                self._lock.release()
+
+    def flush(self) -> None:
+        """Hand everything buffered on this side (events, partial stream chunks) to the writer now."""
+        self._check_open()
+        for stream in list(self._streams.values()):
+            stream.flush()
+        with self._lock:
+            self._ship_locked("block")
+
+    # --- tensors -------------------------------------------------------------------------------------------
+    def tensor(self, name: str, tensor) -> bool:
+        """Snapshot a tensor (any dtype, shape, device) into the log; see ``snapshot`` for the guarantee.
+
+        Returns False if it was dropped under the ``drop`` policy. A tensor larger than a quarter of the
+        staging pool goes through in pieces, each waiting for space.
+        """
+        start = time.perf_counter_ns()
+        self._check_open()
+        t = check_tensor(name, tensor)
+        with self._lock:
+            tid = self._next_tid
+            self._next_tid += 1
+        meta = tensor_meta(name, tid, t)
+        flat = tensor_bytes_view(t)
+        ok = self._stage_bytes(meta, flat, t)
+        if not ok:
+            self.accounting.dropped_tensors += 1
+        self.accounting.bytes_in += meta["nbytes"]
+        self.accounting.add(time.perf_counter_ns() - start)
+        return ok
+
+    def _stage_bytes(self, meta: dict, flat, tensor) -> bool:
+        stager = self._stager
+        total, piece = flat.numel(), stager.pool.max_piece()
+        count = max(1, -(-total // piece))
+        cuda = flat.is_cuda
+        if cuda:
+            stager.pin_for_cuda()
+        itemsize, shuffle = tensor.element_size(), shuffle_hint(meta["dtype"], tensor.element_size())
+        for i in range(count):
+            lo, hi = i * piece, min(total, (i + 1) * piece)
+            fill = _cuda_fill(stager, flat, lo, hi, tensor) if cuda else _cpu_fill(stager, flat, lo, hi)
+            policy = self._policy if i == 0 else "block"  # never leave a tensor with missing pieces
+            piece_meta = {**meta, "piece": i, "pieces": count, "offset": lo}
+            if not stager.stage(self.id, FrameKind.TENSOR, piece_meta, hi - lo, fill, policy, itemsize, shuffle,
+                                keepalive=tensor if cuda else None):
+                return False
+        return True
+
+    # --- streams -------------------------------------------------------------------------------------------
+    def stream(self, name: str, chunk_rows: int = 64) -> Stream:
+        """A chunked, columnar table stream; ``append(**row)`` buffers rows, a full chunk ships and is forgotten."""
+        self._check_open()
+        if not isinstance(name, str) or not name:
+            raise LogInputError(f"stream name must be a non-empty str, not {name!r}")
+        if name in self._streams:
+            return self._streams[name]
+        stream = self._streams[name] = Stream(self, name, chunk_rows)
+        return stream
+
+    def _stage_chunk(self, meta: dict, body: bytes) -> bool:
+        view = memoryview(body)
+
+        def fill(offset: int) -> None:
+            self._stager.pool.mmap[offset : offset + len(view)] = view
+
+        ok = self._stager.stage(self.id, FrameKind.CHUNK, meta, len(view), fill, self._policy)
+        if not ok:
+            self.accounting.dropped_chunks += 1
+        return ok
+
+    # --- lifecycle -------------------------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(self._closed_why)
+        self._channel.check()
+        error = self._channel.run_error(self.id)
+        if error is not None:
+            raise WriterError(error)
+
+    def close(self, complete: bool = True, reason: str | None = None) -> str:
+        """Flush, wait for the writer to write the footer, and return the log's path. Safe to call twice."""
+        if self._closed:
+            return self.path
+        try:
+            for stream in list(self._streams.values()):
+                stream.flush()
+            with self._lock:
+                self._ship_locked("block")
+            self._stager.wait_copies()
+            footer = {"complete": complete, "reason": reason,
+                      "stats": {**self.accounting.as_dict(), "queue_high_water": self._channel.high_water}}
+            message = msgspec.msgpack.encode([Op.CLOSE, self.id, footer])
+            self.result = self._channel.request((Op.CLOSED, self.id), message)
+        finally:
+            self._closed = True
+            self._channel.remove_flusher(self.id)
+            from . import session
+
+            session.forget(self)
+        return self.path
+
+    def _forked(self) -> None:
+        self._closed = True
+        self._closed_why = "run belongs to the parent process; a forked child cannot log to it"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        reason = None if exc_type is None else f"closed by {exc_type.__name__}"
+        self.close(reason=reason)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<asynclog.Run {self.path!r} level={self.level} {state}>"
+
+
+def _cpu_fill(stager: Stager, flat, lo: int, hi: int):
+    def fill(offset: int) -> None:
+        stager.pool.mmap[offset : offset + hi - lo] = flat[lo:hi].numpy()
+
+    return fill
+
+
+def _cuda_fill(stager: Stager, flat, lo: int, hi: int, tensor):
+    def fill(offset: int):
+        import torch
+
+        stream = torch.cuda.current_stream(tensor.device)
+        stager.pool_tensor()[offset : offset + hi - lo].copy_(flat[lo:hi], non_blocking=True)
+        event = torch.cuda.Event()
+        event.record(stream)
+        return event
+
+    return fill
+
+
+class _MutedRun:
+    """What ``Run.at`` returns for a level the run does not keep: every call does nothing."""
+
+    __slots__ = ()
+
+    def event(self, name: str, /, **fields: Any) -> None:
+        return None
+
+    def tensor(self, name: str, tensor) -> bool:
+        return False
+
+    def phase(self, name: str, /, **fields: Any) -> "_NullPhase":
+        return _NULL_PHASE
+
+    def stream(self, name: str, chunk_rows: int = 64) -> MutedStream:
+        return MutedStream()
+
+    def enabled(self, level: str) -> bool:
+        return False
+
+
+class _NullPhase:
+    __slots__ = ()
+
+    def __enter__(self) -> "_NullPhase":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+MUTED = _MutedRun()
+_NULL_PHASE = _NullPhase()
+
+
+def fields_from(mapping: Mapping) -> dict:
+    """A copy of ``mapping`` fit to pass as event fields (str keys)."""
+    return {str(k): v for k, v in mapping.items()}

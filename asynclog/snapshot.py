@@ -1,0 +1,179 @@
+"""Snapshots: copy tensor bytes and stream chunks into the staging pool and hand their place to the writer.
+
+The guarantee ``run.tensor`` gives: once it returns, the caller may modify or free its tensor.
+
+- CPU tensors are copied before the call returns.
+- CUDA tensors are copied with ``non_blocking=True`` on the tensor's current stream into the pool, which
+  is page-locked with ``cudaHostRegister`` the first time a CUDA tensor arrives. A CUDA event marks the end of
+  the copy, and the writer is told only after that event has completed (the completion thread waits on it).
+  Work the caller queues on the same stream after the call runs after the copy, so modifying the tensor
+  there is safe; the source tensor is kept alive until the copy ends, so freeing it is safe too. A caller
+  who modifies the tensor from another stream must synchronise with the current one first.
+
+Pool space is handed to the writer in the order it was allocated (the writer releases it in that order),
+so allocation and hand-over happen under one lock, and once any CUDA copy is pending every later
+hand-over queues behind it.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable
+
+import msgspec
+
+from .channel import Channel, Op
+from .errors import LogInputError, QueueFullError
+from .format import FrameKind
+
+__all__ = ["Stager", "tensor_meta", "tensor_bytes_view"]
+
+_encode = msgspec.msgpack.Encoder().encode
+_FLOAT_KINDS = ("float", "bfloat", "half", "double", "complex")
+
+
+class Stager:
+    """Allocates pool space, fills it, and hands descriptors to the channel, in allocation order."""
+
+    def __init__(self, channel: Channel):
+        self.channel = channel
+        self.pool = channel.pool
+        self._lock = threading.Lock()
+        self._pending: collections.deque = collections.deque()
+        self._pending_cv = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None
+        self._pool_tensor = None
+        self._pinned = False
+
+    def pool_tensor(self):
+        """The whole ring as one uint8 CPU tensor, so slices of it are copy targets for torch."""
+        if self._pool_tensor is None:
+            import torch
+
+            self.channel.wait_prefault()
+            self._pool_tensor = torch.frombuffer(self.pool.mmap, dtype=torch.uint8)
+        return self._pool_tensor
+
+    def stage(self, run_id: int, kind: FrameKind, meta: dict, nbytes: int, fill: Callable[[int], object],
+              policy: str, itemsize: int = 0, shuffle_ok: bool = False, keepalive=None) -> bool:
+        """Reserve ``nbytes``, call ``fill(offset)`` to copy into it, and hand it over.
+
+        ``fill`` returns a CUDA event when its copy is still running, else None. Returns False when the
+        piece was dropped under the ``drop`` policy.
+        """
+        with self._lock:
+            slot = self._allocate(nbytes, policy)
+            if slot is None:
+                return False
+            offset, mark = slot
+            event = fill(offset)
+            message = _encode([Op.STAGED, run_id, kind, meta, offset, nbytes, mark, itemsize, shuffle_ok])
+            if event is None and not self._pending:
+                self.channel.put(message, "block")
+            else:
+                self._pending.append((event, message, keepalive))
+                self._start_completions()
+                self._pending_cv.notify()
+        return True
+
+    def _allocate(self, nbytes: int, policy: str) -> tuple[int, int] | None:
+        pause = 20e-6
+        while True:
+            slot = self.pool.try_allocate(nbytes)
+            if slot is not None:
+                return slot
+            self.channel.check()
+            if policy == "drop":
+                return None
+            if policy == "error":
+                raise QueueFullError("asynclog staging pool is full (policy 'error')")
+            time.sleep(pause)
+            pause = min(pause * 2, 1e-3)
+
+    # --- CUDA ------------------------------------------------------------------------------------------
+    def pin_for_cuda(self) -> None:
+        """Page-lock the pool once, so device-to-host copies into it are asynchronous."""
+        if self._pinned:
+            return
+        import torch
+
+        t = self.pool_tensor()
+        rc = torch.cuda.cudart().cudaHostRegister(t.data_ptr(), t.numel(), 0)
+        if int(rc) != 0:
+            import warnings
+
+            warnings.warn(f"asynclog: cudaHostRegister failed ({rc}); CUDA snapshots will copy synchronously")
+        self._pinned = True
+
+    def _start_completions(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._complete_loop, name="asynclog-cuda-completion",
+                                            daemon=True)
+            self._thread.start()
+
+    def _complete_loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._pending:
+                    self._pending_cv.wait()
+                event, message, _ = self._pending[0]
+            if event is not None:
+                event.synchronize()
+            try:
+                self.channel.put(message, "block")
+            except Exception:  # the writer is gone: the error reaches the probe on its next call
+                pass
+            with self._lock:
+                self._pending.popleft()
+                self._pending_cv.notify_all()
+
+    def wait_copies(self) -> None:
+        """Block until every pending CUDA copy has been handed over (used before a run closes)."""
+        with self._lock:
+            while self._pending:
+                self._pending_cv.wait(0.05)
+                self.channel.check()
+
+    def close(self) -> None:
+        if self._pinned and self._pool_tensor is not None:
+            import torch
+
+            torch.cuda.cudart().cudaHostUnregister(self._pool_tensor.data_ptr())
+        self._pool_tensor = None
+
+
+# --- tensors -------------------------------------------------------------------------------------------
+def check_tensor(name, tensor):
+    """Validate a tensor for logging; return it detached. Errors name what is wrong."""
+    import torch
+
+    if not isinstance(name, str) or not name:
+        raise LogInputError(f"tensor name must be a non-empty str, not {name!r}")
+    if not isinstance(tensor, torch.Tensor):
+        raise LogInputError(f"run.tensor({name!r}, ...) needs a torch.Tensor, not {type(tensor).__name__}")
+    if tensor.layout != torch.strided:
+        raise LogInputError(f"tensor {name!r} has layout {tensor.layout}; log tensor.to_dense() instead")
+    if tensor.device.type == "meta":
+        raise LogInputError(f"tensor {name!r} is on the meta device and has no data to log")
+    if tensor.is_quantized or tensor.is_nested:
+        raise LogInputError(f"tensor {name!r} is quantized or nested; log its dequantized or padded form")
+    return tensor.detach()
+
+
+def tensor_meta(name: str, tid: int, tensor) -> dict:
+    dtype = str(tensor.dtype).removeprefix("torch.")
+    return {"name": name, "tid": tid, "dtype": dtype, "shape": list(tensor.shape),
+            "nbytes": tensor.numel() * tensor.element_size(), "time": time.time()}
+
+
+def shuffle_hint(dtype: str, itemsize: int) -> bool:
+    return itemsize > 1 and dtype.startswith(_FLOAT_KINDS)
+
+
+def tensor_bytes_view(tensor):
+    """A flat uint8 view of a tensor's bytes (a copy only when the tensor is not contiguous)."""
+    import torch
+
+    return tensor.contiguous().reshape(-1).view(torch.uint8)
