@@ -22,6 +22,7 @@ from .session import shutdown, start  # noqa: E402
 __all__ = [
     "__version__",
     "start",
+    "DetailedLogger",
     "open",
     "verify",
     "shutdown",
@@ -37,6 +38,15 @@ __all__ = [
     "QueueFullError",
     "WriterError",
 ]
+
+
+def __getattr__(name: str):
+    # The probe layer imports torch; load it only when asked for.
+    if name == "DetailedLogger":
+        from .probe import DetailedLogger
+
+        return DetailedLogger
+    raise AttributeError(f"module 'asynclog' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
