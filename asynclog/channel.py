@@ -48,11 +48,13 @@ class Op(enum.IntEnum):
     STAGED = 3  # [STAGED, run_id, frame_kind, meta, offset, nbytes, release_mark, itemsize, shuffle_ok]
     CLOSE = 4  # [CLOSE, run_id, footer_meta]
     SHUTDOWN = 5  # [SHUTDOWN]
+    SYNC = 6  # [SYNC, run_id]: answered once everything before it is written and fsynced
     # writer -> probe
     READY = 10  # [READY, pid]
     OPENED = 11  # [OPENED, run_id]
     CLOSED = 12  # [CLOSED, run_id, footer_stats]
     ERROR = 13  # [ERROR, run_id or None, message]
+    SYNCED = 14  # [SYNCED, run_id, None]
 
 
 class _Reply:
@@ -158,7 +160,7 @@ class Channel:
             return False
 
     def request(self, key: tuple[int, int], message: bytes, timeout: float | None = None):
-        """Send a message that the writer answers (OPEN, CLOSE) and wait for the answer."""
+        """Send a message that the writer answers (OPEN, CLOSE, SYNC) and wait for the answer."""
         reply = _Reply()
         with self._lock:
             self._replies[key] = reply
@@ -228,7 +230,8 @@ class Channel:
             if reply is None and op == Op.ERROR:
                 # An error on a run with an OPEN or CLOSE in flight answers that request.
                 with self._lock:
-                    reply = self._replies.pop((Op.OPENED, msg[1]), None) or self._replies.pop((Op.CLOSED, msg[1]), None)
+                    reply = next(filter(None, (self._replies.pop((wait, msg[1]), None)
+                                               for wait in (Op.OPENED, Op.CLOSED, Op.SYNCED))), None)
             if reply is not None:
                 if op == Op.ERROR:
                     reply.error = msg[2]

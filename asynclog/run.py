@@ -27,7 +27,7 @@ from .channel import Channel, Op
 from .config import LEVELS, Config, level_rank
 from .errors import ClosedError, LogInputError, WriterError
 from .format import FrameKind
-from .snapshot import Stager, check_tensor, shuffle_hint, tensor_bytes_view, tensor_meta
+from .snapshot import Stager, check_tensor, device_bytes, host_bytes, shuffle_hint, tensor_meta
 from .stream import Stream, MutedStream
 
 __all__ = ["Run"]
@@ -65,6 +65,21 @@ def encode_value(value: Any, what: str) -> bytes:
         return _encoder.encode(value)
     except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
         raise LogInputError(f"{what}: {exc}") from None
+
+
+def encode_record(record: dict, fields: dict) -> bytes:
+    """Encode a record whose own keys are str and whose ``fields`` came in as keyword arguments (str keys):
+    only containers among the field values need their keys checked."""
+    try:
+        for value in fields.values():
+            if type(value) in _CONTAINERS:
+                _check_keys(value)
+        return _encoder.encode(record)
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+        raise LogInputError(f"cannot log {record['type']} {record['name']!r}: {exc}") from None
+
+
+_CONTAINERS = frozenset({dict, list, tuple})
 
 
 def _check_keys(value: Any) -> None:
@@ -130,7 +145,7 @@ class _Phase:
         duration = time.perf_counter() - self.start
         fields = self.fields if exc_type is None else {**self.fields, "error": exc_type.__name__}
         self.run._record({"type": "phase", "name": self.name, "time": self.wall, "duration": duration,
-                          "data": fields})
+                          "data": fields}, fields)
 
 
 class Run:
@@ -177,22 +192,24 @@ class Run:
             raise ClosedError(self._closed_why)
         if type(name) is not str:
             raise LogInputError(f"event name must be a str, not {type(name).__name__}")
-        self._record({"type": "event", "name": name, "time": time.time(), "data": fields}, start)
+        self._record({"type": "event", "name": name, "time": time.time(), "data": fields}, fields, start)
 
     def phase(self, name: str, /, **fields: Any) -> _Phase:
         """Context manager timing a block: ``with run.phase("phase1_sum_X"): ...``."""
         if self._closed:
             raise ClosedError(self._closed_why)
+        if type(name) is not str:
+            raise LogInputError(f"phase name must be a str, not {type(name).__name__}")
         return _Phase(self, name, fields)
 
-    def _record(self, record: dict, start: int | None = None) -> None:
+    def _record(self, record: dict, fields: dict, start: int | None = None) -> None:
         start = start or time.perf_counter_ns()
         if self._closed:
             raise ClosedError(self._closed_why)
         channel = self._channel
         if channel.error is not None:
             raise channel.error
-        data = encode_value(record, f"cannot log {record['type']} {record['name']!r}")
+        data = encode_record(record, fields)
         with self._lock:
             self._parts.append(data)
             self._batch_nbytes += len(data)
@@ -227,13 +244,20 @@ class Run:
             finally:
                 self._lock.release()
 
-    def flush(self) -> None:
-        """Hand everything buffered on this side (events, partial stream chunks) to the writer now."""
+    def flush(self, durable: bool = False) -> None:
+        """Hand everything buffered on this side (events, partial stream chunks) to the writer now.
+
+        With ``durable`` wait until the writer has written all of it and fsynced the file: after that,
+        a reader sees everything logged so far, and a machine crash cannot lose it.
+        """
         self._check_open()
         for stream in list(self._streams.values()):
             stream.flush()
         with self._lock:
             self._ship_locked("block")
+        if durable:
+            self._stager.wait_copies()
+            self._channel.request((Op.SYNCED, self.id), msgspec.msgpack.encode([Op.SYNC, self.id]))
 
     # --- tensors -------------------------------------------------------------------------------------------
     def tensor(self, name: str, tensor) -> bool:
@@ -249,8 +273,7 @@ class Run:
             tid = self._next_tid
             self._next_tid += 1
         meta = tensor_meta(name, tid, t)
-        flat = tensor_bytes_view(t)
-        ok = self._stage_bytes(meta, flat, t)
+        ok = self._stage_bytes(meta, device_bytes(t.detach()) if t.is_cuda else host_bytes(t), t)
         if not ok:
             self.accounting.dropped_tensors += 1
         self.accounting.bytes_in += meta["nbytes"]
@@ -259,9 +282,9 @@ class Run:
 
     def _stage_bytes(self, meta: dict, flat, tensor) -> bool:
         stager = self._stager
-        total, piece = flat.numel(), stager.pool.max_piece()
+        cuda = tensor.is_cuda
+        total, piece = (flat.numel() if cuda else len(flat)), stager.pool.max_piece()
         count = max(1, -(-total // piece))
-        cuda = flat.is_cuda
         if cuda:
             stager.pin_for_cuda()
         itemsize, shuffle = tensor.element_size(), shuffle_hint(meta["dtype"], tensor.element_size())
@@ -350,7 +373,7 @@ class Run:
 
 def _cpu_fill(stager: Stager, flat, lo: int, hi: int):
     def fill(offset: int) -> None:
-        stager.pool.mmap[offset : offset + hi - lo] = flat[lo:hi].numpy()
+        stager.pool.mmap[offset : offset + hi - lo] = flat[lo:hi]
 
     return fill
 

@@ -28,7 +28,7 @@ from .channel import Channel, Op
 from .errors import LogInputError, QueueFullError
 from .format import FrameKind
 
-__all__ = ["Stager", "tensor_meta", "tensor_bytes_view"]
+__all__ = ["Stager", "check_tensor", "tensor_meta", "host_bytes", "device_bytes", "dtype_name"]
 
 _encode = msgspec.msgpack.Encoder().encode
 _FLOAT_KINDS = ("float", "bfloat", "half", "double", "complex")
@@ -159,12 +159,22 @@ def check_tensor(name, tensor):
         raise LogInputError(f"tensor {name!r} is on the meta device and has no data to log")
     if tensor.is_quantized or tensor.is_nested:
         raise LogInputError(f"tensor {name!r} is quantized or nested; log its dequantized or padded form")
-    return tensor.detach()
+    return tensor
+
+
+_dtype_names: dict = {}
+
+
+def dtype_name(dtype) -> str:
+    """torch.float32 -> "float32" (cached: this runs on every call)."""
+    name = _dtype_names.get(dtype)
+    if name is None:
+        name = _dtype_names[dtype] = str(dtype).removeprefix("torch.")
+    return name
 
 
 def tensor_meta(name: str, tid: int, tensor) -> dict:
-    dtype = str(tensor.dtype).removeprefix("torch.")
-    return {"name": name, "tid": tid, "dtype": dtype, "shape": list(tensor.shape),
+    return {"name": name, "tid": tid, "dtype": dtype_name(tensor.dtype), "shape": list(tensor.shape),
             "nbytes": tensor.numel() * tensor.element_size(), "time": time.time()}
 
 
@@ -172,8 +182,23 @@ def shuffle_hint(dtype: str, itemsize: int) -> bool:
     return itemsize > 1 and dtype.startswith(_FLOAT_KINDS)
 
 
-def tensor_bytes_view(tensor):
-    """A flat uint8 view of a tensor's bytes (a copy only when the tensor is not contiguous)."""
+def device_bytes(tensor):
+    """A flat uint8 tensor over a (CUDA) tensor's bytes; a copy only when it is not contiguous."""
     import torch
 
     return tensor.contiguous().reshape(-1).view(torch.uint8)
+
+
+def host_bytes(tensor) -> memoryview:
+    """A flat byte view of a CPU tensor's memory, without a copy when it is contiguous."""
+    if tensor.requires_grad:
+        tensor = tensor.detach()
+    if not tensor.is_contiguous():
+        tensor = tensor.contiguous()
+    try:
+        array = tensor.numpy()
+    except TypeError:  # dtypes numpy lacks (bfloat16, float8, complex32, ...)
+        array = device_bytes(tensor).numpy()
+    if array.size == 0:
+        return memoryview(b"")
+    return memoryview(array.reshape(-1)).cast("B")

@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 from .errors import ClosedError, LogInputError
+from .snapshot import host_bytes
 
 __all__ = ["Stream", "MutedStream"]
 
@@ -209,11 +210,7 @@ def _row_bytes(value: Any):
         return value.tobytes()
     if value.is_cuda:
         return value.detach().clone()
-    value = value.detach()
-    try:
-        return value.numpy().tobytes()
-    except TypeError:  # dtypes numpy lacks (bfloat16, float8, ...): go through a byte view
-        return value.contiguous().reshape(-1).view(__import__("torch").uint8).numpy().tobytes()
+    return host_bytes(value).tobytes()
 
 
 def _join(parts: list) -> bytes:

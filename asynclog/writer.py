@@ -168,7 +168,7 @@ class Writer:
 
     def serve(self) -> None:
         handlers = {Op.OPEN: self.on_open, Op.RECORDS: self.on_records, Op.STAGED: self.on_staged,
-                    Op.CLOSE: self.on_close}
+                    Op.CLOSE: self.on_close, Op.SYNC: self.on_sync}
         while True:
             if not self.data.poll(self._idle_timeout()):
                 self.on_idle()
@@ -216,6 +216,16 @@ class Writer:
                   itemsize: int, shuffle_ok: bool) -> None:
         meta["_raw_len"] = nbytes
         self._submit(run_id, fmt.FrameKind(kind), meta, self.pool.view(offset, nbytes), mark, itemsize, shuffle_ok)
+
+    def on_sync(self, run_id: int) -> None:
+        self.frames.flush()
+        run = self.runs.get(run_id)
+        if run is not None and not run.failed:
+            self._guard(run_id, run.sync)
+        if run is None or run.failed:
+            self.reply(Op.ERROR, run_id, run.failed if run else f"run {run_id} is not open")
+        else:
+            self.reply(Op.SYNCED, run_id, None)
 
     def on_close(self, run_id: int, footer: dict) -> None:
         self.frames.flush()

@@ -1,0 +1,51 @@
+"""Shared fixtures: a log directory, a subprocess runner, and the --full switch for long suites."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from hypothesis import settings
+
+settings.register_profile("ci", max_examples=25, deadline=None)
+settings.register_profile("full", max_examples=400, deadline=None)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--full", action="store_true", help="run the long property and fault suites in full")
+
+
+def pytest_configure(config):
+    settings.load_profile("full" if config.getoption("--full") else "ci")
+
+
+@pytest.fixture
+def full(request) -> bool:
+    return request.config.getoption("--full")
+
+
+@pytest.fixture
+def logdir(tmp_path):
+    path = tmp_path / "logs"
+    path.mkdir()
+    return path
+
+
+def spawn_script(code: str, *args: str, **popen_kwargs) -> subprocess.Popen:
+    """Start ``code`` in a fresh interpreter (a real probe process), stdout piped, text mode."""
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                            **popen_kwargs)
+
+
+def wait_gone(pid: int, timeout: float = 20.0) -> None:
+    """Wait until a process (not our child) has exited."""
+    import psutil
+
+    try:
+        psutil.Process(pid).wait(timeout)
+    except psutil.NoSuchProcess:
+        pass
