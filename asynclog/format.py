@@ -90,6 +90,9 @@ class Filter(enum.IntEnum):
     SHUFFLE_ZSTD = 2
 
 
+_KINDS = frozenset(FrameKind)
+
+
 class FrameHeader(NamedTuple):
     offset: int
     kind: FrameKind
@@ -159,10 +162,12 @@ def read_header(f: BinaryIO, offset: int) -> FrameHeader:
     (crc,) = _CRC.unpack_from(data, _HEADER.size)
     if magic != FRAME_MAGIC or crc != zlib.crc32(data[: _HEADER.size]):
         raise CorruptLogError("frame header checksum mismatch", offset)
+    if kind in _KINDS:
+        kind = FrameKind(kind)  # a kind from a newer writer stays an int and is skipped by its lengths
     try:
-        return FrameHeader(offset, FrameKind(kind), Filter(filt), itemsize, meta_len, body_len, raw_len)
+        return FrameHeader(offset, kind, Filter(filt), itemsize, meta_len, body_len, raw_len)
     except ValueError:
-        raise CorruptLogError(f"unknown frame kind {kind} or filter {filt}", offset) from None
+        raise CorruptLogError(f"unknown filter {filt}", offset) from None
 
 
 def read_payload(f: BinaryIO, header: FrameHeader, verify: bool = True) -> tuple[dict, bytes]:
@@ -179,7 +184,7 @@ def read_payload(f: BinaryIO, header: FrameHeader, verify: bool = True) -> tuple
         if crc != zlib.crc32(memoryview(payload)[:n]):
             raise CorruptLogError("frame payload checksum mismatch", header.offset)
     try:
-        meta = decode_meta(payload[: header.meta_len])
+        meta = decode_meta(payload[: header.meta_len]) if header.meta_len else {}
     except msgspec.DecodeError:
         raise CorruptLogError("frame meta is not valid msgpack", header.offset) from None
     return meta, payload[header.meta_len : n]

@@ -1,0 +1,203 @@
+"""The file format: decodable from docs/FORMAT.md alone, damage found and located, cuts salvaged."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+
+import msgspec
+import numpy as np
+import pytest
+import torch
+import zstandard
+
+import asynclog
+from asynclog import format as fmt
+
+
+@pytest.fixture(scope="module")
+def sample_log(tmp_path_factory):
+    """A closed log with records, raw and compressed tensors, a shuffled one, and a stream."""
+    directory = tmp_path_factory.mktemp("fmt")
+    with asynclog.start(directory, name="sample", level="debug") as run:
+        for i in range(30):
+            run.event("step", i=i, loss=1.0 / (i + 1), text="δH₁ ✓")
+        run.tensor("random", torch.randn(100_000))  # incompressible: stored raw
+        run.tensor("ids", torch.arange(200_000) % 7)  # compresses
+        run.tensor("smooth", torch.linspace(0, 1, 100_000, dtype=torch.float64))  # shuffle pays
+        run.tensor("bf16", torch.randn(10, 10).to(torch.bfloat16))
+        stream = run.stream("tokens", chunk_rows=4)
+        for i in range(10):
+            stream.append(sequence_id=i, tokens=torch.arange(i, dtype=torch.int64), logprobs=torch.full((i,), -1.5))
+    return run.path
+
+
+def _read_standalone(path) -> dict:
+    """Decode a log by following docs/FORMAT.md with only struct, zlib, zstandard, msgpack and numpy."""
+    data = open(path, "rb").read()
+    assert data[:8] == b"ASYNCLOG" and struct.unpack_from("<I", data, 8)[0] == 1
+    out = {"records": [], "tensors": {}, "chunks": [], "footer": None}
+    pieces: dict[int, list] = {}
+    pos = 16
+    while pos < len(data):
+        if data[pos:pos + 4] != b"ALFR":
+            assert data[pos + 8:pos + 16] == b"ALFOOTER" and len(data) - pos == 16
+            break
+        magic, kind, filt, itemsize, meta_len, body_len, raw_len, crc = struct.unpack_from("<4sBBHIQQI", data, pos)
+        assert crc == zlib.crc32(data[pos:pos + 28])
+        meta_at = pos + 32
+        meta = msgspec.msgpack.decode(data[meta_at:meta_at + meta_len])
+        stored = data[meta_at + meta_len:meta_at + meta_len + body_len]
+        (payload_crc,) = struct.unpack_from("<I", data, meta_at + meta_len + body_len)
+        assert payload_crc == zlib.crc32(data[meta_at:meta_at + meta_len + body_len])
+        body = stored if filt == 0 else zstandard.ZstdDecompressor().decompress(stored)
+        if filt == 2:
+            body = np.frombuffer(body, np.uint8).reshape(itemsize, -1).T.tobytes()
+        assert len(body) == raw_len
+        if kind == 2:
+            out["records"] += msgspec.msgpack.decode(body)
+        elif kind == 3:
+            pieces.setdefault(meta["tid"], []).append((meta, body))
+        elif kind == 4:
+            out["chunks"].append((meta, body))
+        elif kind == 5:
+            out["footer"] = meta
+        pos = meta_at + meta_len + body_len + 4
+    numpy_dtype = {"bfloat16": np.uint16}
+    for parts in pieces.values():
+        meta = parts[0][0]
+        raw = b"".join(body for _, body in sorted(parts, key=lambda p: p[0]["offset"]))
+        dtype = numpy_dtype.get(meta["dtype"]) or np.dtype(meta["dtype"])
+        out["tensors"][meta["name"]] = np.frombuffer(raw, dtype).reshape(meta["shape"])
+    return out
+
+
+def test_log_decodes_with_only_zstandard_msgpack_and_numpy(sample_log):
+    got = _read_standalone(sample_log)
+    assert [r["data"]["i"] for r in got["records"]] == list(range(30))
+    assert got["records"][3]["data"]["text"] == "δH₁ ✓"
+    with asynclog.open(sample_log) as log:
+        for name in ("random", "ids", "smooth"):
+            assert np.array_equal(got["tensors"][name], log.tensor(name).numpy())
+        assert np.array_equal(got["tensors"]["bf16"], log.tensor("bf16").view(torch.uint16).numpy())
+    meta, body = got["chunks"][-1]
+    tokens = next(c for c in meta["columns"] if c["name"] == "tokens")
+    flat = np.frombuffer(body[tokens["offset"]:tokens["offset"] + tokens["nbytes"]], np.int64)
+    assert flat.tolist() == list(range(8)) + list(range(9))  # rows 8 and 9
+    assert got["footer"]["complete"] is True
+
+
+def test_writer_picks_a_filter_per_frame(sample_log):
+    with asynclog.open(sample_log) as log:
+        filters = {m["name"]: h.filter for h, m in log.frames() if h.kind == fmt.FrameKind.TENSOR}
+        records = [h.filter for h, _ in log.frames() if h.kind == fmt.FrameKind.RECORDS]
+    assert filters["random"] == fmt.Filter.RAW
+    assert filters["ids"] == fmt.Filter.ZSTD
+    assert filters["smooth"] == fmt.Filter.SHUFFLE_ZSTD
+    assert records == [fmt.Filter.ZSTD]
+
+
+def _frame_ends(path) -> list[int]:
+    with open(path, "rb") as f:
+        return [h.end for h in fmt.scan_frames(f)]
+
+
+def test_truncation_at_every_frame_boundary_keeps_every_whole_frame(sample_log, tmp_path):
+    ends = _frame_ends(sample_log)
+    data = open(sample_log, "rb").read()
+    previous = -1
+    for end in ends:
+        cut = tmp_path / "cut.alog"
+        cut.write_bytes(data[:end])
+        with asynclog.open(cut) as log:
+            records = len(list(log.events()))
+            assert log.cut_at is None  # a clean cut at a boundary: nothing damaged, just no footer
+            assert records >= previous
+            previous = records
+            for name in log.tensor_names():
+                log.tensor(name)  # every indexed tensor is whole
+    assert previous == 30
+
+
+def test_truncation_at_random_offsets_reports_where_the_log_was_cut(sample_log, tmp_path, full):
+    data = open(sample_log, "rb").read()
+    ends = _frame_ends(sample_log)
+    rng = random.Random(7)
+    for offset in rng.sample(range(fmt.PREAMBLE_SIZE + 40, len(data) - 17), 400 if full else 40):
+        cut = tmp_path / "cut.alog"
+        cut.write_bytes(data[:offset])
+        with asynclog.open(cut) as log:
+            assert not log.complete
+            whole = [e for e in ends if e <= offset]
+            assert log.cut_at == (whole[-1] if offset not in ends else None)
+            list(log.events())
+        frames, problems = asynclog.verify(cut)
+        assert problems and str(whole[-1]) in problems[0]
+
+
+def test_flipped_byte_is_detected_and_located(sample_log, tmp_path, full):
+    data = bytearray(open(sample_log, "rb").read())
+    with open(sample_log, "rb") as f:
+        headers = list(fmt.scan_frames(f))
+    rng = random.Random(11)
+    for _ in range(300 if full else 40):
+        frame = rng.choice(headers)
+        position = rng.randrange(frame.offset, frame.end)
+        damaged = bytearray(data)
+        damaged[position] ^= 1 << rng.randrange(8)
+        path = tmp_path / "flip.alog"
+        path.write_bytes(damaged)
+        _, problems = asynclog.verify(path)
+        assert problems and f"offset {frame.offset}" in problems[0], (position, problems)
+
+
+def test_cli_verify_names_the_first_bad_offset_and_cat_prints_json_lines(sample_log, tmp_path):
+    ok = subprocess.run([sys.executable, "-m", "asynclog", "verify", sample_log], capture_output=True, text=True)
+    assert ok.returncode == 0 and "OK" in ok.stdout
+    with open(sample_log, "rb") as f:
+        victim = [h for h in fmt.scan_frames(f) if h.kind == fmt.FrameKind.TENSOR][1]
+    damaged = bytearray(open(sample_log, "rb").read())
+    damaged[victim.end - 10] ^= 0xFF
+    bad = tmp_path / "bad.alog"
+    bad.write_bytes(damaged)
+    res = subprocess.run([sys.executable, "-m", "asynclog", "verify", str(bad)], capture_output=True, text=True)
+    assert res.returncode == 1 and f"offset {victim.offset}" in res.stderr
+    cat = subprocess.run([sys.executable, "-m", "asynclog", "cat", sample_log], capture_output=True, text=True)
+    lines = [msgspec.json.decode(line) for line in cat.stdout.splitlines()]
+    types = [line["type"] for line in lines]
+    assert types[0] == "header" and types[-1] == "footer"
+    assert types.count("event") == 30 and types.count("tensor") == 4 and types.count("chunk") == 3
+    assert "index" not in lines[-1]
+
+
+def test_cli_verify_exits_2_for_a_log_without_footer(sample_log, tmp_path):
+    ends = _frame_ends(sample_log)
+    cut = tmp_path / "nofooter.alog"
+    cut.write_bytes(open(sample_log, "rb").read()[:ends[-2]])
+    res = subprocess.run([sys.executable, "-m", "asynclog", "verify", str(cut)], capture_output=True, text=True)
+    assert res.returncode == 2 and "no footer" in res.stderr
+
+
+def test_unknown_frame_kind_is_skipped_by_its_lengths(sample_log, tmp_path):
+    data = open(sample_log, "rb").read()
+    ends = _frame_ends(sample_log)
+    head = struct.pack("<4sBBHIQQ", b"ALFR", 42, 0, 0, 0, 3, 3)
+    future = head + struct.pack("<I", zlib.crc32(head)) + b"new" + struct.pack("<I", zlib.crc32(b"new"))
+    path = tmp_path / "future.alog"
+    path.write_bytes(data[:ends[0]] + future + data[ends[0]:ends[-2]])
+    with asynclog.open(path) as log:
+        assert len(list(log.events())) == 30 and log.cut_at is None
+
+
+def test_not_a_log_is_a_clear_error(tmp_path):
+    path = tmp_path / "x.alog"
+    path.write_bytes(b"hello world, not a log at all")
+    with pytest.raises(asynclog.CorruptLogError, match="not an asynclog file"):
+        asynclog.open(path)
+    shutil.copy(__file__, path)
+    with pytest.raises(asynclog.CorruptLogError):
+        asynclog.open(path)
