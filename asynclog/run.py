@@ -25,7 +25,7 @@ import msgspec
 
 from .channel import Channel, Op
 from .config import LEVELS, Config, level_rank
-from .errors import ClosedError, LogInputError, WriterError
+from .errors import ClosedError, LogInputError, QueueFullError, WriterError
 from .format import FrameKind
 from .snapshot import Stager, check_tensor, device_bytes, host_bytes, shuffle_hint, tensor_meta
 from .stream import Stream, MutedStream
@@ -214,7 +214,13 @@ class Run:
             self._parts.append(data)
             self._batch_nbytes += len(data)
             if len(self._parts) >= self._batch_limit[0] or self._batch_nbytes >= self._batch_limit[1]:
-                self._ship_locked(self._policy)
+                try:
+                    self._ship_locked(self._policy)
+                except QueueFullError:
+                    # This call failed, so its record is not logged; earlier ones stay buffered.
+                    self._parts.pop()
+                    self._batch_nbytes -= len(data)
+                    raise
         self.accounting.bytes_in += len(data)
         self.accounting.add(time.perf_counter_ns() - start)
 

@@ -1,0 +1,88 @@
+"""A full queue or pool under each policy, made full for real by stopping the writer with SIGSTOP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+import torch
+
+import asynclog
+
+SMALL = {"queue_batches": 2, "batch_records": 1, "staging_bytes": 1 << 20, "flush_interval_s": 0.05}
+
+
+class Stopped:
+    """The run's writer process stopped (SIGSTOP) for the duration of the block."""
+
+    def __init__(self, run):
+        self.pid = run._channel.process.pid
+
+    def __enter__(self):
+        os.kill(self.pid, signal.SIGSTOP)
+        return self
+
+    def __exit__(self, *exc):
+        os.kill(self.pid, signal.SIGCONT)
+
+
+def _fill(run, count: int, payload: str = "x" * 2000) -> int:
+    """Log until ``count`` events went through the call; return how many were handed over."""
+    for i in range(count):
+        run.event("e", i=i, payload=payload)
+    return count
+
+
+def test_drop_policy_counts_what_it_drops(logdir):
+    run = asynclog.start(logdir, name="drop", config={**SMALL, "policy": "drop", "queue_batches": 3})
+    with Stopped(run):
+        _fill(run, 400)
+        dropped_tensor = not run.tensor("big", torch.zeros(200_000))  # 800 KB into a 1 MiB pool...
+        dropped_tensor |= not run.tensor("big", torch.zeros(200_000))  # ...the second cannot fit
+    run.close()
+    stats = run.result["stats"]
+    with asynclog.open(run.path) as log:
+        kept = [r["data"]["i"] for r in log.events()]
+        assert log.footer["stats"]["dropped_records"] == stats["dropped_records"]
+    assert stats["dropped_records"] > 0 and len(kept) + stats["dropped_records"] == 400
+    assert kept == sorted(kept)
+    assert dropped_tensor and stats["dropped_tensors"] == 1
+
+
+def test_error_policy_raises_and_keeps_what_was_logged(logdir):
+    run = asynclog.start(logdir, name="error", config={**SMALL, "policy": "error"})
+    handed = 0
+    with Stopped(run):
+        with pytest.raises(asynclog.QueueFullError):
+            for i in range(10_000):
+                run.event("e", i=i, payload="x" * 2000)
+                handed += 1
+    run.close()
+    with asynclog.open(run.path) as log:
+        assert [r["data"]["i"] for r in log.events()] == list(range(handed))
+
+
+def test_block_policy_waits_for_the_writer_and_loses_nothing(logdir):
+    run = asynclog.start(logdir, name="block", config=SMALL)
+    done = threading.Event()
+
+    def produce():
+        _fill(run, 300)
+        run.tensor("t", torch.arange(300_000))
+        done.set()
+
+    with Stopped(run):
+        thread = threading.Thread(target=produce)
+        thread.start()
+        time.sleep(0.5)
+        assert not done.is_set()  # backpressure: the producer waits while the writer cannot take more
+    thread.join(30)
+    assert done.is_set()
+    run.close()
+    with asynclog.open(run.path) as log:
+        assert [r["data"]["i"] for r in log.events()] == list(range(300))
+        assert torch.equal(log.tensor("t"), torch.arange(300_000))
+    assert run.result["stats"]["queue_high_water"] >= 1
