@@ -30,38 +30,81 @@ _ARRAY32 = struct.Struct(">BI")
 
 
 class _TensorColumn:
+    """Rows of one dtype; bytes kept back to back in one growing buffer, shapes beside them."""
+
     kind = "tensor"
 
     def __init__(self, name: str, dtype):
         self.name, self.dtype = name, dtype
-        self.parts: list = []
-        self.shapes: list[list[int]] = []
+        torch = sys.modules.get("torch")
+        self.tensor_type = torch.Tensor if torch is not None else None
+        self.data = bytearray()
+        self.device_parts: list = []  # CUDA rows, gathered on the device when the chunk ships
+        self.shapes: list = []
 
-    def check(self, value: Any) -> None:
+    def prepare(self, value: Any):
+        """Check a row value and return what ``add`` stores; raises before anything is buffered.
+
+        The common case, a CPU tensor of the column's dtype, costs one ``numpy()`` view; the copy happens
+        in ``add``. Everything else (grad, CUDA, numpy input, odd dtypes) takes the checked slow path.
+        """
+        if type(value) is self.tensor_type and value.dtype is self.dtype:
+            try:
+                return value.numpy()
+            except (TypeError, RuntimeError):
+                pass
+        return self._prepare_slow(value)
+
+    def _prepare_slow(self, value: Any):
         if _dtype_of(value) != self.dtype:
             raise LogInputError(f"column {self.name!r} holds {self.dtype}, got {_describe(value)}")
+        if isinstance(value, _ndarray()):
+            return value
+        if value.layout is not _strided() or value.device.type == "meta":
+            raise LogInputError(f"column {self.name!r}: {value.layout} tensors on {value.device} cannot be logged")
+        if value.is_cuda:
+            return _Held(value.detach().clone(), value.shape)
+        return _Held(host_bytes(value), value.shape)
 
     def add(self, value: Any) -> None:
-        self.parts.append(_row_bytes(value))
-        self.shapes.append(list(value.shape))
+        if type(value) is _Held:
+            self.shapes.append(value.shape)
+            if type(value.data) is memoryview:
+                self.data.extend(value.data)
+            else:
+                self.device_parts.append(value.data)
+            return
+        self.shapes.append(value.shape)
+        try:
+            self.data.extend(value)  # C-contiguous arrays export their bytes directly
+        except TypeError:
+            self.data.extend(value.tobytes())
 
     def pack(self) -> tuple[dict, bytes]:
-        data = _join(self.parts)
-        meta = {"name": self.name, "kind": "tensor", "dtype": _dtype_name(self.dtype), "shapes": self.shapes}
-        self.parts, self.shapes = [], []
+        data = _gather(self.device_parts) if self.device_parts else self.data
+        meta = {"name": self.name, "kind": "tensor", "dtype": _dtype_name(self.dtype),
+                "shapes": [list(shape) for shape in self.shapes]}
+        self.data, self.device_parts, self.shapes = bytearray(), [], []
         return meta, data
 
 
 class _ObjectColumn:
+    """Plain values, each encoded with msgspec as it arrives (so bad values fail at the call site)."""
+
     kind = "object"
 
     def __init__(self, name: str):
         self.name = name
         self.parts: list[bytes] = []
 
-    def check(self, value: Any) -> None:
+    def prepare(self, value: Any) -> bytes:
+        if type(value) in _SCALARS:
+            return _encode_scalar(value)
         if _dtype_of(value) is not None:
             raise LogInputError(f"column {self.name!r} holds plain values, got {_describe(value)}")
+        from .run import encode_value
+
+        return encode_value(value, f"column {self.name!r}")
 
     def add(self, encoded: bytes) -> None:
         self.parts.append(encoded)
@@ -87,36 +130,31 @@ class Stream:
     def append(self, **row: Any) -> None:
         """Buffer one row; ship the chunk when it is full. Values are copied: the caller may reuse them."""
         start = time.perf_counter_ns()
-        if self._closed:
-            raise ClosedError(f"stream {self.name!r} is closed")
-        self.run._check_open()
-        if self.columns is None:
-            self.columns = {name: _new_column(name, value) for name, value in row.items()}
-            if not self.columns:
-                raise LogInputError("a stream row needs at least one column")
-        encoded = self._check_row(row)
-        for name, column in self.columns.items():
-            column.add(encoded.get(name, row[name]))
+        run = self.run
+        if self._closed or run._closed or run._channel.error is not None:
+            if self._closed:
+                raise ClosedError(f"stream {self.name!r} is closed")
+            run._check_open()
+        columns = self.columns
+        if columns is None:
+            columns = self._define(row)
+        if row.keys() != columns.keys():
+            raise LogInputError(f"stream {self.name!r} has columns {sorted(columns)}, row has {sorted(row)}")
+        # Check every value before buffering any, so a bad row leaves the chunk unchanged.
+        prepared = [column.prepare(row[name]) for name, column in columns.items()]
+        for column, value in zip(columns.values(), prepared):
+            column.add(value)
         self.rows += 1
         if self.rows >= self.chunk_rows:
             self._ship()
-        self.run.accounting.add(time.perf_counter_ns() - start)
+        run.accounting.add(time.perf_counter_ns() - start)
 
-    def _check_row(self, row: dict) -> dict:
-        """Validate every column before touching any buffer, so a bad row leaves the chunk unchanged."""
-        if row.keys() != self.columns.keys():
-            raise LogInputError(f"stream {self.name!r} has columns {sorted(self.columns)}, row has {sorted(row)}")
-        from .run import encode_value
-
-        encoded = {}
-        for name, column in self.columns.items():
-            value = row[name]
-            column.check(value)
-            if column.kind == "object":
-                encoded[name] = encode_value(value, f"stream {self.name!r} column {name!r}")
-            elif getattr(value, "layout", None) is not None and str(value.layout) != "torch.strided":
-                raise LogInputError(f"stream {self.name!r} column {name!r}: {value.layout} tensors are not supported")
-        return encoded
+    def _define(self, row: dict) -> dict:
+        if not row:
+            raise LogInputError("a stream row needs at least one column")
+        columns = {name: _new_column(name, value) for name, value in row.items()}
+        self.columns = columns
+        return columns
 
     def _ship(self) -> None:
         if not self.rows:
@@ -203,21 +241,31 @@ def _new_column(name: str, value: Any):
     return _ObjectColumn(name) if dtype is None else _TensorColumn(name, dtype)
 
 
-def _row_bytes(value: Any):
-    """A private copy of the value's bytes: bytes for host data, a device clone for CUDA tensors."""
+class _Held:
+    """A row value taken by the slow path: its bytes (or device clone) and its shape."""
+
+    __slots__ = ("data", "shape")
+
+    def __init__(self, data, shape):
+        self.data, self.shape = data, shape
+
+
+_SCALARS = frozenset({int, float, str, bool, type(None)})
+_encode_scalar = __import__("msgspec").msgpack.Encoder().encode
+
+
+def _ndarray():
     numpy = sys.modules.get("numpy")
-    if numpy is not None and isinstance(value, numpy.ndarray):
-        return value.tobytes()
-    if value.is_cuda:
-        return value.detach().clone()
-    return host_bytes(value).tobytes()
+    return numpy.ndarray if numpy is not None else ()
 
 
-def _join(parts: list) -> bytes:
-    """Concatenate row bytes; device clones are gathered on the device and copied to the host once."""
-    if parts and not isinstance(parts[0], bytes):
-        import torch
+def _strided():
+    return sys.modules["torch"].strided
 
-        flat = torch.cat([p.reshape(-1).view(torch.uint8) for p in parts])
-        return flat.cpu().numpy().tobytes()
-    return b"".join(parts)
+
+def _gather(parts: list) -> bytes:
+    """Concatenate CUDA rows on the device and copy them to the host once per chunk."""
+    import torch
+
+    flat = torch.cat([p.reshape(-1).view(torch.uint8) for p in parts])
+    return flat.cpu().numpy().tobytes()
