@@ -183,3 +183,18 @@ def test_level_gating_keeps_only_levels_at_or_below_the_runs(logdir):
     with asynclog.open(run.path) as log:
         assert [r["name"] for r in log.events()] == ["kept_minimal", "kept_standard"]
         assert log.tensor_names() == [] and log.stream_names() == []
+
+
+def test_frames_built_on_several_threads_are_written_in_order(logdir):
+    config = {"compress_threads": 3, "batch_records": 7, "staging_bytes": 4 << 20}
+    with asynclog.start(logdir, name="threads", level="debug", config=config) as run:
+        stream = run.stream("rows", chunk_rows=5)
+        for i in range(500):
+            run.event("e", i=i)
+            stream.append(i=i, ids=torch.full((50,), i))
+            if i % 25 == 0:
+                run.tensor("t", torch.arange(300_000) + i)
+    with asynclog.open(run.path) as log:
+        assert [r["data"]["i"] for r in log.events()] == list(range(500))
+        assert [row["i"] for row in log.rows("rows")] == list(range(500))
+        assert [int(log.tensor("t", k)[0]) for k in range(log.tensor_count("t"))] == list(range(0, 500, 25))
