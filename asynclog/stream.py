@@ -80,6 +80,31 @@ class _TensorColumn:
         except TypeError:
             self.data.extend(value.tobytes())
 
+    def prepare_many(self, values: Any, batch: "_Batch"):
+        if _dtype_of(values) != self.dtype:
+            raise LogInputError(f"column {self.name!r} holds {self.dtype}, got {_describe(values)}")
+        if len(values.shape) == 0 or values.shape[0] != batch.rows:
+            raise LogInputError(f"column {self.name!r} has {tuple(values.shape)[:1]} rows, expected {batch.rows}")
+        if not isinstance(values, _ndarray()) and values.layout is not _strided():
+            raise LogInputError(f"column {self.name!r}: {values.layout} tensors cannot be logged")
+        return values.detach() if hasattr(values, "detach") else values
+
+    def add_many(self, values: Any, batch: "_Batch", lo: int, hi: int) -> None:
+        rows = values[lo:hi]
+        row_shape = list(rows.shape[1:])
+        if batch.lengths is not None and len(row_shape) >= 1:
+            kept = batch.lengths[lo:hi]
+            rows = rows[_keep_mask(rows, kept)]  # row-major order: row i's first kept[i] entries
+            self.shapes.extend([k, *row_shape[1:]] for k in kept)
+        else:
+            self.shapes.extend([row_shape] * (hi - lo))
+        if getattr(rows, "is_cuda", False):
+            self.device_parts.append(rows.contiguous())
+        elif isinstance(rows, _ndarray()):
+            self.data.extend(rows.tobytes())
+        else:
+            self.data.extend(host_bytes(rows))
+
     def pack(self) -> tuple[dict, bytes]:
         data = _gather(self.device_parts) if self.device_parts else self.data
         meta = {"name": self.name, "kind": "tensor", "dtype": _dtype_name(self.dtype),
@@ -108,6 +133,14 @@ class _ObjectColumn:
 
     def add(self, encoded: bytes) -> None:
         self.parts.append(encoded)
+
+    def prepare_many(self, values: Any, batch: "_Batch") -> list[bytes]:
+        if _dtype_of(values) is not None or len(values) != batch.rows:
+            raise LogInputError(f"column {self.name!r} needs a list of {batch.rows} plain values")
+        return [self.prepare(value) for value in values]
+
+    def add_many(self, encoded: list[bytes], batch: "_Batch", lo: int, hi: int) -> None:
+        self.parts.extend(encoded[lo:hi])
 
     def pack(self) -> tuple[dict, bytes]:
         data = _ARRAY32.pack(0xDD, len(self.parts)) + b"".join(self.parts)
@@ -148,6 +181,34 @@ class Stream:
         if self.rows >= self.chunk_rows:
             self._ship()
         run.accounting.add(time.perf_counter_ns() - start)
+
+    def extend(self, lengths=None, **columns: Any) -> None:
+        """Append many rows at once, the fast path for batch data: one copy per column per chunk.
+
+        Each tensor (or numpy array) column's first dimension indexes rows; a list column holds one plain
+        value per row. With ``lengths`` (one int per row), tensor columns of two or more dimensions keep
+        only the first ``lengths[i]`` entries of row i: ragged token rows straight from a padded [N, T] batch.
+        """
+        start = time.perf_counter_ns()
+        if self._closed:
+            raise ClosedError(f"stream {self.name!r} is closed")
+        self.run._check_open()
+        batch = _Batch(columns, lengths)
+        if self.columns is None:
+            self._define(batch.first_row())
+        if columns.keys() != self.columns.keys():
+            raise LogInputError(f"stream {self.name!r} has columns {sorted(self.columns)}, got {sorted(columns)}")
+        prepared = {name: column.prepare_many(columns[name], batch) for name, column in self.columns.items()}
+        at = 0
+        while at < batch.rows:
+            take = min(batch.rows - at, self.chunk_rows - self.rows)
+            for name, column in self.columns.items():
+                column.add_many(prepared[name], batch, at, at + take)
+            self.rows += take
+            at += take
+            if self.rows >= self.chunk_rows:
+                self._ship()
+        self.run.accounting.add(time.perf_counter_ns() - start)
 
     def _define(self, row: dict) -> dict:
         if not row:
@@ -239,6 +300,39 @@ def _new_column(name: str, value: Any):
         raise LogInputError(f"column names must be str, not {name!r}")
     dtype = _dtype_of(value)
     return _ObjectColumn(name) if dtype is None else _TensorColumn(name, dtype)
+
+
+class _Batch:
+    """The row count and optional per-row lengths of one ``extend`` call."""
+
+    def __init__(self, columns: dict, lengths):
+        if not columns:
+            raise LogInputError("extend needs at least one column")
+        first = next(iter(columns.values()))
+        self.rows = len(first) if not hasattr(first, "shape") else (first.shape[0] if len(first.shape) else -1)
+        self.columns = columns
+        self.lengths = None
+        if lengths is not None:
+            self.lengths = [int(n) for n in (lengths.tolist() if hasattr(lengths, "tolist") else lengths)]
+            if len(self.lengths) != self.rows:
+                raise LogInputError(f"lengths has {len(self.lengths)} entries for {self.rows} rows")
+
+    def first_row(self) -> dict:
+        """A sample row that fixes the columns' kinds and dtypes."""
+        return {name: (values[0] if _dtype_of(values) is not None else (values[0] if len(values) else None))
+                for name, values in self.columns.items()}
+
+
+def _keep_mask(rows, kept: list[int]):
+    """Boolean [n, T] mask keeping the first kept[i] entries of row i (torch or numpy, on the rows' device)."""
+    if isinstance(rows, _ndarray()):
+        import numpy as np
+
+        return np.arange(rows.shape[1])[None, :] < np.asarray(kept)[:, None]
+    import torch
+
+    limits = torch.tensor(kept, device=rows.device)
+    return torch.arange(rows.shape[1], device=rows.device)[None, :] < limits[:, None]
 
 
 class _Held:

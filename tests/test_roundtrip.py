@@ -198,3 +198,28 @@ def test_frames_built_on_several_threads_are_written_in_order(logdir):
         assert [r["data"]["i"] for r in log.events()] == list(range(500))
         assert [row["i"] for row in log.rows("rows")] == list(range(500))
         assert [int(log.tensor("t", k)[0]) for k in range(log.tensor_count("t"))] == list(range(0, 500, 25))
+
+
+def test_stream_extend_takes_padded_batches_and_matches_per_row_append(logdir):
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, 151_000, (100, 30), generator=g)
+    logprobs = torch.randn(100, 30, generator=g)
+    lengths = torch.randint(0, 31, (100,), generator=g)
+    with asynclog.start(logdir, name="extend") as run:
+        batched = run.stream("batched", chunk_rows=16)
+        batched.extend(sequence_id=list(range(60)), tokens=ids[:60], logprobs=logprobs[:60], lengths=lengths[:60])
+        batched.extend(sequence_id=list(range(60, 100)), tokens=ids[60:], logprobs=logprobs[60:],
+                       lengths=lengths[60:])
+        rowwise = run.stream("rowwise", chunk_rows=16)
+        for i in range(100):
+            n = int(lengths[i])
+            rowwise.append(sequence_id=i, tokens=ids[i, :n], logprobs=logprobs[i, :n])
+        with pytest.raises(asynclog.LogInputError, match="rows"):
+            batched.extend(sequence_id=[1, 2], tokens=ids[:3], logprobs=logprobs[:3])
+    with asynclog.open(run.path) as log:
+        a, b = list(log.rows("batched")), list(log.rows("rowwise"))
+        assert [c.rows for c in log.stream("batched")] == [16] * 6 + [4]
+    assert len(a) == len(b) == 100
+    for x, y in zip(a, b):
+        assert x["sequence_id"] == y["sequence_id"]
+        assert torch.equal(x["tokens"], y["tokens"]) and torch.equal(x["logprobs"], y["logprobs"])
