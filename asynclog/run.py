@@ -14,6 +14,7 @@ batch under a lock; a batch crosses to the writer as one message when it is full
 
 from __future__ import annotations
 
+import collections
 import struct
 import sys
 import threading
@@ -161,8 +162,9 @@ class Run:
         self._rank = level_rank(config.level)
         self._gates = {lvl: (self if i <= self._rank else MUTED) for i, lvl in enumerate(LEVELS)}
         self._channel, self._stager, self._policy = channel, stager, config.policy
-        self._lock = threading.Lock()
-        self._parts: list[bytes] = []
+        self._lock = threading.Lock()  # tensor ids
+        self._ship_lock = threading.Lock()
+        self._batch: collections.deque[bytes] = collections.deque()
         self._batch_nbytes = 0
         self._batch_limit = (config.batch_records, config.batch_bytes)
         self._last_ship = time.monotonic()
@@ -186,6 +188,9 @@ class Run:
         return self.at(level) is self
 
     # --- records ------------------------------------------------------------------------------------------
+    # Records are appended to a deque without a lock (deque.append and popleft are atomic); only shipping a
+    # batch takes ``_ship_lock``. The byte count is updated without a lock too: a lost update only nudges
+    # when a batch ships.
     def event(self, name: str, /, **fields: Any) -> None:
         """Log one record ``{"type": "event", "name", "time", "data": fields}``."""
         start = _clock()
@@ -193,17 +198,8 @@ class Run:
             self._check_open()
         if type(name) is not str:
             raise LogInputError(f"event name must be a str, not {type(name).__name__}")
-        # The body of _record, inlined: this is the hottest path in asynclog.
         data = encode_record({"type": "event", "name": name, "time": _now(), "data": fields}, fields)
-        with self._lock:
-            parts = self._parts
-            parts.append(data)
-            self._batch_nbytes += len(data)
-            if len(parts) >= self._batch_limit[0] or self._batch_nbytes >= self._batch_limit[1]:
-                self._ship_or_unlog(data)
-        acct = self.accounting
-        acct.bytes_in += len(data)
-        acct.add(_clock() - start)
+        self._append(data, start)
 
     def phase(self, name: str, /, **fields: Any) -> _Phase:
         """Context manager timing a block: ``with run.phase("phase1_sum_X"): ...``."""
@@ -213,56 +209,61 @@ class Run:
             raise LogInputError(f"phase name must be a str, not {type(name).__name__}")
         return _Phase(self, name, fields)
 
-    def _record(self, record: dict, fields: dict, start: int | None = None) -> None:
-        start = start or time.perf_counter_ns()
-        if self._closed:
-            raise ClosedError(self._closed_why)
-        channel = self._channel
-        if channel.error is not None:
-            raise channel.error
-        data = encode_record(record, fields)
-        with self._lock:
-            self._parts.append(data)
-            self._batch_nbytes += len(data)
-            if len(self._parts) >= self._batch_limit[0] or self._batch_nbytes >= self._batch_limit[1]:
-                self._ship_or_unlog(data)
-        self.accounting.bytes_in += len(data)
-        self.accounting.add(time.perf_counter_ns() - start)
+    def _record(self, record: dict, fields: dict) -> None:
+        start = _clock()
+        if self._closed or self._channel.error is not None:
+            self._check_open()
+        self._append(encode_record(record, fields), start)
 
-    def _ship_or_unlog(self, data: bytes) -> None:
-        """Ship the full batch (lock held); if the policy refuses, the record that filled it is not logged."""
-        try:
-            self._ship_locked(self._policy)
-        except QueueFullError:
-            self._parts.pop()  # earlier records stay buffered
-            self._batch_nbytes -= len(data)
-            raise
+    def _append(self, data: bytes, start: int) -> None:
+        batch = self._batch
+        batch.append(data)
+        self._batch_nbytes += len(data)
+        if len(batch) >= self._batch_limit[0] or self._batch_nbytes >= self._batch_limit[1]:
+            with self._ship_lock:
+                self._ship_locked(self._policy, data)
+        acct = self.accounting
+        acct.bytes_in += len(data)
+        acct.add(_clock() - start)
 
-    def _ship_locked(self, policy: str) -> bool:
-        """Hand the current batch to the channel (caller holds the lock). False if it could not go now."""
-        parts = self._parts
+    def _ship_locked(self, policy: str, failing: bytes | None = None) -> bool:
+        """Hand the buffered records to the channel (``_ship_lock`` held); False if ``nowait`` found it full.
+
+        If the ``error`` policy refuses the batch, its records go back to the front of the deque, except
+        ``failing``, the record of the call that raises: that call did not log it.
+        """
+        batch = self._batch
+        parts = [batch.popleft() for _ in range(len(batch))]
         if not parts:
             return True
+        self._batch_nbytes = 0
         body = _ARRAY32.pack(0xDD, len(parts)) + b"".join(parts)
         message = msgspec.msgpack.encode([Op.RECORDS, self.id, len(parts), body])
-        if policy == "nowait":
-            if not self._channel.put_nowait(message):
-                return False
-        elif not self._channel.put(message, policy):
-            self.accounting.dropped_records += len(parts)
-        self._parts = []
-        self._batch_nbytes = 0
+        try:
+            if policy == "nowait":
+                if not self._channel.put_nowait(message):
+                    batch.extendleft(reversed(parts))
+                    return False
+            elif not self._channel.put(message, policy):
+                self.accounting.dropped_records += len(parts)
+        except QueueFullError:
+            if failing is not None:
+                parts.reverse()
+                parts.remove(failing)  # the last occurrence: this call's record
+                parts.reverse()
+            batch.extendleft(reversed(parts))
+            raise
         self._last_ship = time.monotonic()
         return True
 
     def _flush_if_due(self) -> None:
         """Called by the sender thread each flush interval; never blocks on a busy caller or a full queue."""
-        if self._parts and self._lock.acquire(blocking=False):
+        if self._batch and self._ship_lock.acquire(blocking=False):
             try:
                 if time.monotonic() - self._last_ship >= self._channel.flush_interval_s:
                     self._ship_locked("nowait")
             finally:
-                self._lock.release()
+                self._ship_lock.release()
 
     def flush(self, durable: bool = False) -> None:
         """Hand everything buffered on this side (events, partial stream chunks) to the writer now.
@@ -273,7 +274,7 @@ class Run:
         self._check_open()
         for stream in list(self._streams.values()):
             stream.flush()
-        with self._lock:
+        with self._ship_lock:
             self._ship_locked("block")
         if durable:
             self._stager.wait_copies()
@@ -356,7 +357,7 @@ class Run:
         try:
             for stream in list(self._streams.values()):
                 stream.flush()
-            with self._lock:
+            with self._ship_lock:
                 self._ship_locked("block")
             self._stager.wait_copies()
             footer = {"complete": complete, "reason": reason,
@@ -445,7 +446,3 @@ class _NullPhase:
 MUTED = _MutedRun()
 _NULL_PHASE = _NullPhase()
 
-
-def fields_from(mapping: Mapping) -> dict:
-    """A copy of ``mapping`` fit to pass as event fields (str keys)."""
-    return {str(k): v for k, v in mapping.items()}

@@ -186,7 +186,14 @@ def bench_throughput(tmp: str, tensor_mib: int, count: int, token_rows: int, rec
         for i in range(token_rows):
             stream.append(tokens=rows[i % 64]["tokens"])
     ours = time.perf_counter() - t
-    out["token_ids"] = {"rows": token_rows, "ratio": zstd_alone / ours}
+    batch = torch.stack([r["tokens"] for r in rows])
+    t = time.perf_counter()
+    with asynclog.start(tmp, name="tp_tokens_extend", level="debug") as run:
+        stream = run.stream("tokens", chunk_rows=64)
+        for _ in range(token_rows // 64):
+            stream.extend(tokens=batch)
+    ours_extend = time.perf_counter() - t
+    out["token_ids"] = {"rows": token_rows, "ratio_append": zstd_alone / ours, "ratio_extend": zstd_alone / ours_extend}
 
     encode = msgspec.msgpack.Encoder().encode
     batch = [encode({"type": "event", "name": "core", "time": time.time(), "data": {"i": i, **FIELDS}}) for i in range(4096)]
@@ -215,6 +222,19 @@ def _fsync_dir_files(directory: str, prefix: str) -> None:
             os.close(fd)
 
 
+def bench_startup(tmp: str) -> dict:
+    """Time for a fresh process's first ``asynclog.start`` (spawn, handshake, open), against ``import torch``."""
+    import subprocess
+
+    code = ("import time, asynclog; t = time.perf_counter(); r = asynclog.start({tmp!r}, name='s'); "
+            "print(time.perf_counter() - t); r.close()")
+    starts = [float(subprocess.check_output([sys.executable, "-c", code.format(tmp=tmp)])) for _ in range(5)]
+    torch_import = [float(subprocess.check_output([sys.executable, "-c",
+                    "import time; t = time.perf_counter(); import torch; print(time.perf_counter() - t)"]))
+                    for _ in range(3)]
+    return {"first_start_s": statistics.median(starts), "import_torch_s": statistics.median(torch_import)}
+
+
 def bench_rss(tmp: str, gib: float) -> dict:
     """Producer RSS growth while streaming ``gib`` of token rows (ids, log-probs, entropies)."""
     proc = psutil.Process()
@@ -239,12 +259,14 @@ def bench_rss(tmp: str, gib: float) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", default="events,stream,tensor,throughput,rss")
+    parser.add_argument("--only", default="startup,events,stream,tensor,throughput,rss")
     args = parser.parse_args()
     quick = args.quick
     only = set(args.only.split(","))
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
+        if "startup" in only:
+            results["startup"] = bench_startup(tmp)
         if "events" in only:
             results["events"] = bench_events(tmp, 30_000 if quick else 150_000)
         if "stream" in only:
