@@ -311,6 +311,8 @@ def _write_sidecar(run: RunFile, result: dict) -> None:
 
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "SIGXFSZ"):  # past a file-size limit, fail the write (EFBIG) instead of dying
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     data_fd, back_fd, pool_fd, capacity = (int(a) for a in argv[:4])
     options = decode(bytes.fromhex(argv[4])) if len(argv) > 4 else {}
     data = Connection(data_fd, writable=False)

@@ -124,3 +124,32 @@ def test_forked_child_cannot_log_to_the_parents_run(logdir):
         run.event("parent_again")
     with asynclog.open(run.path) as log:
         assert [r["name"] for r in log.events()] == ["parent", "parent_again"]
+
+
+def test_full_disk_fails_that_run_clearly_and_keeps_what_was_written(logdir):
+    # A file-size limit inherited by the writer makes its writes fail with EFBIG, as a full disk would.
+    probe = spawn_script("""
+        import resource, sys, torch, asynclog
+        run = asynclog.start(sys.argv[1], name="full", config={"compression": "raw"})
+        resource.prlimit(run._channel.process.pid, resource.RLIMIT_FSIZE, (1 << 20, resource.RLIM_INFINITY))
+        run.event("first", i=0)
+        run.flush(durable=True)
+        try:
+            for i in range(100):
+                run.tensor("t", torch.randn(64 << 10))
+                run.flush(durable=True)
+        except asynclog.WriterError as exc:
+            print("raised", exc, flush=True)
+        other = asynclog.start(sys.argv[1], name="small")  # the writer still serves other runs
+        other.event("fine")
+        print("closed", other.close(), flush=True)
+    """, str(logdir))
+    out, err = probe.communicate(timeout=120)
+    assert probe.returncode == 0, err
+    assert "raised writing" in out and "full.alog" in out and "File too large" in out
+    with asynclog.open(logdir / "full.alog") as log:
+        assert not log.complete
+        assert [r["name"] for r in log.events()] == ["first"]
+        assert log.tensor_count("t") >= 1
+    with asynclog.open(logdir / "small.alog") as log:
+        assert log.complete and [r["name"] for r in log.events()] == ["fine"]
