@@ -209,6 +209,16 @@ class Log:
         for chunk in self.stream(name):
             yield from chunk.iter_rows()
 
+    # --- pandas ---------------------------------------------------------------------------------------
+    def to_pandas(self, what: str = "events", type: str | None = None, name: str | None = None):
+        """A pandas DataFrame: ``"events"`` gives one row per record with its ``data`` fields as columns
+        (``data.<field>``); a stream's name gives one row per stream row, tensor cells as numpy arrays."""
+        pd = _import_pandas()
+        if what == "events":
+            return pd.json_normalize(list(self.events(type=type, name=name)))
+        rows = ({k: (v.numpy() if hasattr(v, "numpy") else v) for k, v in row.items()} for row in self.rows(what))
+        return pd.DataFrame(rows)
+
     # --- lifecycle ------------------------------------------------------------------------------------
     def close(self) -> None:
         self._file.close()
@@ -222,6 +232,14 @@ class Log:
     def __repr__(self) -> str:
         state = "complete" if self.complete else f"incomplete (cut at {self.cut_at})"
         return f"<asynclog.Log {self.path!r} {state}>"
+
+
+def _import_pandas():
+    try:
+        import pandas
+    except ImportError:
+        raise ImportError("Log.to_pandas needs pandas: pip install 'asynclog[pandas]'") from None
+    return pandas
 
 
 def open_log(path: str | os.PathLike) -> Log:

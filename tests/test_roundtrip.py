@@ -223,3 +223,17 @@ def test_stream_extend_takes_padded_batches_and_matches_per_row_append(logdir):
     for x, y in zip(a, b):
         assert x["sequence_id"] == y["sequence_id"]
         assert torch.equal(x["tokens"], y["tokens"]) and torch.equal(x["logprobs"], y["logprobs"])
+
+
+def test_events_and_streams_open_as_pandas_frames(logdir):
+    with asynclog.start(logdir, name="pandas") as run:
+        for i in range(5):
+            run.event("core_results", step=i, deltaH1=i * 0.5)
+        stream = run.stream("seq")
+        for i in range(3):
+            stream.append(sequence_id=i, logprobs=torch.full((i + 1,), -1.0), text=f"t{i}")
+    with asynclog.open(run.path) as log:
+        events = log.to_pandas()
+        rows = log.to_pandas("seq")
+    assert list(events["data.step"]) == list(range(5)) and events["data.deltaH1"].sum() == 5.0
+    assert list(rows["text"]) == ["t0", "t1", "t2"] and len(rows["logprobs"][2]) == 3
