@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 import os
-import queue
+import collections
 import subprocess
 import sys
 import threading
@@ -72,7 +72,13 @@ class Channel:
     def __init__(self, staging_bytes: int, queue_batches: int, flush_interval_s: float, writer_options: dict):
         self.pool = StagingPool(staging_bytes)
         self._prefault = self.pool.prefault()
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=queue_batches)
+        # The outbox: a deque (append and popleft are atomic) bounded by ``queue_batches``. A producer wakes
+        # the sender only when it may be asleep, so a hand-over costs an append, not a lock and a notify.
+        self._outbox: collections.deque[bytes | None] = collections.deque()
+        self._limit = queue_batches
+        self._wake = threading.Event()
+        self._space = threading.Condition()
+        self._waiting_for_space = 0
         self._replies: dict[tuple[int, int], _Reply] = {}
         self._run_errors: dict[int, str] = {}
         self._flushers: dict[int, Callable[[], None]] = {}
@@ -133,31 +139,37 @@ class Channel:
     def put(self, message: bytes, policy: str) -> bool:
         """Hand a message to the sender; return False if it was dropped under the ``drop`` policy."""
         self.check()
-        q = self._queue
-        try:
-            q.put_nowait(message)
-        except queue.Full:
+        box = self._outbox
+        if len(box) >= self._limit:
             if policy == "drop":
                 return False
             if policy == "error":
-                raise QueueFullError("asynclog queue is full (policy 'error')") from None
-            while True:
-                try:
-                    q.put(message, timeout=_POLL_S)
-                    break
-                except queue.Full:
-                    self.check()
-        depth = q.qsize()
-        if depth > self.high_water:
-            self.high_water = depth
+                raise QueueFullError("asynclog queue is full (policy 'error')")
+            self._wait_for_space()
+        box.append(message)
+        if not self._wake.is_set():
+            self._wake.set()
+        if len(box) > self.high_water:
+            self.high_water = len(box)
         return True
 
+    def _wait_for_space(self) -> None:
+        with self._space:
+            self._waiting_for_space += 1
+            try:
+                while len(self._outbox) >= self._limit:
+                    self._space.wait(_POLL_S)
+                    self.check()
+            finally:
+                self._waiting_for_space -= 1
+
     def put_nowait(self, message: bytes) -> bool:
-        try:
-            self._queue.put_nowait(message)
-            return True
-        except queue.Full:
+        """Hand a message over only if there is room now (used by the sender's own flush)."""
+        if len(self._outbox) >= self._limit:
             return False
+        self._outbox.append(message)
+        self._wake.set()
+        return True
 
     def request(self, key: tuple[int, int], message: bytes, timeout: float | None = None):
         """Send a message that the writer answers (OPEN, CLOSE, SYNC) and wait for the answer."""
@@ -188,22 +200,24 @@ class Channel:
 
     # --- background threads ---------------------------------------------------------------------------------
     def _send_loop(self) -> None:
+        box, wake = self._outbox, self._wake
         next_flush = time.monotonic() + self.flush_interval_s
         while True:
-            timeout = max(0.0, next_flush - time.monotonic())
-            try:
-                message = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                message = b""
-            if message is None:
-                return
-            if message:
+            wake.wait(max(0.0, next_flush - time.monotonic()))
+            wake.clear()  # before draining: a message appended from here on sets it again
+            while box:
+                message = box.popleft()
+                if message is None:
+                    return
                 try:
                     self._data.send_bytes(message)
                 except OSError as exc:
-                    # Producers blocked on the full queue poll ``error`` and wake up.
+                    # Producers blocked on a full outbox poll ``error`` and wake up.
                     self._fail(f"cannot send to the writer process: {exc}")
                     return
+                if self._waiting_for_space:
+                    with self._space:
+                        self._space.notify_all()
             if time.monotonic() >= next_flush:
                 with self._lock:
                     flushers = list(self._flushers.values())
@@ -276,12 +290,8 @@ class Channel:
         self.pool.close()
 
     def _queue_put_final(self) -> None:
-        while self._sender.is_alive():
-            try:
-                self._queue.put(None, timeout=_POLL_S)
-                return
-            except queue.Full:
-                continue
+        self._outbox.append(None)  # past the limit on purpose: the sentinel must go in
+        self._wake.set()
 
     def _kill(self) -> None:
         if self.process.poll() is None:
