@@ -34,6 +34,7 @@ __all__ = ["Op", "Channel"]
 
 _HANDSHAKE_TIMEOUT_S = 30.0
 _POLL_S = 0.05
+_SENDER_POLL_S = 0.005  # the longest a small hand-over waits for the sender
 
 encode = msgspec.msgpack.Encoder().encode
 decode = msgspec.msgpack.Decoder().decode
@@ -44,7 +45,7 @@ class Op(enum.IntEnum):
 
     # probe -> writer
     OPEN = 1  # [OPEN, run_id, path, header_meta, sidecar]
-    RECORDS = 2  # [RECORDS, run_id, count, body]
+    RECORDS = 2  # [RECORDS, run_id, count, body, [[tensor_meta, bytes, itemsize, shuffle_ok], ...]]
     STAGED = 3  # [STAGED, run_id, frame_kind, meta, offset, nbytes, release_mark, itemsize, shuffle_ok]
     CLOSE = 4  # [CLOSE, run_id, footer_meta]
     SHUTDOWN = 5  # [SHUTDOWN]
@@ -136,8 +137,12 @@ class Channel:
     def run_error(self, run_id: int) -> str | None:
         return self._run_errors.get(run_id)
 
-    def put(self, message: bytes, policy: str) -> bool:
-        """Hand a message to the sender; return False if it was dropped under the ``drop`` policy."""
+    def put(self, message: bytes, policy: str, wake: bool = True) -> bool:
+        """Hand a message to the sender; return False if it was dropped under the ``drop`` policy.
+
+        Waking the sender thread costs the caller tens of microseconds (a thread switch under the GIL), so
+        small hand-overs pass ``wake=False`` and the sender picks them up within ``_SENDER_POLL_S``.
+        """
         self.check()
         box = self._outbox
         if len(box) >= self._limit:
@@ -147,13 +152,18 @@ class Channel:
                 raise QueueFullError("asynclog queue is full (policy 'error')")
             self._wait_for_space()
         box.append(message)
-        if not self._wake.is_set():
+        if (wake or len(box) >= self._limit >> 1) and not self._wake.is_set():
             self._wake.set()
         if len(box) > self.high_water:
             self.high_water = len(box)
         return True
 
+    def kick(self) -> None:
+        """Wake the sender now (a producer is about to wait for space)."""
+        self._wake.set()
+
     def _wait_for_space(self) -> None:
+        self.kick()
         with self._space:
             self._waiting_for_space += 1
             try:
@@ -203,7 +213,7 @@ class Channel:
         box, wake = self._outbox, self._wake
         next_flush = time.monotonic() + self.flush_interval_s
         while True:
-            wake.wait(max(0.0, next_flush - time.monotonic()))
+            wake.wait(min(_SENDER_POLL_S, max(0.0, next_flush - time.monotonic())))
             wake.clear()  # before draining: a message appended from here on sets it again
             while box:
                 message = box.popleft()

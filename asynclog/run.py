@@ -15,6 +15,7 @@ batch under a lock; a batch crosses to the writer as one message when it is full
 from __future__ import annotations
 
 import collections
+import itertools
 import struct
 import sys
 import threading
@@ -36,6 +37,7 @@ __all__ = ["Run"]
 _ARRAY32 = struct.Struct(">BI")
 _clock = time.perf_counter_ns
 _now = time.time  # msgpack array header with a 32-bit count
+_INLINE_BYTES = 64 << 10  # CPU tensors up to this size travel inline with the record batch
 _SMALL_TENSOR_ITEMS = 64  # tensors up to this many elements may appear inside event fields
 
 
@@ -162,13 +164,13 @@ class Run:
         self._rank = level_rank(config.level)
         self._gates = {lvl: (self if i <= self._rank else MUTED) for i, lvl in enumerate(LEVELS)}
         self._channel, self._stager, self._policy = channel, stager, config.policy
-        self._lock = threading.Lock()  # tensor ids
         self._ship_lock = threading.Lock()
         self._batch: collections.deque[bytes] = collections.deque()
+        self._inline: collections.deque[tuple] = collections.deque()  # small tensors riding with records
         self._batch_nbytes = 0
         self._batch_limit = (config.batch_records, config.batch_bytes)
         self._last_ship = time.monotonic()
-        self._next_tid = 0
+        self._tids = itertools.count()
         self._streams: dict[str, Stream] = {}
         self._closed = False
         self._closed_why = "run is closed"
@@ -232,33 +234,37 @@ class Run:
         If the ``error`` policy refuses the batch, its records go back to the front of the deque, except
         ``failing``, the record of the call that raises: that call did not log it.
         """
-        batch = self._batch
+        batch, inline = self._batch, self._inline
         parts = [batch.popleft() for _ in range(len(batch))]
-        if not parts:
+        tensors = [inline.popleft() for _ in range(len(inline))]
+        if not parts and not tensors:
             return True
         self._batch_nbytes = 0
-        body = _ARRAY32.pack(0xDD, len(parts)) + b"".join(parts)
-        message = msgspec.msgpack.encode([Op.RECORDS, self.id, len(parts), body])
+        body = _ARRAY32.pack(0xDD, len(parts)) + b"".join(parts) if parts else b""
+        message = msgspec.msgpack.encode([Op.RECORDS, self.id, len(parts), body, tensors])
         try:
             if policy == "nowait":
                 if not self._channel.put_nowait(message):
                     batch.extendleft(reversed(parts))
+                    inline.extendleft(reversed(tensors))
                     return False
             elif not self._channel.put(message, policy):
                 self.accounting.dropped_records += len(parts)
+                self.accounting.dropped_tensors += len(tensors)
         except QueueFullError:
             if failing is not None:
                 parts.reverse()
                 parts.remove(failing)  # the last occurrence: this call's record
                 parts.reverse()
             batch.extendleft(reversed(parts))
+            inline.extendleft(reversed(tensors))
             raise
         self._last_ship = time.monotonic()
         return True
 
     def _flush_if_due(self) -> None:
         """Called by the sender thread each flush interval; never blocks on a busy caller or a full queue."""
-        if self._batch and self._ship_lock.acquire(blocking=False):
+        if (self._batch or self._inline) and self._ship_lock.acquire(blocking=False):
             try:
                 if time.monotonic() - self._last_ship >= self._channel.flush_interval_s:
                     self._ship_locked("nowait")
@@ -288,18 +294,31 @@ class Run:
         staging pool goes through in pieces, each waiting for space.
         """
         start = time.perf_counter_ns()
-        self._check_open()
+        if self._closed or self._channel.error is not None:
+            self._check_open()
         t = check_tensor(name, tensor)
-        with self._lock:
-            tid = self._next_tid
-            self._next_tid += 1
-        meta = tensor_meta(name, tid, t)
-        ok = self._stage_bytes(meta, device_bytes(t.detach()) if t.is_cuda else host_bytes(t), t)
-        if not ok:
-            self.accounting.dropped_tensors += 1
+        meta = tensor_meta(name, next(self._tids), t)
+        if meta["nbytes"] <= _INLINE_BYTES and not t.is_cuda:
+            ok = self._inline_tensor(meta, t)
+        else:
+            ok = self._stage_bytes(meta, device_bytes(t.detach()) if t.is_cuda else host_bytes(t), t)
+            if not ok:
+                self.accounting.dropped_tensors += 1
         self.accounting.bytes_in += meta["nbytes"]
         self.accounting.add(time.perf_counter_ns() - start)
         return ok
+
+    def _inline_tensor(self, meta: dict, tensor) -> bool:
+        """A small CPU tensor rides with the next record batch: no pool slot, no message of its own."""
+        itemsize = tensor.element_size()
+        meta.update(piece=0, pieces=1, offset=0)
+        data = host_bytes(tensor).tobytes()
+        self._inline.append((meta, data, itemsize, shuffle_hint(meta["dtype"], itemsize)))
+        self._batch_nbytes += len(data)
+        if self._batch_nbytes >= self._batch_limit[1]:
+            with self._ship_lock:
+                self._ship_locked(self._policy)
+        return True
 
     def _stage_bytes(self, meta: dict, flat, tensor) -> bool:
         stager = self._stager

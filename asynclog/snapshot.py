@@ -31,6 +31,7 @@ from .format import FrameKind
 __all__ = ["Stager", "check_tensor", "tensor_meta", "host_bytes", "device_bytes", "dtype_name"]
 
 _encode = msgspec.msgpack.Encoder().encode
+_WAKE_BYTES = 256 << 10  # smaller pieces do not wake the sender (see Channel.put)
 _FLOAT_KINDS = ("float", "bfloat", "half", "double", "complex")
 
 
@@ -71,7 +72,7 @@ class Stager:
             event = fill(offset)
             message = _encode([Op.STAGED, run_id, kind, meta, offset, nbytes, mark, itemsize, shuffle_ok])
             if event is None and not self._pending:
-                self.channel.put(message, "block")
+                self.channel.put(message, "block", wake=nbytes >= _WAKE_BYTES)
             else:
                 self._pending.append((event, message, keepalive))
                 self._start_completions()
@@ -85,6 +86,7 @@ class Stager:
             if slot is not None:
                 return slot
             self.channel.check()
+            self.channel.kick()  # descriptors may be waiting in the outbox: get them to the writer
             if policy == "drop":
                 return None
             if policy == "error":

@@ -208,9 +208,12 @@ class Writer:
             return
         self.reply(Op.OPENED, run_id, None)
 
-    def on_records(self, run_id: int, count: int, body: bytes) -> None:
-        meta = {"count": count, "_raw_len": len(body)}
-        self._submit(run_id, fmt.FrameKind.RECORDS, meta, body, None)
+    def on_records(self, run_id: int, count: int, body: bytes, tensors: list = ()) -> None:
+        if count:
+            self._submit(run_id, fmt.FrameKind.RECORDS, {"count": count, "_raw_len": len(body)}, body, None)
+        for meta, data, itemsize, shuffle_ok in tensors:  # small tensors that rode along
+            meta["_raw_len"] = len(data)
+            self._submit(run_id, fmt.FrameKind.TENSOR, meta, data, None, itemsize, shuffle_ok)
 
     def on_staged(self, run_id: int, kind: int, meta: dict, offset: int, nbytes: int, mark: int,
                   itemsize: int, shuffle_ok: bool) -> None:
