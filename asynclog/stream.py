@@ -171,10 +171,13 @@ class Stream:
         columns = self.columns
         if columns is None:
             columns = self._define(row)
-        if row.keys() != columns.keys():
-            raise LogInputError(f"stream {self.name!r} has columns {sorted(columns)}, row has {sorted(row)}")
         # Check every value before buffering any, so a bad row leaves the chunk unchanged.
-        prepared = [column.prepare(row[name]) for name, column in columns.items()]
+        try:
+            if len(row) != len(columns):
+                raise KeyError
+            prepared = [column.prepare(row[name]) for name, column in columns.items()]
+        except KeyError:
+            raise LogInputError(f"stream {self.name!r} has columns {sorted(columns)}, row has {sorted(row)}") from None
         for column, value in zip(columns.values(), prepared):
             column.add(value)
         self.rows += 1

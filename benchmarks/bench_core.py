@@ -41,14 +41,24 @@ def pct(values: list[int], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] / 1e3  # ns -> us
 
 
-def timed_calls(call, n: int) -> list[int]:
+CPU_NS: dict[str, int] = {}  # thread CPU time per variant: robust where wall time is noisy (shared machines)
+
+
+def timed_calls(call, n: int, label: str = "") -> list[int]:
     out = []
     clock = time.perf_counter_ns
+    cpu = time.thread_time_ns()
     for i in range(n):
         t = clock()
         call(i)
         out.append(clock() - t)
+    CPU_NS[label] = CPU_NS.get(label, 0) + time.thread_time_ns() - cpu
     return out
+
+
+def cpu_us(label: str, calls: int) -> float:
+    """Mean thread CPU time per call, timer overhead included alike for every variant."""
+    return CPU_NS[label] / calls / 1e3
 
 
 class SyncFloor:
@@ -82,17 +92,20 @@ def bench_events(tmp: str, n: int) -> dict:
     run = asynclog.start(tmp, name="events")
     results = {"stdlib": [], "floor": [], "asynclog": []}
     for _ in range(3):  # interleave, so drift hits every variant alike
-        results["stdlib"] += timed_calls(lambda i: logger.info(json.dumps({"name": "core", "i": i, **FIELDS})), n // 3)
-        results["floor"] += timed_calls(lambda i: floor.write({"name": "core", "i": i, **FIELDS}), n // 3)
-        results["asynclog"] += timed_calls(lambda i: run.event("core", i=i, **FIELDS), n // 3)
+        results["stdlib"] += timed_calls(lambda i: logger.info(json.dumps({"name": "core", "i": i, **FIELDS})), n // 3,
+                                         "ev_stdlib")
+        results["floor"] += timed_calls(lambda i: floor.write({"name": "core", "i": i, **FIELDS}), n // 3, "ev_floor")
+        results["asynclog"] += timed_calls(lambda i: run.event("core", i=i, **FIELDS), n // 3, "ev_asynclog")
     listener.stop()
     floor.close()
     run.close()
     muted = asynclog.start(tmp, name="muted", level="minimal")
     gated = timed_calls(lambda i: muted.at("debug").event("core", i=i), n // 3)
     muted.close()
+    calls = 3 * (n // 3)
     return {"p50_us": {k: pct(v, 0.5) for k, v in results.items()},
             "p99_us": {k: pct(v, 0.99) for k, v in results.items()},
+            "cpu_mean_us": {k: cpu_us("ev_" + k, calls) for k in results},
             "gated_p50_us": pct(gated, 0.5),
             "ratio_vs_stdlib": pct(results["asynclog"], 0.5) / pct(results["stdlib"], 0.5),
             "ratio_vs_floor": pct(results["asynclog"], 0.5) / pct(results["floor"], 0.5)}
@@ -117,12 +130,13 @@ def bench_stream(tmp: str, n: int) -> dict:
     stream = run.stream("tokens/E_batch", chunk_rows=64)
     res = {"floor": [], "asynclog": []}
     for _ in range(3):
-        res["floor"] += timed_calls(floor_row, n // 3)
-        res["asynclog"] += timed_calls(lambda i: stream.append(**rows[i % 64]), n // 3)
+        res["floor"] += timed_calls(floor_row, n // 3, "st_floor")
+        res["asynclog"] += timed_calls(lambda i: stream.append(**rows[i % 64]), n // 3, "st_asynclog")
     floor.close()
     run.close()
     return {"p50_us": {k: pct(v, 0.5) for k, v in res.items()}, "p99_us": {k: pct(v, 0.99) for k, v in res.items()},
             "mean_us": {k: statistics.mean(v) / 1e3 for k, v in res.items()},
+            "cpu_mean_us": {k: cpu_us("st_" + k, 3 * (n // 3)) for k in res},
             "ratio_p50": pct(res["asynclog"], 0.5) / pct(res["floor"], 0.5),
             "ratio_mean": statistics.mean(res["asynclog"]) / statistics.mean(res["floor"])}
 
