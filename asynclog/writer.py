@@ -183,6 +183,7 @@ class Writer:
                 self._finish_all(_INCOMPLETE_ON_DEATH.replace("ended", "shut the writer down"))
                 return
             handlers[message[0]](*message[1:])
+            self._sync_due()
 
     def _idle_timeout(self) -> float | None:
         if self.frames.pending:
@@ -193,6 +194,10 @@ class Writer:
 
     def on_idle(self) -> None:
         self.frames.flush()
+        self._sync_due()
+
+    def _sync_due(self) -> None:
+        """fsync every run whose interval has passed; also called while busy, so a stream of frames is synced."""
         now = time.monotonic()
         for run_id, run in list(self.runs.items()):
             if run.dirty and self.fsync_interval > 0 and now - run.last_sync >= self.fsync_interval:
