@@ -3,8 +3,8 @@
 Options (``asynclog.cli`` defines them): ``--level`` (default debug), ``--size`` tiny|small|medium,
 ``--checkpoints N`` (a sweep over N perturbed copies of the model, one log each, one writer process for
 all), ``--out`` (the logs' root), ``--config`` (a YAML file whose ``detailed_logging`` and ``asynclog``
-sections are used as they are; ``--out`` still sets the output directory, ``--level`` is then ignored),
-``--no-logging`` (the same probe with logging disabled).
+sections are used as they are, except that ``--out`` sets the output directory and ``--no-logging`` the
+switch; ``--level`` is then ignored), ``--no-logging`` (the same probe with logging disabled).
 """
 
 from __future__ import annotations
@@ -70,4 +70,6 @@ def _report(index: int, results: dict, seconds: float, logger) -> None:
         print(f"  summary: {summary.get('summary_path')}")
         if cost:
             print(f"  logging cost: {cost['probe_seconds'] * 1e3:.1f} ms in the probe's thread "
-                  f"({cost['fraction_of_run']:.2%} of the run), {cost.get('bytes_on_disk', 0) / 1024:.0f} KiB on disk")
+                  f"({cost['fraction_of_run']:.2%} of the run; opening the run {cost['start_seconds'] * 1e3:.1f} ms"
+                  f"{', which started the writer process' if index == 0 else ''}), "
+                  f"{cost.get('bytes_on_disk', 0) / 1024:.0f} KiB on disk")

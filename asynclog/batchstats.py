@@ -1,0 +1,361 @@
+"""The plan's per-batch quantities, computed from the probe's batch dicts with torch ops where the tensors live.
+
+A batch dict (what ``OfflineEntropyProbe`` builds for E and U)::
+
+    sequences        [B, G, T] long    prompt and response tokens, padded (left, right or both)
+    attention_masks  [B, G, T]         1 on real tokens (prompt and response), 0 on padding
+    prompt_lens      [B]               real prompt tokens per prompt (list or tensor)
+    advantages       [B, G]            optional
+    rewards          [B, G]            optional (the E batch has none)
+    _debug_info      {prompt_texts [B], response_texts [B][G] or [B*G], dataset_indices [B]}   optional
+
+Per sequence (row ``n = b * G + g``): the real tokens are ``sequences[b, g][mask]`` in order, the first
+``prompt_lens[b]`` of them the prompt, the rest the response, so
+``generation_length = mask.sum() - prompt_lens[b]``.
+
+Device work is batched: every statistic is reduced on the device, stacked, and read back with one
+``tolist()``; per-sequence columns are read back one chunk of rows at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from .errors import LogInputError
+
+__all__ = [
+    "PERCENTILES",
+    "SEQUENCE_FIELDS",
+    "BatchView",
+    "batch_statistics",
+    "sequence_extras",
+    "as_float_tensor",
+    "RowSource",
+]
+
+PERCENTILES = (10, 25, 50, 75, 90)
+
+# What the ``sequences`` argument of ``DetailedLogger.log_batch_data`` may hold (all optional).
+SEQUENCE_FIELDS = {
+    "sequence_logprob": "[B, G] float: S, the summed log-prob of the response",
+    "rb_entropy": "[B, G] float: the response's summed Rao-Blackwellised entropy",
+    "importance_weight": "[B, G] float: exp(S_upd - S_orig), when known",
+    "token_logprobs": "[B, G, T_gen] float (padded) or [B][G] ragged: per-token log-probs of the response",
+    "token_entropies": "[B, G, T_gen] float (padded) or [B][G] ragged: per-token RB entropies",
+    "response_texts": "[B][G] str: decoded responses",
+}
+# Attribute names of the probe's own result objects (BatchedSequences, LogprobResults) that mean the same.
+_ALIASES = {
+    "sequence_logprobs": "sequence_logprob",
+    "logprobs": "token_logprobs",
+    "rb_entropies": "token_entropies",
+    "responses_text": "response_texts",
+}
+
+
+def as_float_tensor(value: Any, device, what: str) -> torch.Tensor:
+    """A tensor (left where it is) or a nested list of numbers (put on ``device``) as a float tensor."""
+    if isinstance(value, torch.Tensor):
+        return value.detach() if value.is_floating_point() else value.detach().float()
+    try:
+        return torch.as_tensor(value, dtype=torch.float32, device=device)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise LogInputError(f"{what} must be a tensor or a nested list of numbers: {exc}") from None
+
+
+class BatchView:
+    """The batch dict checked once: shapes agree, lengths derived on the device."""
+
+    def __init__(self, batch: Mapping, batch_type: str):
+        if not isinstance(batch, Mapping):
+            raise LogInputError(f"{batch_type}: batch must be a mapping, not {type(batch).__name__}")
+        self.batch, self.name = batch, batch_type
+        self.sequences = self._required("sequences")
+        if self.sequences.dim() != 3:
+            raise LogInputError(f"{batch_type}: 'sequences' must be [B, G, T], got {list(self.sequences.shape)}")
+        self.B, self.G, self.T = self.sequences.shape
+        self.N = self.B * self.G
+        self.device = self.sequences.device
+        self.masks = self._required("attention_masks")
+        self._check_shape("attention_masks", self.masks, (self.B, self.G, self.T))
+        self.prompt_lens = self._prompt_lens(batch.get("prompt_lens"))
+        self.lengths = self.masks.long().sum(-1)  # [B, G] real tokens
+        self.gen_lengths = (self.lengths - self.prompt_lens[:, None]).clamp_min(0)
+        self.advantages = self._optional("advantages")
+        self.rewards = self._optional("rewards")
+
+    def _prompt_lens(self, value) -> torch.Tensor:
+        try:
+            lens = torch.as_tensor(value, device=self.device).long().reshape(-1)
+        except (TypeError, ValueError, RuntimeError):
+            lens = None
+        if lens is None or lens.numel() != self.B:
+            raise LogInputError(f"{self.name}: 'prompt_lens' must hold {self.B} lengths, got {type(value).__name__}")
+        return lens
+
+    def _required(self, key: str) -> torch.Tensor:
+        value = self.batch.get(key)
+        if not isinstance(value, torch.Tensor):
+            raise LogInputError(f"{self.name}: batch[{key!r}] must be a tensor, not {type(value).__name__}")
+        return value.detach()
+
+    def _optional(self, key: str) -> torch.Tensor | None:
+        value = self.batch.get(key)
+        if value is None:
+            return None
+        tensor = as_float_tensor(value, self.device, f"{self.name}: batch[{key!r}]")
+        self._check_shape(key, tensor, (self.B, self.G))
+        return tensor.to(self.device)
+
+    def _check_shape(self, key: str, tensor: torch.Tensor, shape: tuple) -> None:
+        if tensor.numel() != _prod(shape):
+            raise LogInputError(f"{self.name}: {key!r} must be {list(shape)}, got {list(tensor.shape)}")
+
+    def debug_info(self) -> Mapping:
+        info = self.batch.get("_debug_info") or {}
+        return info if isinstance(info, Mapping) else {}
+
+
+def _prod(shape: Sequence[int]) -> int:
+    out = 1
+    for n in shape:
+        out *= n
+    return out
+
+
+def _float_dtype(device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+
+
+def batch_statistics(view: BatchView) -> dict:
+    """Counts, mean lengths, max length, length percentiles, reward and advantage mean and std (n - 1).
+
+    One host sync: every reduction is stacked into one small tensor read with ``tolist()``.
+    """
+    dtype = _float_dtype(view.device)
+    lengths, gens = view.lengths.to(dtype).reshape(-1), view.gen_lengths.to(dtype).reshape(-1)
+    q = torch.tensor([p / 100 for p in PERCENTILES], dtype=dtype, device=view.device)
+    parts = {
+        "avg_prompt_length": view.prompt_lens.to(dtype).mean(),
+        "avg_generation_length": gens.mean(),
+        "avg_sequence_length": lengths.mean(),
+        "max_sequence_length": lengths.max(),
+        "max_generation_length": gens.max(),
+        "sequence_length_distribution": torch.quantile(lengths, q),
+        "generation_length_distribution": torch.quantile(gens, q),
+    }
+    for key, tensor in (("advantages", view.advantages), ("reward", view.rewards)):
+        if tensor is not None:
+            flat = tensor.to(dtype).reshape(-1)
+            std = flat.std() if flat.numel() > 1 else torch.full((), float("nan"), dtype=dtype, device=view.device)
+            parts["avg_" + key] = flat.mean()
+            parts[("advantages_std" if key == "advantages" else "reward_std")] = std
+    flat = torch.cat([p.reshape(-1) for p in parts.values()]).tolist()  # the one sync
+    stats: dict[str, Any] = {"num_prompts": view.B, "num_sequences": view.N, "G": view.G, "padded_length": view.T}
+    at = 0
+    for key, tensor in parts.items():
+        n = tensor.numel()
+        values = flat[at : at + n]
+        at += n
+        stats[key] = values if tensor.dim() else values[0]
+    for key in ("max_sequence_length", "max_generation_length"):
+        stats[key] = int(stats[key])
+    stats["length_percentiles"] = list(PERCENTILES)
+    return {k: (None if isinstance(v, float) and v != v else v) for k, v in stats.items()}
+
+
+def sequence_extras(sequences: Any, batch_type: str) -> dict:
+    """The ``sequences`` argument as a dict of the known fields (``SEQUENCE_FIELDS``).
+
+    A mapping must use those keys (a typo is an error); an object (the probe's ``BatchedSequences`` or
+    ``LogprobResults``) is read by attribute, under the field names or their aliases, others ignored.
+    """
+    if sequences is None:
+        return {}
+    if isinstance(sequences, Mapping):
+        unknown = set(sequences) - set(SEQUENCE_FIELDS) - set(_ALIASES)
+        if unknown:
+            raise LogInputError(f"{batch_type}: unknown sequences key(s) {sorted(unknown)}; "
+                                f"known: {sorted(SEQUENCE_FIELDS)}")
+        items = dict(sequences)
+    else:
+        items = {name: getattr(sequences, name) for name in (*SEQUENCE_FIELDS, *_ALIASES)
+                 if getattr(sequences, name, None) is not None}
+    return {_ALIASES.get(k, k): v for k, v in items.items() if v is not None}
+
+
+# --- rows ---------------------------------------------------------------------------------------------------
+class RowSource:
+    """Builds the per-sequence and per-token columns of one batch, one chunk of rows at a time.
+
+    Rows are numbered ``n = b * G + g``. Each chunk is a dict of columns for ``Stream.extend`` (tensors
+    stay on their device; the stream gathers them once per chunk); per-sequence numbers are reduced on the
+    device once and read back one chunk at a time. A batch of any size is never held on the host whole.
+
+    Token rows cover each sequence's response region: from its first response token (after its
+    ``prompt_lens[b]`` real prompt tokens) to the end of the padded row. ``tokens``, ``attention_mask``,
+    ``token_texts`` and the per-token values (``token_logprobs``, ``rb_entropies``; the j-th generated
+    token's value at the region's j-th position) line up position by position; trailing padding has mask 0.
+    """
+
+    def __init__(self, view: BatchView, extras: dict, tokenizer=None, token_texts: dict | None = None):
+        self.view, self.extras, self.tokenizer = view, extras, tokenizer
+        self.token_texts = {} if token_texts is None else token_texts  # id -> text, shared across batches
+        self._scalar_names, self._scalars = self._gather_scalars()
+        info = view.debug_info()
+        self.prompt_texts = info.get("prompt_texts")
+        self.response_texts = info.get("response_texts", extras.get("response_texts"))
+        self.dataset_indices = info.get("dataset_indices")
+        self.has_text = tokenizer is not None or self.prompt_texts is not None or self.response_texts is not None
+
+    def _gather_scalars(self) -> tuple[list[str], torch.Tensor]:
+        view, dtype = self.view, _float_dtype(self.view.device)
+        columns = {
+            "prompt_length": view.prompt_lens.repeat_interleave(view.G),
+            "generation_length": view.gen_lengths.reshape(-1),
+        }
+        if view.rewards is not None:
+            columns["reward"] = view.rewards.reshape(-1)
+        if view.advantages is not None:
+            columns["advantage"] = view.advantages.reshape(-1)
+        for key in ("sequence_logprob", "rb_entropy", "importance_weight"):
+            if key in self.extras:
+                value = as_float_tensor(self.extras[key], view.device, f"{view.name}: sequences[{key!r}]")
+                if value.numel() != view.N:
+                    raise LogInputError(f"{view.name}: sequences[{key!r}] must be [{view.B}, {view.G}], "
+                                        f"got {list(value.shape)}")
+                columns[key] = value.reshape(-1).to(view.device)
+        stacked = torch.stack([c.to(dtype) for c in columns.values()])
+        return list(columns), stacked
+
+    # --- per sequence ------------------------------------------------------------------------------------
+    def sequence_columns(self, start: int, stop: int) -> dict[str, list]:
+        """Rows ``start:stop`` of the sequence table as columns (see docs/PROBE.md)."""
+        G = self.view.G
+        ids = range(start, stop)
+        values = dict(zip(self._scalar_names, self._scalars[:, start:stop].tolist()))  # one sync per chunk
+        columns: dict[str, list] = {"sequence_id": list(ids), "prompt_id": [n // G for n in ids],
+                                    "response_id": [n % G for n in ids]}
+        if self.dataset_indices is not None:
+            columns["dataset_index"] = [_item(self.dataset_indices, n // G) for n in ids]
+        if self.has_text:
+            tokens = self._host_tokens(start, stop) if self._needs_decoding() else None
+            columns["prompt_text"] = [self._prompt_text(n // G, i, tokens) for i, n in enumerate(ids)]
+            columns["response_text"] = [self._response_text(n // G, n % G, i, tokens) for i, n in enumerate(ids)]
+        for name in ("prompt_length", "generation_length"):
+            columns[name] = [int(v) for v in values[name]]
+        for name in ("reward", "advantage"):
+            columns[name] = [_finite(v) for v in values[name]] if name in values else [None] * len(ids)
+        for name in ("sequence_logprob", "rb_entropy", "importance_weight"):
+            if name in values:
+                columns[name] = [_finite(v) for v in values[name]]
+        return columns
+
+    def _needs_decoding(self) -> bool:
+        have_texts = self.prompt_texts is not None and self.response_texts is not None
+        return self.tokenizer is not None and not have_texts
+
+    def _prompt_text(self, b: int, i: int, tokens) -> str | None:
+        if self.prompt_texts is not None:
+            return str(_item(self.prompt_texts, b))
+        if tokens is None:
+            return None
+        return _decode(self.tokenizer, tokens[i][0])
+
+    def _response_text(self, b: int, g: int, i: int, tokens) -> str | None:
+        texts = self.response_texts
+        if texts is not None:
+            entry = _item(texts, b)
+            if isinstance(entry, (list, tuple)):
+                return str(entry[g])
+            return str(_item(texts, b * self.view.G + g))
+        if tokens is None:
+            return None
+        return _decode(self.tokenizer, tokens[i][1])
+
+    def _host_tokens(self, start: int, stop: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(prompt ids, response ids) of rows ``start:stop``, for decoding: one device-to-host copy."""
+        view = self.view
+        seqs = view.sequences.reshape(view.N, view.T)[start:stop].cpu()
+        masks = view.masks.reshape(view.N, view.T)[start:stop].cpu().bool()
+        plens = view.prompt_lens.repeat_interleave(view.G)[start:stop].tolist()
+        out = []
+        for row, mask, plen in zip(seqs, masks, plens):
+            real = row[mask]
+            out.append((real[:plen], real[plen:]))
+        return out
+
+    # --- per token ---------------------------------------------------------------------------------------
+    def token_columns(self, start: int, stop: int) -> tuple[dict, list[int] | None]:
+        """(columns, region lengths or None when all equal) of token rows ``start:stop``, for ``Stream.extend``."""
+        view = self.view
+        seqs = view.sequences.reshape(view.N, view.T)[start:stop]
+        masks = view.masks.reshape(view.N, view.T)[start:stop]
+        plens = view.prompt_lens.repeat_interleave(view.G)[start:stop]
+        # The response starts where the running count of real tokens passes the prompt's length.
+        begins = (masks.long().cumsum(-1) <= plens[:, None]).sum(-1)
+        lengths = (view.T - begins).tolist()  # one sync per chunk
+        width = max(lengths) if lengths else 0
+        where = (begins[:, None] + torch.arange(width, device=view.device)).clamp_max(view.T - 1)
+        tokens = seqs.gather(1, where)
+        columns = {"sequence_id": list(range(start, stop)), "tokens": tokens,
+                   "attention_mask": masks.gather(1, where).to(torch.uint8)}
+        if self.tokenizer is not None:
+            host = tokens.cpu().tolist()
+            columns["token_texts"] = [self._texts_of(row[:n]) for row, n in zip(host, lengths)]
+        for name, column in (("token_logprobs", "token_logprobs"), ("token_entropies", "rb_entropies")):
+            if name in self.extras:
+                columns[column] = self._per_token(name, start, stop, width)
+        # Left-padded prompts (the usual layout) give every row the same region: no ragged cut needed.
+        return columns, (None if all(n == width for n in lengths) else lengths)
+
+    def _texts_of(self, ids: list[int]) -> list[str]:
+        """Each token's text; a token id is decoded once per logger, not once per occurrence."""
+        known = self.token_texts
+        missing = [i for i in dict.fromkeys(ids) if i not in known]
+        if missing:
+            known.update(zip(missing, _token_texts(self.tokenizer, missing)))
+        return [known[i] for i in ids]
+
+    def _per_token(self, name: str, start: int, stop: int, width: int) -> torch.Tensor:
+        """Rows ``start:stop`` of a padded [B, G, T_gen] or ragged [B][G] field, as [rows, width]."""
+        value, view = self.extras[name], self.view
+        if isinstance(value, torch.Tensor):
+            if value.dim() != 3 or tuple(value.shape[:2]) != (view.B, view.G):
+                raise LogInputError(f"{view.name}: sequences[{name!r}] must be [B, G, T_gen], got {list(value.shape)}")
+            rows = value.detach().reshape(view.N, -1)[start:stop]
+        else:
+            ragged = [_host_vector(value[n // view.G][n % view.G]) for n in range(start, stop)]
+            rows = torch.nn.utils.rnn.pad_sequence(ragged, batch_first=True)
+        if rows.shape[1] >= width:
+            return rows[:, :width]
+        return torch.nn.functional.pad(rows, (0, width - rows.shape[1]))
+
+
+def _host_vector(value) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.detach().reshape(-1).cpu()
+    return torch.as_tensor(value, dtype=torch.float32).reshape(-1)
+
+
+def _item(values, index: int):
+    value = values[index]
+    return value.item() if isinstance(value, torch.Tensor) else value
+
+
+def _finite(value: float) -> float | None:
+    return None if value != value else value  # NaN -> None; msgpack and JSON agree on null
+
+
+def _decode(tokenizer, ids: torch.Tensor) -> str:
+    return tokenizer.decode(ids.tolist())
+
+
+def _token_texts(tokenizer, ids: list[int]) -> list[str]:
+    batch_decode = getattr(tokenizer, "batch_decode", None)
+    if batch_decode is not None:
+        return list(batch_decode([[i] for i in ids]))
+    return [tokenizer.decode([i]) for i in ids]

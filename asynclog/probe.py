@@ -1,0 +1,544 @@
+"""DetailedLogger: the entropy probe's logging plan, written through asynclog.
+
+A probe adopts it by changing one import; the calls are the plan's::
+
+    from asynclog import DetailedLogger
+    dl = DetailedLogger(config, logger, tokenizer=tok)      # config: the probe's dict with `detailed_logging:`
+    path = dl.log_run_start(checkpoint_path, config)
+    dl.log_phase_start("phase0_sampling"); ...; dl.log_phase_end("phase0_sampling")
+    dl.log_batch_data("E_batch", E_batch, E_sequences)      # E_sequences: optional, see batchstats.SEQUENCE_FIELDS
+    dl.log_importance_sampling_details(S_orig, S_upd, RB_orig, RB_upd)
+    dl.log_ground_truth_results(ground_truth)
+    dl.finalize_log(results)                                # -> the main log's path
+
+What each level writes, and where, is in docs/PROBE.md. The probe's thread does the small work (reductions
+on the device, one host sync per statistic set or row chunk, msgpack encoding); compression and disk
+writes happen in asynclog's writer process.
+
+Lifecycle: ``log_run_start`` opens a run and ``finalize_log`` closes it; a logger serves run after run (a
+checkpoint sweep). Calls outside an open run, and every call when ``enabled`` is false, return None at
+once; a disabled logger never starts the writer. A run left open (an exception leaving ``with logger:``,
+``close()``, interpreter exit, a new ``log_run_start``) is closed marked incomplete, and its summary says
+why; if the process is killed, the writer writes that summary. Errors from asynclog (bad input, a dead writer) are raised to the caller.
+Not thread-safe: call it from the probe's thread.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import hashlib
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+import weakref
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any, NamedTuple
+
+import msgspec
+import torch
+import yaml
+
+from . import __version__, layout
+from .batchstats import BatchView, RowSource, as_float_tensor, batch_statistics, sequence_extras
+from .config import Config, Level, convert_section, level_rank, load_yaml
+from .errors import ConfigError, LogInputError
+from .session import start
+
+__all__ = ["DetailedLogger", "DetailedLoggingConfig", "load_settings", "plain", "config_hash"]
+
+_YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml when present: a config dumps 10x faster
+SEQUENCE_CHUNK_ROWS = 256
+TOKEN_CHUNK_ROWS = 64
+SMALL_ITEMS = 64  # lists and tensors up to this size are kept whole in records and the summary
+CORE_KEYS = ("bars_dot", "deltaH1", "deltaH_true", "learning_rate", "B_E", "B_U", "G", "mb_size_prompts",
+             "weighting_mode")
+# Probe logs are megabytes; the core's 256 MiB default pool would only cost resident memory. An
+# ``asynclog:`` section in the probe's config overrides this.
+_ENGINE_DEFAULTS = {"staging_bytes": 64 << 20}
+
+
+class DetailedLoggingConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The plan's ``detailed_logging`` section.
+
+    enabled:           master switch; off, every call returns at once and nothing is started.
+    level:             minimal < standard < detailed < debug (docs/PROBE.md lists what each adds).
+    log_sequences:     per-sequence rows (needs level detailed); false switches them off.
+    log_tokens:        per-token rows (needs level debug); false switches them off.
+    log_raw_tensors:   raw tensors (needs level debug); false switches them off.
+    output_directory:  root of the day folders.
+    filename_template: fields {timestamp}, {checkpoint_name}, {date}, {level}; a .json/.json.gz suffix
+                       becomes .alog.
+    compress:          false writes frames uncompressed (asynclog ``compression: raw``).
+    max_files:         keep the newest this many runs under output_directory (0 keeps all).
+    """
+
+    enabled: bool = False
+    level: Level = "standard"
+    log_sequences: bool = True
+    log_tokens: bool = True
+    log_raw_tensors: bool = True
+    output_directory: str = "entropy_experiments/logs"
+    filename_template: str = "entropy_probe_{timestamp}_{checkpoint_name}.json"
+    compress: bool = True
+    max_files: int = 50
+
+    def __post_init__(self) -> None:
+        if self.max_files < 0:
+            raise ConfigError(f"config key 'max_files' must be >= 0 (0 keeps every run), got {self.max_files}")
+        layout.check_template(self.filename_template)
+
+
+def load_settings(config: Mapping | str | os.PathLike | None) -> tuple[DetailedLoggingConfig, Config, dict]:
+    """(detailed_logging settings, asynclog engine config, the config as a dict) from the probe's config.
+
+    Errors are ConfigErrors naming the section and key. The engine's level is the section's level, and
+    ``compress: false`` means ``compression: raw``.
+    """
+    if config is None:
+        data, source = {}, "<config>"
+    elif isinstance(config, (str, os.PathLike)):
+        data, source = load_yaml(config), os.fspath(config)
+    elif isinstance(config, Mapping):
+        data, source = dict(config), "<config>"
+    else:
+        raise ConfigError(f"config must be a mapping or a YAML path, not {type(config).__name__}")
+    settings = convert_section(_section(data, "detailed_logging"), DetailedLoggingConfig,
+                               f"{source} [detailed_logging]")
+    engine = convert_section({**_ENGINE_DEFAULTS, **_section(data, "asynclog")}, Config, f"{source} [asynclog]")
+    changes = {"level": settings.level}
+    if not settings.compress:
+        changes["compression"] = "raw"
+    return settings, msgspec.structs.replace(engine, **changes), data
+
+
+def _section(data: dict, key: str) -> dict:
+    section = data.get(key)
+    if section is None:
+        return {}
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"config key {key!r} must be a mapping, not {type(section).__name__}")
+    return dict(section)
+
+
+class _Keeps(NamedTuple):
+    """What a logger writes, from its level and switches."""
+
+    batch_statistics: bool
+    ground_truth: bool
+    sequences: bool
+    tokens: bool
+    raw_tensors: bool
+
+    @classmethod
+    def of(cls, s: DetailedLoggingConfig) -> "_Keeps":
+        rank = level_rank(s.level)
+        return cls(rank >= 1, rank >= 1, rank >= 2 and s.log_sequences, rank >= 3 and s.log_tokens,
+                   rank >= 3 and s.log_raw_tensors)
+
+
+class _RunState:
+    """What one open run remembers for its summary; small by construction."""
+
+    def __init__(self, paths: layout.RunPaths, start_summary: dict):
+        self.paths = paths
+        self.start_summary = start_summary
+        self.started = time.perf_counter()
+        self.busy_ns = 0
+        self.start_ns = 0  # of busy_ns, opening the run (the first run of a process also starts the writer)
+        self.phase_started: dict[str, float] = {}
+        self.timing: dict[str, float] = {}
+        self.core_results: dict = {}
+        self.batch_statistics: dict = {}
+        self.ground_truth: dict | None = None
+
+
+def _logging_call(method):
+    """Return None at once outside an open run; count the time spent inside toward ``logging_cost``."""
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        state = self._state
+        if state is None:
+            return None
+        begin = time.perf_counter_ns()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            state.busy_ns += time.perf_counter_ns() - begin
+
+    return call
+
+
+class DetailedLogger:
+    """The plan's DetailedLogger; see the module docstring for the lifecycle and docs/PROBE.md for content.
+
+    ``config``: the probe's whole config (a dict or a YAML path) holding a ``detailed_logging`` section and,
+    optionally, an ``asynclog`` section of engine settings (``asynclog.Config``). ``base_logger`` gets one
+    info line per run (where the log is). ``tokenizer`` (anything with ``decode(ids)``) turns token ids into
+    text when the batch carries no ``_debug_info`` texts.
+
+    Attributes: ``enabled``, ``level``, ``settings``, ``engine_config``; ``run``, the open asynclog Run (None
+    between runs) for anything the plan does not name; ``last_summary``, the summary of the last run closed.
+    """
+
+    def __init__(self, config: Mapping | str | os.PathLike | None, base_logger: logging.Logger | None = None,
+                 tokenizer: Any = None):
+        self.settings, self.engine_config, self._config = load_settings(config)
+        self.enabled: bool = self.settings.enabled
+        self.level: str = self.settings.level
+        self.keeps = _Keeps.of(self.settings)
+        self.logger = base_logger or logging.getLogger("asynclog.probe")
+        self.tokenizer = tokenizer
+        self._token_texts: dict[int, str] = {}  # the tokenizer's text of each token id seen so far
+        self.run = None
+        self._state: _RunState | None = None
+        self.last_summary: dict | None = None
+
+    # --- run lifecycle ------------------------------------------------------------------------------------
+    def log_run_start(self, checkpoint_path: str | os.PathLike | None, config: Mapping | None = None) -> str | None:
+        """Open a run for ``checkpoint_path``: day folder, config sidecar, README, retention. Returns the log path.
+
+        ``config`` (default: the constructor's) is what the config sidecar holds and ``config_hash`` hashes.
+        """
+        if not self.enabled:
+            return None
+        if self._state is not None:
+            self._close(False, "log_run_start was called again before finalize_log")
+        begin = time.perf_counter_ns()
+        config = self._config if config is None else config
+        s = self.settings
+        paths = layout.run_paths(s.output_directory, s.filename_template, checkpoint_path, s.level)
+        layout.ensure_readme(paths.root)
+        metadata = run_metadata(checkpoint_path, config)
+        start_summary = {"log_path": paths.main, "summary_path": paths.summary, "config_path": paths.config,
+                         "level": s.level, "run_metadata": metadata}
+        header = {"run_metadata": metadata, "detailed_logging": msgspec.structs.asdict(s),
+                  "probe_config": plain(config)}
+        self.run = start(path=paths.main, config=self.engine_config, metadata=header,
+                         summary={"summary_path": paths.summary, "summary": start_summary})
+        self._state = _RunState(paths, start_summary)
+        _write_atomic(paths.config, yaml.dump(plain(config), Dumper=_YAML_DUMPER, sort_keys=False, allow_unicode=True))
+        _OPEN.add(self)
+        layout.prune(paths.root, s.max_files, protect=paths.main)
+        self.logger.info("asynclog: detailed log %s (level %s)", paths.main, s.level)
+        self._state.start_ns = self._state.busy_ns = time.perf_counter_ns() - begin
+        return paths.main
+
+    def finalize_log(self, final_results: Mapping | None = None) -> str | None:
+        """Log the final results, close the run, write the summary; return the main log's path."""
+        if self._state is None:
+            return None
+        return self._close(True, None, final_results or {})
+
+    def close(self) -> None:
+        """Close a run that was never finalized, marked incomplete. Safe to call any time."""
+        if self._state is not None:
+            self._close(False, "closed before finalize_log")
+
+    def __enter__(self) -> "DetailedLogger":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._state is not None:
+            reason = "closed before finalize_log" if exc_type is None else f"closed by {exc_type.__name__}: {exc}"
+            self._close(False, reason)
+
+    # --- the plan's quantities ----------------------------------------------------------------------------
+    @_logging_call
+    def log_phase_start(self, phase_name: str) -> None:
+        """Mark a phase's start (an event, flushed, so a crash inside the phase shows where it happened)."""
+        self._state.phase_started[phase_name] = time.perf_counter()
+        self.run.event("phase_start", phase=phase_name)
+        self.run.flush()
+
+    @_logging_call
+    def log_phase_end(self, phase_name: str, results: Any = None) -> None:
+        """Mark a phase's end: ``phase_end`` {phase, duration, results}; the duration goes to ``timing``."""
+        started = self._state.phase_started.pop(phase_name, None)
+        duration = None if started is None else time.perf_counter() - started
+        if duration is not None:
+            timing = self._state.timing
+            timing[phase_name] = timing.get(phase_name, 0.0) + duration
+        self.run.event("phase_end", phase=phase_name, duration=duration, results=plain(results or {}))
+        self.run.flush()
+
+    @_logging_call
+    def log_core_results(self, results: Mapping) -> None:
+        """The plan's core results (bars_dot, deltaH1, ...): every level. Also kept for the summary."""
+        values = plain(results)
+        self._state.core_results.update(values)
+        self.run.event("core_results", **values)
+        self.run.flush()
+
+    @_logging_call
+    def log_batch_data(self, batch_type: str, batch: Mapping, sequences: Any = None) -> None:
+        """Batch statistics (standard), sequence rows (detailed), token rows and raw tensors (debug).
+
+        ``batch``: the probe's batch dict (see ``asynclog.batchstats``). ``sequences``: optional
+        per-sequence data, a dict with ``batchstats.SEQUENCE_FIELDS`` keys or the probe's own result object.
+        """
+        keeps, run = self.keeps, self.run
+        if not (keeps.batch_statistics or keeps.sequences or keeps.tokens or keeps.raw_tensors):
+            return
+        if not isinstance(batch_type, str) or not batch_type:
+            raise LogInputError(f"batch_type must be a non-empty str, not {batch_type!r}")
+        view = BatchView(batch, batch_type)
+        extras = sequence_extras(sequences, batch_type)
+        if keeps.batch_statistics:
+            stats = batch_statistics(view)
+            self._state.batch_statistics[batch_type] = stats
+            run.event("batch_statistics", batch=batch_type, **stats)
+        if keeps.sequences or keeps.tokens:
+            rows = RowSource(view, extras, self.tokenizer, self._token_texts)
+            if keeps.sequences:
+                self._write_rows(f"sequences/{batch_type}", view.N, rows.sequence_columns, SEQUENCE_CHUNK_ROWS)
+            if keeps.tokens:
+                self._write_rows(f"tokens/{batch_type}", view.N, rows.token_columns, TOKEN_CHUNK_ROWS)
+        if keeps.raw_tensors:
+            for key, tensor in (("rewards", view.rewards), ("advantages", view.advantages)):
+                if tensor is not None:
+                    run.tensor(f"{batch_type}/{key}", tensor)
+        run.flush()
+
+    @_logging_call
+    def log_importance_sampling_details(self, S_orig, S_upd, RB_orig, RB_upd, batch_type: str = "E_batch") -> None:
+        """Per-sequence S and RB before and after the update, logw and exp(logw): rows (detailed), tensors (debug).
+
+        Arguments are [B] or [B, 1] tensors (or lists) over the E batch's sequences.
+        """
+        keeps = self.keeps
+        if not (keeps.sequences or keeps.raw_tensors):
+            return
+        device = S_orig.device if isinstance(S_orig, torch.Tensor) else torch.device("cpu")
+        given = {"S_orig": S_orig, "S_upd": S_upd, "RB_orig": RB_orig, "RB_upd": RB_upd}
+        flat = {k: as_float_tensor(v, device, k).to(device).double().reshape(-1) for k, v in given.items()}
+        if len({t.numel() for t in flat.values()}) != 1:
+            raise LogInputError(f"S_orig, S_upd, RB_orig, RB_upd differ in size: "
+                                f"{ {k: t.numel() for k, t in flat.items()} }")
+        flat["logw"] = flat["S_upd"] - flat["S_orig"]
+        flat["importance_weight"] = flat["logw"].exp()
+        if keeps.sequences:
+            self._write_importance_rows(f"importance/{batch_type}", flat)
+        if keeps.raw_tensors:
+            for key, value in given.items():
+                tensor = value if isinstance(value, torch.Tensor) else flat[key]
+                self.run.tensor(f"{batch_type}/{key}", tensor)
+            self.run.tensor(f"{batch_type}/importance_weights", flat["importance_weight"])
+        self.run.flush()
+
+    @_logging_call
+    def log_ground_truth_results(self, results: Mapping) -> None:
+        """The ground truth (H_orig, H_upd, deltaH_true, per-token variants, diagnostics): standard and up."""
+        if not self.keeps.ground_truth:
+            return
+        self._state.ground_truth = plain(results, SMALL_ITEMS)
+        self.run.event("ground_truth", **plain(results))
+        self.run.flush()
+
+    # --- helpers ------------------------------------------------------------------------------------------
+    def _write_rows(self, name: str, count: int, columns, chunk_rows: int) -> None:
+        """Stream rows chunk by chunk: ``columns(start, stop)`` builds one chunk, which ships before the next.
+
+        ``columns`` returns a dict of columns, or (columns, per-row lengths) for ragged token rows.
+        """
+        stream = self.run.stream(name, chunk_rows=chunk_rows)
+        for begin in range(0, count, chunk_rows):
+            chunk = columns(begin, min(count, begin + chunk_rows))
+            built, lengths = chunk if isinstance(chunk, tuple) else (chunk, None)
+            stream.extend(lengths=lengths, **built)
+        stream.flush()
+
+    def _write_importance_rows(self, name: str, columns: dict) -> None:
+        names = list(columns)
+        stacked = torch.stack(list(columns.values()))
+
+        def chunk(begin: int, end: int) -> dict:
+            values = stacked[:, begin:end].tolist()  # one sync per chunk
+            return {"sequence_id": list(range(begin, end)), **dict(zip(names, values))}
+
+        self._write_rows(name, stacked.shape[1], chunk, SEQUENCE_CHUNK_ROWS)
+
+    def _close(self, complete: bool, reason: str | None, final_results: Mapping | None = None) -> str:
+        """Close the run (final records first when complete) and write the summary beside it."""
+        state, run = self._state, self.run
+        self._state, self.run = None, None
+        _OPEN.discard(self)
+        begin = time.perf_counter_ns()
+        total = time.perf_counter() - state.started
+        timing = _timing(final_results or {}, state.timing, total)
+        results = plain(final_results or {})
+        core = {**{k: results[k] for k in CORE_KEYS if k in results}, **state.core_results}
+        try:
+            if core and not state.core_results:
+                run.event("core_results", **core)  # the plan logs core results always; take them from the results
+            if final_results is not None:
+                run.event("final_results", results=results, timing=timing)
+        finally:
+            path = run.close(complete=complete, reason=reason)
+        close_ns = time.perf_counter_ns() - begin
+        summary = _summary(state, run.result or {}, timing, core, plain(final_results, SMALL_ITEMS), close_ns, total)
+        _write_atomic(state.paths.summary, msgspec.json.format(msgspec.json.encode(summary), indent=2).decode())
+        self.last_summary = summary
+        if not complete:
+            self.logger.warning("asynclog: %s closed incomplete (%s)", path, reason)
+        return path
+
+    def __repr__(self) -> str:
+        state = "disabled" if not self.enabled else ("open" if self._state else "idle")
+        return f"<asynclog.DetailedLogger level={self.level} {state}>"
+
+
+def _timing(final_results: Mapping, measured: dict, total: float) -> dict:
+    """The plan's timing: the probe's own ``timing`` entries, then the phases timed here, then total_time."""
+    reported = final_results.get("timing") if isinstance(final_results, Mapping) else None
+    base = plain(reported) if isinstance(reported, Mapping) else {}
+    return {**base, **measured, "total_time": total}
+
+
+def _summary(state: _RunState, result: dict, timing: dict, core: dict, results, close_ns: int, total: float) -> dict:
+    stats = result.get("stats", {})
+    probe_seconds = (state.busy_ns + close_ns) / 1e9
+    cost = {"probe_seconds": probe_seconds, "fraction_of_run": probe_seconds / total if total > 0 else None,
+            "start_seconds": state.start_ns / 1e9, "close_seconds": close_ns / 1e9, **stats}
+    summary = {**state.start_summary, "complete": result.get("complete", False), "reason": result.get("reason"),
+               "core_results": core, "timing": timing}
+    if state.batch_statistics:
+        summary["batch_statistics"] = state.batch_statistics
+    if state.ground_truth is not None:
+        summary["ground_truth"] = state.ground_truth
+    if results is not None:
+        summary["results"] = results
+    summary["logging_cost"] = cost
+    summary["stats"] = stats  # the key the writer uses when it writes this file after a crash
+    return summary
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+# --- run metadata ----------------------------------------------------------------------------------------
+def run_metadata(checkpoint_path, config) -> dict:
+    """The plan's run metadata: time, versions, git commit, checkpoint, config hash, environment."""
+    now = datetime.now(timezone.utc)
+    return {
+        "timestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "local_time": datetime.now().isoformat(timespec="seconds"),
+        "asynclog_version": __version__,
+        "git_commit": git_commit(),
+        "checkpoint_path": None if checkpoint_path is None else os.fspath(checkpoint_path),
+        "config_hash": config_hash(config),
+        "command": list(sys.argv),
+        "environment": environment(),
+    }
+
+
+def config_hash(config: Any) -> str:
+    """sha256 of the canonical JSON of ``plain(config)``: keys sorted, no spaces, UTF-8."""
+    text = json.dumps(plain(config), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def git_commit(cwd: str | None = None) -> str | None:
+    """``git rev-parse HEAD`` in the working directory; None outside a repository or without git (2 s cap).
+
+    Asked once per directory and process: a sweep's runs share the code the process is running, and a
+    fork and exec per run would cost milliseconds each.
+    """
+    return _git_commit(cwd or os.getcwd())
+
+
+@functools.lru_cache(maxsize=16)
+def _git_commit(cwd: str) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                             timeout=2, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
+
+
+def environment() -> dict:
+    """Python, torch, CUDA, the GPU (name, memory) when CUDA is available, and host memory."""
+    import psutil
+
+    env = {"python_version": platform.python_version(), "torch_version": str(torch.__version__),
+           "cuda_version": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
+           "gpu_name": None, "memory_gb": None, "gpu_count": 0,
+           "host_memory_gb": round(psutil.virtual_memory().total / 2**30, 2), "cpu_count": os.cpu_count(),
+           "platform": platform.platform(), "hostname": platform.node()}
+    if env["cuda_available"]:
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        env.update(gpu_name=props.name, memory_gb=round(props.total_memory / 2**30, 2),
+                   gpu_count=torch.cuda.device_count())
+    return env
+
+
+# --- values ----------------------------------------------------------------------------------------------
+def plain(value: Any, max_items: int | None = None, _depth: int = 0) -> Any:
+    """``value`` as plain JSON/msgpack data: str keys, numbers, lists; tensors as numbers or lists.
+
+    A tensor or array of more than SMALL_ITEMS elements becomes ``{"tensor_shape", "dtype"}`` (log it with
+    raw tensors instead); with ``max_items`` a longer list becomes ``{"list_length"}``. Unknown objects
+    become their ``repr``.
+    """
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if _depth > 32:
+        return repr(value)
+    if isinstance(value, torch.Tensor):
+        return _plain_array(value.detach(), value.numel(), list(value.shape), str(value.dtype).removeprefix("torch."))
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(value, (numpy.ndarray, numpy.generic)):
+        return _plain_array(value, value.size, list(value.shape), str(value.dtype))
+    if isinstance(value, Mapping):
+        return {str(k): plain(v, max_items, _depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = list(value)
+        if max_items is not None and len(items) > max_items:
+            return {"list_length": len(items)}
+        return [plain(v, max_items, _depth + 1) for v in items]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return repr(value)
+
+
+def _plain_array(value, count: int, shape: list, dtype: str):
+    if count == 1:
+        return value.item()
+    if count <= SMALL_ITEMS:
+        return value.cpu().tolist() if isinstance(value, torch.Tensor) else value.tolist()
+    return {"tensor_shape": shape, "dtype": dtype}
+
+
+# --- interpreter exit --------------------------------------------------------------------------------------
+_OPEN: "weakref.WeakSet[DetailedLogger]" = weakref.WeakSet()
+
+
+def _close_open_loggers() -> None:
+    """At exit, close runs the probe never finalized as incomplete, before asynclog's own exit hook runs.
+
+    (atexit runs hooks last-registered first; asynclog's session hook was registered when the package was
+    imported, before this module, so this one runs first.)
+    """
+    for logger in list(_OPEN):
+        try:
+            logger._close(False, "the probe exited before finalize_log")
+        except Exception:  # noqa: BLE001 - one broken run must not keep the others open
+            pass
+
+
+atexit.register(_close_open_loggers)
