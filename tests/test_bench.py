@@ -1,0 +1,122 @@
+"""The bench runner measures, reports real sizes, and reports peers it cannot run instead of faking them.
+
+Tiny sizes, asynclog and the synchronous floor only: no bench extra needed, no timing thresholds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+
+import pytest
+
+from asynclog.bench import peers, plan, run, table
+from asynclog.bench._child import tree_size
+from asynclog.bench.peers import Adapter
+from asynclog.bench.workloads import WORKLOADS
+
+WORKLOADS_MEASURED = ["events", "tokens", "tensors"]
+NUMERIC_COLUMNS = slice(2, 8)  # p50, p99, mean, blocked, durable, disk
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("bench")
+    return run("tiny", peer_keys=["asynclog", "sync"], workload_keys=WORKLOADS_MEASURED, workdir=str(workdir),
+               keep=True)
+
+
+def _rows(text: str) -> dict[tuple[str, str], list[str]]:
+    """The table's data rows, keyed by (workload heading, peer name)."""
+    rows, heading = {}, None
+    for line in text.splitlines():
+        if line.startswith("### "):
+            heading = line[4:].split(":")[0]
+        elif line.startswith("| ") and not line.startswith("| peer "):
+            cols = [c.strip() for c in line.strip("|").split("|")]
+            rows[(heading, cols[0])] = cols
+    return rows
+
+
+def _number(cell: str) -> float:
+    value, _, unit = cell.partition(" ")
+    return float(value.replace(",", "")) * {"": 1, "B": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9}[unit]
+
+
+def test_every_cell_of_asynclog_and_the_floor_is_measured(tiny):
+    assert [(c.workload, c.peer, c.status) for c in tiny] == [
+        (w, p, "ok") for w in WORKLOADS_MEASURED for p in ("asynclog", "sync")]
+    for cell in tiny:
+        f = cell.figures
+        params = WORKLOADS[cell.workload].params("tiny")
+        assert f["calls"] == (params.get("count") or params.get("sequences"))
+        for key in ("p50_us", "p99_us", "mean_us", "blocked_s", "durable_s", "bytes", "rss_peak_mib"):
+            assert f[key] > 0, (cell.workload, cell.peer, key)
+        assert f["p50_us"] <= f["p99_us"] <= f["max_us"]
+        assert f["blocked_s"] >= f["calls_s"]
+
+
+def test_the_table_shows_measured_positive_numbers_for_each_peer(tiny):
+    rows = _rows(table(tiny, "tiny"))
+    for cell in tiny:
+        cols = rows[(cell.workload, cell.name)]
+        numbers = [_number(c) for c in cols[NUMERIC_COLUMNS]]
+        assert all(n > 0 for n in numbers), cols
+        assert _number(cols[7]) == pytest.approx(cell["bytes"], rel=0.01)
+
+
+def test_bytes_on_disk_are_the_size_of_the_files_written(tiny):
+    for cell in tiny:
+        names = [n for _, _, files in os.walk(cell.directory) for n in files]
+        assert names, cell.directory
+        total = sum(os.path.getsize(os.path.join(root, n)) for root, _, files in os.walk(cell.directory)
+                    for n in files)
+        assert cell["bytes"] == total == tree_size(cell.directory)[0]
+        if cell.peer == "asynclog":
+            assert cell["extra"]["bytes_on_disk"] == total  # the writer's own count agrees
+
+
+def test_asynclog_runs_report_its_writer_as_a_helper_process(tiny):
+    assert all(c["helpers"] >= 1 for c in tiny if c.peer == "asynclog")
+    assert all(c["helpers"] == 0 for c in tiny if c.peer == "sync")
+
+
+def test_bench_peers_are_missing_exactly_when_their_package_is(tmp_path):
+    for cell in plan(workload_keys=WORKLOADS_MEASURED):
+        adapter = peers.load(cell.peer)
+        absent = [m for m in adapter.requires if importlib.util.find_spec(m) is None]
+        if absent:
+            assert cell.status == "missing" and "asynclog[bench]" in cell.note, cell
+        else:
+            assert cell.status in ("run", "n/a"), cell
+
+
+def test_a_peer_whose_package_is_missing_is_reported_not_faked(tmp_path, monkeypatch):
+    class Ghost(Adapter):
+        name = "ghost"
+        requires = ("asynclog_bench_no_such_package",)
+        how = {"events": "native"}
+
+    real_load = peers.load
+    monkeypatch.setitem(peers.PEERS, "ghost", "ghost:Ghost")
+    monkeypatch.setattr(peers, "load", lambda key: Ghost if key == "ghost" else real_load(key))
+    cells = run("tiny", peer_keys=["ghost"], workload_keys=["events"], workdir=str(tmp_path))
+    assert [(c.peer, c.status, c.figures) for c in cells] == [("ghost", "missing", {})]
+    assert "not installed: asynclog_bench_no_such_package" in cells[0].note
+    assert "**missing**" in _rows(table(cells, "tiny"))[("events", "ghost")][2]
+    assert os.listdir(tmp_path) == []  # nothing was started for it
+
+
+def test_a_workload_a_peer_cannot_do_is_marked_not_applicable():
+    cells = {(c.workload, c.peer): c for c in plan(["torch_save", "tensorboard"], WORKLOADS_MEASURED)}
+    assert cells[("events", "torch_save")].status == "n/a"
+    tb = cells[("tokens", "tensorboard")]
+    assert tb.status in ("n/a", "missing")
+
+
+def test_bench_command_rejects_an_unknown_workload(capsys):
+    from asynclog.bench import main
+
+    assert main(argparse.Namespace(full=False, only="events,nope")) == 2
+    assert "unknown workload nope" in capsys.readouterr().err
