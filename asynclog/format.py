@@ -50,6 +50,7 @@ __all__ = [
     "frame_prefix",
     "frame_suffix",
     "trailer",
+    "msgpack_array",
     "read_preamble",
     "read_header",
     "read_trailer",
@@ -65,6 +66,7 @@ _PREAMBLE = struct.Struct("<8sII")
 _HEADER = struct.Struct("<4sBBHIQQ")  # everything but the header's own crc
 _CRC = struct.Struct("<I")
 _TRAILER = struct.Struct("<Q8s")
+_ARRAY32 = struct.Struct(">BI")
 
 PREAMBLE = _PREAMBLE.pack(FILE_MAGIC, FORMAT_VERSION, 0)
 PREAMBLE_SIZE = _PREAMBLE.size
@@ -129,6 +131,12 @@ def encode_meta(meta: dict) -> bytes:
 
 def decode_meta(data: bytes) -> dict:
     return _meta_decoder.decode(data)
+
+
+def msgpack_array(items: list[bytes]) -> bytes:
+    """Already-encoded msgpack values joined into one msgpack array (a 32-bit count header, big-endian as
+    msgpack wants): how a records body and an object column are laid out."""
+    return _ARRAY32.pack(0xDD, len(items)) + b"".join(items)
 
 
 def trailer(footer_offset: int) -> bytes:

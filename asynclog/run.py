@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import itertools
-import struct
 import sys
 import threading
 import time
@@ -28,13 +27,12 @@ import msgspec
 from .channel import Channel, Op
 from .config import LEVELS, Config, level_rank
 from .errors import ClosedError, LogInputError, QueueFullError, WriterError
-from .format import FrameKind
+from .format import FrameKind, msgpack_array
 from .snapshot import Stager, check_tensor, device_bytes, host_bytes, shuffle_hint, tensor_meta
 from .stream import Stream, MutedStream
 
 __all__ = ["Run"]
 
-_ARRAY32 = struct.Struct(">BI")
 _clock = time.perf_counter_ns
 _now = time.time  # msgpack array header with a 32-bit count
 _INLINE_BYTES = 64 << 10  # CPU tensors up to this size travel inline with the record batch
@@ -240,7 +238,7 @@ class Run:
         if not parts and not tensors:
             return True
         self._batch_nbytes = 0
-        body = _ARRAY32.pack(0xDD, len(parts)) + b"".join(parts) if parts else b""
+        body = msgpack_array(parts) if parts else b""
         message = msgspec.msgpack.encode([Op.RECORDS, self.id, len(parts), body, tensors])
         try:
             if policy == "nowait":

@@ -18,7 +18,7 @@ from typing import Any
 
 from . import __version__
 from .channel import Channel, Op
-from .config import Config
+from .config import Config, level_rank
 from .errors import ConfigError
 from .format import FORMAT_VERSION
 from .run import Run
@@ -56,11 +56,8 @@ def _as_config(config: Config | dict | str | os.PathLike | None, level: str | No
     if level is not None:
         import msgspec
 
+        level_rank(level)  # replace() does not validate; this names the bad level
         config = msgspec.structs.replace(config, level=level)
-        config.__post_init__()
-        from .config import level_rank
-
-        level_rank(level)
     return config
 
 
@@ -119,11 +116,6 @@ def _config_dict(config: Config) -> dict:
 def forget(run: Run) -> None:
     with _lock:
         _runs.pop(run.id, None)
-
-
-def open_runs() -> list[Run]:
-    with _lock:
-        return list(_runs.values())
 
 
 def shutdown() -> None:

@@ -16,17 +16,16 @@ and copied to the host once per chunk.
 
 from __future__ import annotations
 
-import struct
 import sys
 import time
 from typing import Any
 
 from .errors import ClosedError, LogInputError
+from .format import msgpack_array
 from .snapshot import host_bytes
 
 __all__ = ["Stream", "MutedStream"]
 
-_ARRAY32 = struct.Struct(">BI")
 
 
 class _TensorColumn:
@@ -143,7 +142,7 @@ class _ObjectColumn:
         self.parts.extend(encoded[lo:hi])
 
     def pack(self) -> tuple[dict, bytes]:
-        data = _ARRAY32.pack(0xDD, len(self.parts)) + b"".join(self.parts)
+        data = msgpack_array(self.parts)
         self.parts = []
         return {"name": self.name, "kind": "object"}, data
 
