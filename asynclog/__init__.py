@@ -6,18 +6,15 @@ process compresses and writes them as checksummed frames. See README.md and docs
 
 __version__ = "0.1.0"
 
-from .config import LEVELS, Config  # noqa: E402
-from .errors import (  # noqa: E402
-    AsyncLogError,
-    ClosedError,
-    ConfigError,
-    CorruptLogError,
-    LogInputError,
-    QueueFullError,
-    WriterError,
-)
-from .reader import Chunk, Log, open_log as open, verify  # noqa: E402,A001
-from .session import shutdown, start  # noqa: E402
+# Everything is loaded on first use (PEP 562): the writer process runs ``python -m asynclog.writer``, which
+# executes this file first, and must not pay for yaml, torch or the probe's machinery.
+_HOMES = {
+    "start": "session", "shutdown": "session", "Config": "config", "LEVELS": "config",
+    "open": "reader", "verify": "reader", "Log": "reader", "Chunk": "reader", "DetailedLogger": "probe",
+    "AsyncLogError": "errors", "ClosedError": "errors", "ConfigError": "errors", "CorruptLogError": "errors",
+    "LogInputError": "errors", "QueueFullError": "errors", "WriterError": "errors",
+}
+_RENAMED = {"open": "open_log"}
 
 __all__ = [
     "__version__",
@@ -41,12 +38,14 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # The probe layer imports torch; load it only when asked for.
-    if name == "DetailedLogger":
-        from .probe import DetailedLogger
+    module = _HOMES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'asynclog' has no attribute {name!r}")
+    import importlib
 
-        return DetailedLogger
-    raise AttributeError(f"module 'asynclog' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), _RENAMED.get(name, name))
+    globals()[name] = value
+    return value
 
 
 def __dir__() -> list[str]:

@@ -2,75 +2,75 @@
 
 A ``Channel`` spawns one writer process, waits for its handshake, and then owns two pipes:
 
-- data  (probe -> writer): msgpack messages (``Op``) sent by one sender thread from a bounded queue, so
-  the probe's threads never make a syscall per record and a full queue is where the policy applies;
-- back  (writer -> probe): acknowledgements and errors, read by one receiver thread. Its end-of-file is
-  how a dead writer is noticed: at once, not at the next write.
+- data  (probe -> writer): ``wire`` messages sent by one sender thread from a bounded outbox, so the
+  probe's threads never make a syscall per record and a full outbox is where the policy applies;
+- back  (writer -> probe): answers and failures, read by one receiver thread. Its end-of-file is how a
+  dead writer is noticed: at once, not at the next write.
 
 Bulk bytes (tensor pieces, stream chunks) do not travel through the pipe: they sit in the staging pool
 and the message carries only where. The writer is started as ``python -m asynclog.writer`` rather than
-with multiprocessing, so it never re-imports the probe's ``__main__`` or torch under spawn, and a fork of
-the probe does not copy it.
+with multiprocessing, so it never re-imports the probe's ``__main__`` or torch.
+
+Failures are never silent and never hang a caller:
+- a run's write failure (``Failed`` with that run) reaches that run through its ``on_fault`` callback, so
+  its next call raises; other runs go on;
+- the writer's death, or any exception in the sender or receiver thread, fails the whole channel: every
+  attached run is faulted, every waiting caller wakes with the ``WriterError``, and the pipes and the pool
+  mapping are released at once;
+- every wait has a deadline (``timeout_s``) and then raises a ``WriterError`` naming what it waited for.
 """
 
 from __future__ import annotations
 
-import enum
-import os
 import collections
+import itertools
+import os
 import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 
 import msgspec
 
+from . import wire
 from .errors import QueueFullError, WriterError
 from .staging import StagingPool
 
-__all__ = ["Op", "Channel"]
+__all__ = ["Channel"]
 
 _HANDSHAKE_TIMEOUT_S = 30.0
 _POLL_S = 0.05
 _SENDER_POLL_S = 0.005  # the longest a small hand-over waits for the sender
 
-encode = msgspec.msgpack.Encoder().encode
-decode = msgspec.msgpack.Decoder().decode
-
-
-class Op(enum.IntEnum):
-    """Messages, first element of every msgpack array on either pipe."""
-
-    # probe -> writer
-    OPEN = 1  # [OPEN, run_id, path, header_meta, sidecar]
-    RECORDS = 2  # [RECORDS, run_id, count, body, [[tensor_meta, bytes, itemsize, shuffle_ok], ...]]
-    STAGED = 3  # [STAGED, run_id, frame_kind, meta, offset, nbytes, release_mark, itemsize, shuffle_ok]
-    CLOSE = 4  # [CLOSE, run_id, footer_meta]
-    SHUTDOWN = 5  # [SHUTDOWN]
-    SYNC = 6  # [SYNC, run_id]: answered once everything before it is written and fsynced
-    # writer -> probe
-    READY = 10  # [READY, pid]
-    OPENED = 11  # [OPENED, run_id]
-    CLOSED = 12  # [CLOSED, run_id, footer_stats]
-    ERROR = 13  # [ERROR, run_id or None, message]
-    SYNCED = 14  # [SYNCED, run_id, None]
-
 
 class _Reply:
     """A one-shot answer from the writer, waited on with the writer's death in view."""
 
+    __slots__ = ("event", "value", "error")
+
     def __init__(self) -> None:
         self.event = threading.Event()
         self.value = None
-        self.error: str | None = None
+        self.error: WriterError | None = None
+
+
+class _Attached:
+    """What the channel knows of one run: how to flush its partial batch and how to tell it of a fault."""
+
+    __slots__ = ("flush_if_due", "on_fault")
+
+    def __init__(self, flush_if_due: Callable[[], None], on_fault: Callable[[WriterError], None]):
+        self.flush_if_due, self.on_fault = flush_if_due, on_fault
 
 
 class Channel:
     """One writer process and the pipes and pool it shares with this process. Thread-safe."""
 
-    def __init__(self, staging_bytes: int, queue_batches: int, flush_interval_s: float, writer_options: dict):
+    def __init__(self, staging_bytes: int, queue_batches: int, flush_interval_s: float, writer_options: dict,
+                 timeout_s: float = 120.0):
         self.pool = StagingPool(staging_bytes)
         self._prefault = self.pool.prefault()
         # The outbox: a deque (append and popleft are atomic) bounded by ``queue_batches``. A producer wakes
@@ -80,18 +80,23 @@ class Channel:
         self._wake = threading.Event()
         self._space = threading.Condition()
         self._waiting_for_space = 0
-        self._replies: dict[tuple[int, int], _Reply] = {}
-        self._run_errors: dict[int, str] = {}
-        self._flushers: dict[int, Callable[[], None]] = {}
+        self._asks = itertools.count(1)
+        self._replies: dict[int, _Reply] = {}
+        self._runs: dict[int, _Attached] = {}
+        self._release_hooks: list[Callable[[], None]] = []
         self._lock = threading.Lock()
         self.flush_interval_s = flush_interval_s
+        self.timeout_s = timeout_s
         self.error: WriterError | None = None
         self.high_water = 0
         self.owner_pid = os.getpid()
         self._closed = False
+        self._released = False
         self._spawn(writer_options)
-        self._sender = threading.Thread(target=self._send_loop, name="asynclog-sender", daemon=True)
-        self._receiver = threading.Thread(target=self._receive_loop, name="asynclog-receiver", daemon=True)
+        self._sender = threading.Thread(target=self._guarded, args=(self._send_loop, "sender"),
+                                        name="asynclog-sender", daemon=True)
+        self._receiver = threading.Thread(target=self._guarded, args=(self._receive_loop, "receiver"),
+                                          name="asynclog-receiver", daemon=True)
         self._sender.start()
         self._receiver.start()
 
@@ -100,17 +105,23 @@ class Channel:
         data_r, data_w = os.pipe()
         back_r, back_w = os.pipe()
         args = [sys.executable, "-m", "asynclog.writer", str(data_r), str(back_w), str(self.pool.fd),
-                str(self.pool.capacity), encode(writer_options).hex()]
+                str(self.pool.capacity), wire.encode(writer_options).hex()]
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
-        self.process = subprocess.Popen(args, pass_fds=(data_r, back_w, self.pool.fd), env=env,
-                                        stdin=subprocess.DEVNULL)
-        # Close the child's ends here, so the child's death shows as end-of-file on ``back`` at once.
-        os.close(data_r)
-        os.close(back_w)
+        try:
+            self.process = subprocess.Popen(args, pass_fds=(data_r, back_w, self.pool.fd), env=env,
+                                            stdin=subprocess.DEVNULL)
+        finally:
+            # Close the child's ends here, so the child's death shows as end-of-file on ``back`` at once.
+            os.close(data_r)
+            os.close(back_w)
         self._data = Connection(data_w, readable=False)
         self._back = Connection(back_r, writable=False)
-        self._handshake()
+        try:
+            self._handshake()
+        except WriterError:
+            self._release()
+            raise
 
     def _handshake(self) -> None:
         deadline = time.monotonic() + _HANDSHAKE_TIMEOUT_S
@@ -120,10 +131,10 @@ class Channel:
                 raise WriterError(f"writer process failed to start (exit code {self.process.returncode})",
                                   self.process.returncode)
         try:
-            msg = decode(self._back.recv_bytes())
-        except (EOFError, OSError):
-            msg = None
-        if not msg or msg[0] != Op.READY:
+            ready = wire.writer_decoder.decode(self._back.recv_bytes())
+        except (EOFError, OSError, msgspec.DecodeError):
+            ready = None
+        if not isinstance(ready, wire.Ready):
             self._kill()
             raise WriterError(f"writer process failed its handshake (exit code {self.process.returncode})",
                               self.process.returncode)
@@ -134,8 +145,24 @@ class Channel:
         if self.error is not None:
             raise self.error
 
-    def run_error(self, run_id: int) -> str | None:
-        return self._run_errors.get(run_id)
+    def full(self) -> bool:
+        return len(self._outbox) >= self._limit
+
+    def attach(self, run_id: int, flush_if_due: Callable[[], None], on_fault: Callable[[WriterError], None]) -> None:
+        """Register a run: ``flush_if_due`` is called by the sender every flush interval, ``on_fault`` when the
+        writer fails that run or dies."""
+        with self._lock:
+            self._runs[run_id] = _Attached(flush_if_due, on_fault)
+        if self.error is not None:
+            on_fault(self.error)
+
+    def detach(self, run_id: int) -> None:
+        with self._lock:
+            self._runs.pop(run_id, None)
+
+    def on_release(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` (under no lock of ours) before the pool is unmapped, when the channel dies or shuts down."""
+        self._release_hooks.append(hook)
 
     def put(self, message: bytes, policy: str, wake: bool = True) -> bool:
         """Hand a message to the sender; return False if it was dropped under the ``drop`` policy.
@@ -158,57 +185,72 @@ class Channel:
             self.high_water = len(box)
         return True
 
+    def put_nowait(self, message: bytes) -> bool:
+        """Hand a message over only if there is room now (used by the sender's own flush)."""
+        if len(self._outbox) >= self._limit or self.error is not None:
+            return False
+        self._outbox.append(message)
+        self._wake.set()
+        return True
+
     def kick(self) -> None:
         """Wake the sender now (a producer is about to wait for space)."""
         self._wake.set()
 
     def _wait_for_space(self) -> None:
         self.kick()
+        deadline = time.monotonic() + self.timeout_s
         with self._space:
             self._waiting_for_space += 1
             try:
                 while len(self._outbox) >= self._limit:
                     self._space.wait(_POLL_S)
                     self.check()
+                    if time.monotonic() > deadline:
+                        raise WriterError(f"the writer took nothing from the full queue for {self.timeout_s} s "
+                                          f"(pid {self.process.pid}: stopped or stuck?)")
             finally:
                 self._waiting_for_space -= 1
 
-    def put_nowait(self, message: bytes) -> bool:
-        """Hand a message over only if there is room now (used by the sender's own flush)."""
-        if len(self._outbox) >= self._limit:
-            return False
-        self._outbox.append(message)
-        self._wake.set()
-        return True
+    def new_ask(self) -> int:
+        return next(self._asks)
 
-    def request(self, key: tuple[int, int], message: bytes, timeout: float | None = None):
-        """Send a message that the writer answers (OPEN, CLOSE, SYNC) and wait for the answer."""
+    def request(self, ask: int, message: bytes, what: str, timeout: float | None = None):
+        """Send a message that the writer answers (Open, Sync, Close) and wait for the answer.
+
+        ``ask`` must be the id the message carries (``new_ask``); ``what`` names the wait in a timeout error.
+        """
         reply = _Reply()
         with self._lock:
-            self._replies[key] = reply
-        self.put(message, "block")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not reply.event.wait(_POLL_S):
-            self.check()
-            if deadline is not None and time.monotonic() > deadline:
-                raise WriterError(f"writer did not answer within {timeout} s")
+            self._replies[ask] = reply
+        try:
+            self.put(message, "block")
+            timeout = self.timeout_s if timeout is None else timeout
+            deadline = time.monotonic() + timeout
+            while not reply.event.wait(_POLL_S):
+                self.check()
+                if time.monotonic() > deadline:
+                    raise WriterError(f"the writer did not finish {what} within {timeout} s "
+                                      f"(pid {self.process.pid}: stopped, stuck or very far behind?)")
+        finally:
+            with self._lock:
+                self._replies.pop(ask, None)
         if reply.error is not None:
-            raise WriterError(reply.error)
+            raise reply.error
         return reply.value
-
-    def add_flusher(self, run_id: int, flush: Callable[[], None]) -> None:
-        """Register a callback the sender calls every flush interval (a run's partial batch)."""
-        with self._lock:
-            self._flushers[run_id] = flush
-
-    def remove_flusher(self, run_id: int) -> None:
-        with self._lock:
-            self._flushers.pop(run_id, None)
 
     def wait_prefault(self) -> None:
         self._prefault.join()
 
     # --- background threads ---------------------------------------------------------------------------------
+    def _guarded(self, loop: Callable[[], None], role: str) -> None:
+        """Run a thread's loop; whatever kills it fails the channel, so callers raise instead of hanging."""
+        try:
+            loop()
+        except BaseException:  # noqa: BLE001 - the failure is stored and re-raised in the probe's threads
+            self._fail(f"asynclog {role} thread failed:\n{traceback.format_exc()}")
+            self._release()
+
     def _send_loop(self) -> None:
         box, wake = self._outbox, self._wake
         next_flush = time.monotonic() + self.flush_interval_s
@@ -221,50 +263,58 @@ class Channel:
                     return
                 try:
                     self._data.send_bytes(message)
-                except OSError as exc:
-                    # Producers blocked on a full outbox poll ``error`` and wake up.
+                except (OSError, ValueError) as exc:
+                    # The writer is gone; the receiver sees its end-of-file and reports the exit code.
                     self._fail(f"cannot send to the writer process: {exc}")
                     return
                 if self._waiting_for_space:
                     with self._space:
                         self._space.notify_all()
             if time.monotonic() >= next_flush:
-                with self._lock:
-                    flushers = list(self._flushers.values())
-                for flush in flushers:
-                    flush()
+                self._flush_runs()
                 next_flush = time.monotonic() + self.flush_interval_s
+
+    def _flush_runs(self) -> None:
+        with self._lock:
+            runs = list(self._runs.values())
+        for run in runs:
+            try:
+                run.flush_if_due()
+            except Exception as exc:  # noqa: BLE001 - one run's failure is that run's, reported on its next call
+                run.on_fault(WriterError(f"handing a partial batch to the writer failed: {exc!r}"))
 
     def _receive_loop(self) -> None:
         while True:
             try:
-                msg = decode(self._back.recv_bytes())
+                data = self._back.recv_bytes()
             except (EOFError, OSError):
                 break
-            op = msg[0]
-            if op == Op.ERROR:
-                run_id, text = msg[1], msg[2]
-                if run_id is None:
-                    self._fail(f"writer process error: {text}")
-                    continue
-                self._run_errors[run_id] = text
-            key = (op, msg[1])
-            with self._lock:
-                reply = self._replies.pop(key, None)
-            if reply is None and op == Op.ERROR:
-                # An error on a run with an OPEN or CLOSE in flight answers that request.
-                with self._lock:
-                    reply = next(filter(None, (self._replies.pop((wait, msg[1]), None)
-                                               for wait in (Op.OPENED, Op.CLOSED, Op.SYNCED))), None)
-            if reply is not None:
-                if op == Op.ERROR:
-                    reply.error = msg[2]
-                else:
-                    reply.value = msg[2] if len(msg) > 2 else None
-                reply.event.set()
+            self._on_message(wire.writer_decoder.decode(data))
         code = self._reap()
         if not self._closed:
             self._fail(f"writer process died (exit code {code})", code)
+        self._release()
+
+    def _on_message(self, msg) -> None:
+        if isinstance(msg, wire.Failed):
+            error = WriterError(msg.message, errno=msg.errno)
+            if msg.run == 0:
+                self._fail(f"writer process error: {msg.message}")
+            else:
+                with self._lock:
+                    run = self._runs.get(msg.run)
+                if run is not None:
+                    run.on_fault(error)
+            self._answer(msg.ask, None, error)
+        elif isinstance(msg, wire.Done):
+            self._answer(msg.ask, msg.value, None)
+
+    def _answer(self, ask: int, value, error: WriterError | None) -> None:
+        with self._lock:
+            reply = self._replies.pop(ask, None)
+        if reply is not None:
+            reply.value, reply.error = value, error
+            reply.event.set()
 
     def _reap(self) -> int | None:
         try:
@@ -273,35 +323,74 @@ class Channel:
             return None
 
     def _fail(self, message: str, exitcode: int | None = None) -> None:
-        if self.error is None:
-            self.error = WriterError(message, exitcode if exitcode is not None else self.process.poll())
+        if self.error is not None:
+            return
+        self.error = WriterError(message, exitcode if exitcode is not None else self.process.poll())
+        with self._lock:
+            runs = list(self._runs.values())
+            replies = list(self._replies.values())
+        for run in runs:
+            run.on_fault(self.error)
+        for reply in replies:
+            reply.error = self.error
+            reply.event.set()
+        with self._space:
+            self._space.notify_all()
 
     # --- shutdown -------------------------------------------------------------------------------------------
-    def shutdown(self, timeout: float = 60.0) -> None:
+    def shutdown(self, timeout: float | None = None) -> None:
         """Stop the writer after it has written everything handed to it. Safe to call twice."""
         if self._closed or os.getpid() != self.owner_pid:
             return
+        timeout = self.timeout_s if timeout is None else timeout
         if self.error is None:
             try:
-                self.put(encode([Op.SHUTDOWN]), "block")
+                self.put(wire.encode(wire.Shutdown()), "block")
             except WriterError:
                 pass
         self._closed = True
-        self._queue_put_final()
+        self._outbox.append(None)  # past the limit on purpose: the sentinel must go in
+        self._wake.set()
         self._sender.join(timeout)
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self._kill()
         self._receiver.join(timeout)
-        self._data.close()
-        self._back.close()
+        self._release()
+
+    def _release(self) -> None:
+        """Close the pipes and unmap the pool: after the writer's death nothing of it stays in this process."""
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+        if threading.current_thread() is not self._sender and self._sender.is_alive():
+            self._outbox.append(None)
+            self._wake.set()
+            self._sender.join(1.0)
+        for hook in self._release_hooks:
+            try:
+                hook()
+            except Exception:  # noqa: BLE001 - releasing must go on
+                pass
+        for conn in (self._data, self._back):
+            try:
+                conn.close()
+            except OSError:
+                pass
         self._prefault.join()
         self.pool.close()
 
-    def _queue_put_final(self) -> None:
-        self._outbox.append(None)  # past the limit on purpose: the sentinel must go in
-        self._wake.set()
+    def forget_in_child(self) -> None:
+        """In a forked child: close this process's copies of the pipes, so the writer still sees the probe's
+        death as end-of-file; the parent's threads and writer are not ours to touch."""
+        self._closed = True
+        for conn in (self._data, self._back):
+            try:
+                conn.close()
+            except OSError:
+                pass
 
     def _kill(self) -> None:
         if self.process.poll() is None:

@@ -40,6 +40,12 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     zstd_level:         zstandard level for compressed frames.
     min_ratio:          auto mode compresses a large body only when a sample shrinks by at least this ratio.
     compress_threads:   writer threads compressing frames; 0 picks from the cores available.
+    on_write_error:     when the writer cannot write the run (full disk, I/O error): ``raise`` a WriterError
+                        on the run's next call (default), or ``warn`` once and stop logging that run.
+    timeout_s:          the longest any call waits for the writer (a flush, a close, a full queue or pool
+                        under ``block``); then WriterError says what it waited for.
+    grace_s:            after a SIGTERM/SIGINT/SIGHUP to the process group the writer serves on this long for
+                        the probe's handlers to log and close, then closes every open run itself.
     """
 
     level: Level = "standard"
@@ -54,9 +60,13 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     zstd_level: int = 3
     min_ratio: float = 1.25
     compress_threads: int = 0
+    on_write_error: Literal["raise", "warn"] = "raise"
+    timeout_s: float = 120.0
+    grace_s: float = 30.0
 
     def __post_init__(self) -> None:
-        positive = ("staging_bytes", "queue_batches", "batch_bytes", "batch_records", "flush_interval_s")
+        positive = ("staging_bytes", "queue_batches", "batch_bytes", "batch_records", "flush_interval_s", "timeout_s",
+                    "grace_s")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"config key {name!r} must be positive, got {getattr(self, name)!r}")

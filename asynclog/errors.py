@@ -35,11 +35,16 @@ class QueueFullError(AsyncLogError):
 
 
 class WriterError(AsyncLogError, RuntimeError):
-    """The writer process failed or died; carries its exit code and, where it sent one, its traceback."""
+    """The writer process failed or died, or could not write a run's file.
 
-    def __init__(self, message: str, exitcode: int | None = None):
+    ``exitcode`` is the writer's exit status when it died; ``errno`` the OS error number when a write failed
+    (``errno.ENOSPC`` for a full disk). The message names the file and the cause.
+    """
+
+    def __init__(self, message: str, exitcode: int | None = None, errno: int | None = None):
         super().__init__(message)
         self.exitcode = exitcode
+        self.errno = errno
 
 
 class CorruptLogError(AsyncLogError):

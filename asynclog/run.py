@@ -19,15 +19,18 @@ import itertools
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import msgspec
 
-from .channel import Channel, Op
+from . import wire
+from .channel import Channel
 from .config import LEVELS, Config, level_rank
 from .errors import ClosedError, LogInputError, QueueFullError, WriterError
-from .format import FrameKind, msgpack_array
+from .format import FrameKind, encode_meta, msgpack_array
+from .names import check_key
 from .snapshot import Stager, check_tensor, device_bytes, host_bytes, shuffle_hint, tensor_meta
 from .stream import Stream, MutedStream
 
@@ -68,6 +71,8 @@ def encode_value(value: Any, what: str) -> bytes:
         return _encoder.encode(value)
     except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
         raise LogInputError(f"{what}: {exc}") from None
+    except RecursionError:
+        raise LogInputError(f"{what}: the value is cyclic or nested too deeply") from None
 
 
 def encode_record(record: dict, fields: dict) -> bytes:
@@ -79,6 +84,9 @@ def encode_record(record: dict, fields: dict) -> bytes:
         return _encoder.encode(record)
     except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
         raise LogInputError(f"cannot log {record['type']} {record['name']!r}: {exc}") from None
+    except RecursionError:
+        raise LogInputError(f"cannot log {record['type']} {record['name']!r}: a value is cyclic or nested "
+                            f"too deeply") from None
 
 
 _CONTAINERS = frozenset({dict, list, tuple})
@@ -169,11 +177,16 @@ class Run:
         self._batch_limit = (config.batch_records, config.batch_bytes)
         self._last_ship = time.monotonic()
         self._tids = itertools.count()
+        self._keys: set[str] = set()  # tensor names already checked
         self._streams: dict[str, Stream] = {}
         self._closed = False
         self._closed_why = "run is closed"
+        # Set by the channel's threads when the writer fails this run or dies; every call checks it first.
+        self._fault: WriterError | None = None
+        self._fault_seen = False
+        self._muted = False
         self.accounting = Accounting()
-        channel.add_flusher(run_id, self._flush_if_due)
+        channel.attach(run_id, self._flush_if_due, self._on_fault)
 
     # --- level gating -----------------------------------------------------------------------------------
     def at(self, level: str) -> "Run | _MutedRun":
@@ -194,8 +207,9 @@ class Run:
     def event(self, name: str, /, **fields: Any) -> None:
         """Log one record ``{"type": "event", "name", "time", "data": fields}``."""
         start = _clock()
-        if self._closed or self._channel.error is not None:
-            self._check_open()
+        if self._closed or self._fault is not None:
+            if not self._usable():
+                return
         if type(name) is not str:
             raise LogInputError(f"event name must be a str, not {type(name).__name__}")
         data = encode_record({"type": "event", "name": name, "time": _now(), "data": fields}, fields)
@@ -211,52 +225,57 @@ class Run:
 
     def _record(self, record: dict, fields: dict) -> None:
         start = _clock()
-        if self._closed or self._channel.error is not None:
-            self._check_open()
+        if self._closed or self._fault is not None:
+            if not self._usable():
+                return
         self._append(encode_record(record, fields), start)
 
     def _append(self, data: bytes, start: int) -> None:
         batch = self._batch
-        batch.append(data)
-        self._batch_nbytes += len(data)
-        if len(batch) >= self._batch_limit[0] or self._batch_nbytes >= self._batch_limit[1]:
+        nbytes = self._batch_nbytes + len(data)
+        if len(batch) + 1 >= self._batch_limit[0] or nbytes >= self._batch_limit[1]:
+            self._refuse_if_full()
+            batch.append(data)
+            self._batch_nbytes = nbytes
             with self._ship_lock:
-                self._ship_locked(self._policy, data)
+                self._ship_locked(self._policy)
+        else:
+            batch.append(data)
+            self._batch_nbytes = nbytes
         acct = self.accounting
         acct.bytes_in += len(data)
         acct.add(_clock() - start)
 
-    def _ship_locked(self, policy: str, failing: bytes | None = None) -> bool:
+    def _refuse_if_full(self) -> None:
+        """Policy ``error``: refuse the call whose record would ship a batch into a full queue, before it is
+        buffered — O(1), and the refused record is not logged (what came before stays buffered)."""
+        if self._policy == "error" and self._channel.full():
+            raise QueueFullError("asynclog queue is full (policy 'error'); this record was not logged")
+
+    def _ship_locked(self, policy: str) -> bool:
         """Hand the buffered records to the channel (``_ship_lock`` held); False if ``nowait`` found it full.
 
-        If the ``error`` policy refuses the batch, its records go back to the front of the deque, except
-        ``failing``, the record of the call that raises: that call did not log it.
+        Under ``drop`` a batch that finds the queue full is dropped and counted; under ``error`` the caller
+        was refused before buffering (``_refuse_if_full``), so what is buffered ships, waiting if it must.
         """
         batch, inline = self._batch, self._inline
+        if policy == "nowait" and self._channel.full():
+            return False
         parts = [batch.popleft() for _ in range(len(batch))]
         tensors = [inline.popleft() for _ in range(len(inline))]
         if not parts and not tensors:
             return True
         self._batch_nbytes = 0
         body = msgpack_array(parts) if parts else b""
-        message = msgspec.msgpack.encode([Op.RECORDS, self.id, len(parts), body, tensors])
-        try:
-            if policy == "nowait":
-                if not self._channel.put_nowait(message):
-                    batch.extendleft(reversed(parts))
-                    inline.extendleft(reversed(tensors))
-                    return False
-            elif not self._channel.put(message, policy):
-                self.accounting.dropped_records += len(parts)
-                self.accounting.dropped_tensors += len(tensors)
-        except QueueFullError:
-            if failing is not None:
-                parts.reverse()
-                parts.remove(failing)  # the last occurrence: this call's record
-                parts.reverse()
-            batch.extendleft(reversed(parts))
-            inline.extendleft(reversed(tensors))
-            raise
+        message = wire.encode(wire.Records(self.id, len(parts), body, tensors))
+        if policy == "nowait":  # the sender's own flush: it must never wait for space only it can make
+            if not self._channel.put_nowait(message):
+                batch.extendleft(reversed(parts))
+                inline.extendleft(reversed(tensors))
+                return False
+        elif not self._channel.put(message, "drop" if policy == "drop" else "block"):
+            self.accounting.dropped_records += len(parts)
+            self.accounting.dropped_tensors += len(tensors)
         self._last_ship = time.monotonic()
         return True
 
@@ -269,20 +288,26 @@ class Run:
             finally:
                 self._ship_lock.release()
 
-    def flush(self, durable: bool = False) -> None:
-        """Hand everything buffered on this side (events, partial stream chunks) to the writer now.
+    def flush(self, durable: bool = False, timeout: float | None = None) -> None:
+        """Hand everything logged so far to the writer and wait until the writer has written it.
 
-        With ``durable`` wait until the writer has written all of it and fsynced the file: after that,
-        a reader sees everything logged so far, and a machine crash cannot lose it.
+        When this returns, all that was logged before the call is in the file (in the page cache): a
+        ``kill -9`` of this process loses none of it. With ``durable`` the writer also fsyncs the file, so
+        a machine crash cannot lose it either. Raises WriterError if the writer cannot write it, or does
+        not answer within ``timeout`` (default ``config.timeout_s``).
         """
-        self._check_open()
+        if not self._usable():
+            return
+        self._hand_over_all()
+        ask = self._channel.new_ask()
+        self._channel.request(ask, wire.encode(wire.Sync(ask, self.id, durable)), "a flush", timeout)
+
+    def _hand_over_all(self) -> None:
         for stream in list(self._streams.values()):
             stream.flush()
         with self._ship_lock:
             self._ship_locked("block")
-        if durable:
-            self._stager.wait_copies()
-            self._channel.request((Op.SYNCED, self.id), msgspec.msgpack.encode([Op.SYNC, self.id]))
+        self._stager.wait_copies()
 
     # --- tensors -------------------------------------------------------------------------------------------
     def tensor(self, name: str, tensor) -> bool:
@@ -292,8 +317,11 @@ class Run:
         staging pool goes through in pieces, each waiting for space.
         """
         start = time.perf_counter_ns()
-        if self._closed or self._channel.error is not None:
-            self._check_open()
+        if self._closed or self._fault is not None:
+            if not self._usable():
+                return False
+        if name not in self._keys:
+            self._keys.add(check_key("tensor", name))
         t = check_tensor(name, tensor)
         meta = tensor_meta(name, next(self._tids), t)
         if meta["nbytes"] <= _INLINE_BYTES and not t.is_cuda:
@@ -311,9 +339,14 @@ class Run:
         itemsize = tensor.element_size()
         meta.update(piece=0, pieces=1, offset=0)
         data = host_bytes(tensor).tobytes()
-        self._inline.append((meta, data, itemsize, shuffle_hint(meta["dtype"], itemsize)))
-        self._batch_nbytes += len(data)
-        if self._batch_nbytes >= self._batch_limit[1]:
+        nbytes = self._batch_nbytes + len(data)
+        full = nbytes >= self._batch_limit[1]
+        if full:
+            self._refuse_if_full()
+        spec = _tensor_spec(meta, itemsize)
+        self._inline.append((spec, data))
+        self._batch_nbytes = nbytes
+        if full:
             with self._ship_lock:
                 self._ship_locked(self._policy)
         return True
@@ -321,30 +354,31 @@ class Run:
     def _stage_bytes(self, meta: dict, flat, tensor) -> bool:
         stager = self._stager
         cuda = tensor.is_cuda
-        total, piece = (flat.numel() if cuda else len(flat)), stager.pool.max_piece()
+        total, piece = (flat.numel() if cuda else len(flat)), stager.max_piece()
         count = max(1, -(-total // piece))
         if cuda:
             stager.pin_for_cuda()
-        itemsize, shuffle = tensor.element_size(), shuffle_hint(meta["dtype"], tensor.element_size())
+        itemsize = tensor.element_size()
         for i in range(count):
             lo, hi = i * piece, min(total, (i + 1) * piece)
             fill = _cuda_fill(stager, flat, lo, hi, tensor) if cuda else _cpu_fill(stager, flat, lo, hi)
             policy = self._policy if i == 0 else "block"  # never leave a tensor with missing pieces
-            piece_meta = {**meta, "piece": i, "pieces": count, "offset": lo}
-            if not stager.stage(self.id, FrameKind.TENSOR, piece_meta, hi - lo, fill, policy, itemsize, shuffle,
-                                keepalive=tensor if cuda else None):
+            spec = _tensor_spec({**meta, "piece": i, "pieces": count, "offset": lo}, itemsize)
+            if not stager.stage(self.id, spec, hi - lo, fill, policy, keepalive=tensor if cuda else None):
                 return False
         return True
 
     # --- streams -------------------------------------------------------------------------------------------
     def stream(self, name: str, chunk_rows: int = 64) -> Stream:
-        """A chunked, columnar table stream; ``append(**row)`` buffers rows, a full chunk ships and is forgotten."""
+        """A chunked, columnar table stream; ``append(**row)`` buffers rows, a full chunk ships and is forgotten.
+
+        Every thread asking for the same name gets the same stream; a stream is safe to share between threads.
+        """
         self._check_open()
-        if not isinstance(name, str) or not name:
-            raise LogInputError(f"stream name must be a non-empty str, not {name!r}")
-        if name in self._streams:
-            return self._streams[name]
-        stream = self._streams[name] = Stream(self, name, chunk_rows)
+        stream = self._streams.get(name)
+        if stream is None:
+            check_key("stream", name)
+            stream = self._streams.setdefault(name, Stream(self, name, chunk_rows))
         return stream
 
     def _stage_chunk(self, meta: dict, body: bytes) -> bool:
@@ -353,37 +387,60 @@ class Run:
         def fill(offset: int) -> None:
             self._stager.pool.mmap[offset : offset + len(view)] = view
 
-        ok = self._stager.stage(self.id, FrameKind.CHUNK, meta, len(view), fill, self._policy)
+        spec = wire.FrameSpec(int(FrameKind.CHUNK), msgspec.Raw(encode_meta(meta)), meta["stream"])
+        ok = self._stager.stage(self.id, spec, len(view), fill, self._policy)
         if not ok:
             self.accounting.dropped_chunks += 1
         return ok
 
-    # --- lifecycle -------------------------------------------------------------------------------------------
-    def _check_open(self) -> None:
+    # --- faults and lifecycle ------------------------------------------------------------------------------
+    def _on_fault(self, error: WriterError) -> None:
+        """Called from the channel's threads: the writer failed this run or died."""
+        if self._fault is None:
+            self._fault = error
+
+    def _usable(self) -> bool:
+        """The slow path of every call: raise ClosedError or the writer's failure, or return False when the
+        run was muted after a write error (``on_write_error: warn``)."""
         if self._closed:
             raise ClosedError(self._closed_why)
-        self._channel.check()
-        error = self._channel.run_error(self.id)
-        if error is not None:
-            raise WriterError(error)
+        if self._muted:
+            return False
+        if self._fault is None:
+            return True
+        if self.config.on_write_error == "warn":
+            self._muted = True
+            warnings.warn(f"asynclog: logging to {self.path} stopped: {self._fault}", RuntimeWarning, stacklevel=3)
+            return False
+        self._fault_seen = True
+        raise self._fault
 
-    def close(self, complete: bool = True, reason: str | None = None) -> str:
-        """Flush, wait for the writer to write the footer, and return the log's path. Safe to call twice."""
+    def _check_open(self) -> None:
+        self._usable()
+
+    def close(self, complete: bool = True, reason: str | None = None, timeout: float | None = None) -> str:
+        """Flush, wait for the writer to write the footer, and return the log's path. Safe to call twice.
+
+        Waits at most ``timeout`` (default ``config.timeout_s``) for the writer, then raises WriterError.
+        A run whose writer failed is closed as far as it can be; close raises the failure only if no
+        earlier call did.
+        """
         if self._closed:
             return self.path
         try:
-            for stream in list(self._streams.values()):
-                stream.flush()
-            with self._ship_lock:
-                self._ship_locked("block")
-            self._stager.wait_copies()
+            if self._fault is None:
+                self._hand_over_all()
             footer = {"complete": complete, "reason": reason,
                       "stats": {**self.accounting.as_dict(), "queue_high_water": self._channel.high_water}}
-            message = msgspec.msgpack.encode([Op.CLOSE, self.id, footer])
-            self.result = self._channel.request((Op.CLOSED, self.id), message)
+            ask = self._channel.new_ask()
+            self.result = self._channel.request(ask, wire.encode(wire.Close(ask, self.id, footer)), "closing the run",
+                                                timeout)
+        except WriterError:
+            if not (self._fault_seen or self._muted):
+                raise
         finally:
             self._closed = True
-            self._channel.remove_flusher(self.id)
+            self._channel.detach(self.id)
             from . import session
 
             session.forget(self)
@@ -407,6 +464,11 @@ class Run:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<asynclog.Run {self.path!r} level={self.level} {state}>"
+
+
+def _tensor_spec(meta: dict, itemsize: int) -> wire.FrameSpec:
+    return wire.FrameSpec(int(FrameKind.TENSOR), msgspec.Raw(encode_meta(meta)), meta["name"], meta["tid"],
+                          itemsize, shuffle_hint(meta["dtype"], itemsize))
 
 
 def _cpu_fill(stager: Stager, flat, lo: int, hi: int):

@@ -16,12 +16,16 @@ import threading
 import time
 from typing import Any
 
-from . import __version__
-from .channel import Channel, Op
+import msgspec
+
+from . import __version__, wire
+from .channel import Channel
 from .config import Config, level_rank
-from .errors import ConfigError
+from .errors import ConfigError, LogInputError
+from .files import create_exclusive
 from .format import FORMAT_VERSION
-from .run import Run
+from .names import check_run_name
+from .run import Run, encode_value
 from .snapshot import Stager
 
 __all__ = ["start", "shutdown"]
@@ -33,13 +37,20 @@ _run_ids = itertools.count(1)
 EXTENSION = ".alog"
 
 
+_WRITER_KEYS = ("staging_bytes", "queue_batches", "flush_interval_s", "compress_threads", "fsync_interval_s",
+                "timeout_s", "grace_s")
+
+
 def _channel_for(config: Config) -> tuple[Channel, Stager]:
-    writer_options = {"compress_threads": config.compress_threads, "fsync_interval_s": config.fsync_interval_s}
-    key = (config.staging_bytes, config.queue_batches, config.flush_interval_s, *writer_options.values())
+    """The writer for this config: runs share one when these keys agree (the rest is per run)."""
+    key = tuple(getattr(config, k) for k in _WRITER_KEYS)
     pair = _channels.get(key)
     if pair is not None and pair[0].error is None:
         return pair
-    channel = Channel(config.staging_bytes, config.queue_batches, config.flush_interval_s, writer_options)
+    writer_options = {"compress_threads": config.compress_threads, "fsync_interval_s": config.fsync_interval_s,
+                      "grace_s": config.grace_s}
+    channel = Channel(config.staging_bytes, config.queue_batches, config.flush_interval_s, writer_options,
+                      config.timeout_s)
     pair = _channels[key] = (channel, Stager(channel))
     return pair
 
@@ -54,62 +65,89 @@ def _as_config(config: Config | dict | str | os.PathLike | None, level: str | No
     elif not isinstance(config, Config):
         raise ConfigError(f"config must be a Config, a dict or a YAML path, not {type(config).__name__}")
     if level is not None:
-        import msgspec
-
         level_rank(level)  # replace() does not validate; this names the bad level
         config = msgspec.structs.replace(config, level=level)
     return config
 
 
-def _unique_path(directory: str, name: str) -> str:
-    path = os.path.join(directory, name + EXTENSION)
-    for n in itertools.count(1):
-        if not os.path.exists(path):
+def _reserve_unique(directory: str, name: str) -> str:
+    """Create ``<name>.alog`` (or ``<name>-1.alog``, ...) exclusively: race-free between processes, and a
+    name taken by anything, a dangling symlink included, is skipped, never followed."""
+    for n in itertools.count():
+        path = os.path.join(directory, f"{name}{f'-{n}' if n else ''}{EXTENSION}")
+        try:
+            create_exclusive(path)
             return path
-        path = os.path.join(directory, f"{name}-{n}{EXTENSION}")
+        except FileExistsError:
+            continue
     raise AssertionError("unreachable")
+
+
+def _reserve(directory, name: str | None, path, overwrite: bool) -> tuple[str, str]:
+    """The run's absolute path and name; the file is created here (unless ``overwrite``) so no other run,
+    in this process or another, can take it."""
+    if path is None:
+        name = check_run_name(name) if name is not None else time.strftime("run_%Y%m%d-%H%M%S") + f"_{os.getpid()}"
+        directory = os.path.abspath(os.fspath(directory))
+        os.makedirs(directory, exist_ok=True)
+        return _reserve_unique(directory, name), name
+    path = os.path.abspath(os.fspath(path))
+    if "\0" in path:
+        raise LogInputError(f"log path {path!r} contains a NUL byte")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if not overwrite:
+        try:
+            create_exclusive(path)
+        except FileExistsError:
+            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it") from None
+    return path, (check_run_name(name) if name is not None else os.path.basename(path).removesuffix(EXTENSION))
 
 
 def start(directory: str | os.PathLike = "logs", name: str | None = None, *, level: str | None = None,
           config: Config | dict | str | os.PathLike | None = None, metadata: dict[str, Any] | None = None,
-          path: str | os.PathLike | None = None, summary: dict | None = None) -> Run:
+          path: str | os.PathLike | None = None, summary: dict | None = None, overwrite: bool = False) -> Run:
     """Open a run writing ``<directory>/<name>.alog`` (or exactly ``path``), starting the writer if needed.
+
+    ``name`` must be a file name (LogInputError for separators, ``..``, NUL, over 200 bytes); when that
+    name is taken the run gets ``<name>-1.alog``, ``-2``, ... — ``run.path`` says which. An explicit ``path``
+    that exists is an error (FileExistsError) unless ``overwrite=True``. Symlinks are never followed.
 
     ``level`` overrides ``config.level``. ``metadata`` goes into the file's header frame. With ``summary``
     (a dict naming ``summary_path``), the writer also writes a small JSON summary beside the log when the
     run closes, or, marked incomplete, when the probe dies.
     """
-    from .run import encode_value
-
     config = _as_config(config, level)
     header = {"format_version": FORMAT_VERSION, "asynclog_version": __version__, "level": config.level,
               "created": time.time(), "pid": os.getpid(), "host": socket.gethostname(),
               "metadata": metadata or {}, "config": _config_dict(config)}
     encode_value(header, "cannot log run metadata")
+    options = wire.RunOptions(config.compression, config.zstd_level, config.min_ratio)
     with _lock:
-        if path is None:
-            os.makedirs(directory, exist_ok=True)
-            name = name or time.strftime("run_%Y%m%d-%H%M%S") + f"_{os.getpid()}"
-            path = _unique_path(os.fspath(directory), name)
-        else:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        path = os.path.abspath(os.fspath(path))
-        header["name"] = name or os.path.basename(path).removesuffix(EXTENSION)
-        channel, stager = _channel_for(config)
-        run_id = next(_run_ids)
-        writer_options = {k: getattr(config, k) for k in ("compression", "zstd_level", "min_ratio")}
-        import msgspec
-
-        message = msgspec.msgpack.encode([Op.OPEN, run_id, path, header, summary, writer_options])
-        channel.request((Op.OPENED, run_id), message)
+        path, header["name"] = _reserve(directory, name, path, overwrite)
+        try:
+            channel, stager = _channel_for(config)
+            run_id = next(_run_ids)
+            ask = channel.new_ask()
+            message = wire.Open(ask, run_id, path, msgspec.Raw(encode_value(header, "run metadata")), summary,
+                                options, overwrite)
+            channel.request(ask, wire.encode(message), f"opening {path}")
+        except BaseException:
+            _unlink_quietly(path)  # the reservation, still empty
+            raise
         run = Run(channel, stager, run_id, path, config)
         _runs[run_id] = run
         return run
 
 
-def _config_dict(config: Config) -> dict:
-    import msgspec
+def _unlink_quietly(path: str) -> None:
+    try:
+        if os.path.getsize(path) == 0:
+            os.unlink(path)
+    except OSError:
+        pass
 
+
+def _config_dict(config: Config) -> dict:
     return msgspec.structs.asdict(config)
 
 
@@ -130,8 +168,7 @@ def shutdown() -> None:
     with _lock:
         pairs = list(_channels.values())
         _channels.clear()
-    for channel, stager in pairs:
-        stager.close()
+    for channel, _ in pairs:
         channel.shutdown()
 
 
@@ -140,6 +177,8 @@ def _after_fork_in_child() -> None:
     _lock = threading.RLock()
     for run in _runs.values():
         run._forked()
+    for channel, _ in _channels.values():
+        channel.forget_in_child()  # so the writer sees the parent's death, whatever this child lives on to do
     _runs.clear()
     _channels.clear()
 

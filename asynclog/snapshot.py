@@ -22,21 +22,22 @@ import threading
 import time
 from collections.abc import Callable
 
-import msgspec
-
-from .channel import Channel, Op
-from .errors import LogInputError, QueueFullError
-from .format import FrameKind
+from . import wire
+from .channel import Channel
+from .errors import LogInputError, QueueFullError, WriterError
 
 __all__ = ["Stager", "check_tensor", "tensor_meta", "host_bytes", "device_bytes", "dtype_name"]
 
-_encode = msgspec.msgpack.Encoder().encode
+_encode = wire.encode
 _WAKE_BYTES = 256 << 10  # smaller pieces do not wake the sender (see Channel.put)
 _FLOAT_KINDS = ("float", "bfloat", "half", "double", "complex")
 
 
 class Stager:
-    """Allocates pool space, fills it, and hands descriptors to the channel, in allocation order."""
+    """Allocates pool space, fills it, and hands descriptors to the channel, in allocation order.
+
+    ``stage`` is the whole interface a producer needs (``Run.tensor`` and streams use nothing else).
+    """
 
     def __init__(self, channel: Channel):
         self.channel = channel
@@ -47,6 +48,11 @@ class Stager:
         self._thread: threading.Thread | None = None
         self._pool_tensor = None
         self._pinned = False
+        channel.on_release(self.close)
+
+    def max_piece(self) -> int:
+        """The largest body one ``stage`` call accepts."""
+        return self.pool.max_piece()
 
     def pool_tensor(self):
         """The whole ring as one uint8 CPU tensor, so slices of it are copy targets for torch."""
@@ -57,20 +63,23 @@ class Stager:
             self._pool_tensor = torch.frombuffer(self.pool.mmap, dtype=torch.uint8)
         return self._pool_tensor
 
-    def stage(self, run_id: int, kind: FrameKind, meta: dict, nbytes: int, fill: Callable[[int], object],
-              policy: str, itemsize: int = 0, shuffle_ok: bool = False, keepalive=None) -> bool:
+    def stage(self, run_id: int, frame: wire.FrameSpec, nbytes: int, fill: Callable[[int], object],
+              policy: str, keepalive=None) -> bool:
         """Reserve ``nbytes``, call ``fill(offset)`` to copy into it, and hand it over.
 
         ``fill`` returns a CUDA event when its copy is still running, else None. Returns False when the
         piece was dropped under the ``drop`` policy.
         """
+        if nbytes > self.pool.max_piece():
+            raise LogInputError(f"a piece of {nbytes} bytes is larger than the staging pool takes at once "
+                                f"({self.pool.max_piece()}); raise staging_bytes")
         with self._lock:
             slot = self._allocate(nbytes, policy)
             if slot is None:
                 return False
             offset, mark = slot
             event = fill(offset)
-            message = _encode([Op.STAGED, run_id, kind, meta, offset, nbytes, mark, itemsize, shuffle_ok])
+            message = _encode(wire.Staged(run_id, frame, offset, nbytes, mark))
             if event is None and not self._pending:
                 self.channel.put(message, "block", wake=nbytes >= _WAKE_BYTES)
             else:
@@ -81,16 +90,20 @@ class Stager:
 
     def _allocate(self, nbytes: int, policy: str) -> tuple[int, int] | None:
         pause = 20e-6
+        deadline = time.monotonic() + self.channel.timeout_s
         while True:
+            self.channel.check()
             slot = self.pool.try_allocate(nbytes)
             if slot is not None:
                 return slot
-            self.channel.check()
             self.channel.kick()  # descriptors may be waiting in the outbox: get them to the writer
             if policy == "drop":
                 return None
             if policy == "error":
                 raise QueueFullError("asynclog staging pool is full (policy 'error')")
+            if time.monotonic() > deadline:
+                raise WriterError(f"the writer freed no staging space for {self.channel.timeout_s} s "
+                                  f"(pid {self.channel.process.pid}: stopped or stuck?)")
             time.sleep(pause)
             pause = min(pause * 2, 1e-3)
 
@@ -116,34 +129,49 @@ class Stager:
             self._thread.start()
 
     def _complete_loop(self) -> None:
+        """Hand over each CUDA piece once its copy has completed; a CUDA error fails the channel, never hangs."""
         while True:
             with self._lock:
                 while not self._pending:
                     self._pending_cv.wait()
                 event, message, _ = self._pending[0]
-            if event is not None:
-                event.synchronize()
             try:
+                if event is not None:
+                    event.synchronize()
                 self.channel.put(message, "block")
-            except Exception:  # the writer is gone: the error reaches the probe on its next call
-                pass
+            except BaseException as exc:  # noqa: BLE001 - stored; every caller's next call raises it
+                self.failure = WriterError(f"asynclog CUDA completion thread failed: {exc!r}")
+                with self._lock:
+                    self._pending.clear()
+                    self._pending_cv.notify_all()
+                return
             with self._lock:
                 self._pending.popleft()
                 self._pending_cv.notify_all()
 
+    failure: WriterError | None = None
+
     def wait_copies(self) -> None:
-        """Block until every pending CUDA copy has been handed over (used before a run closes)."""
+        """Block until every pending CUDA copy has been handed over (before a flush or a close)."""
+        deadline = time.monotonic() + self.channel.timeout_s
         with self._lock:
             while self._pending:
                 self._pending_cv.wait(0.05)
                 self.channel.check()
+                if time.monotonic() > deadline:
+                    raise WriterError(f"CUDA snapshot copies did not complete within {self.channel.timeout_s} s")
+        if self.failure is not None:
+            raise self.failure
 
     def close(self) -> None:
-        if self._pinned and self._pool_tensor is not None:
-            import torch
+        """Drop this process's hold on the pool (before the channel unmaps it); no copy is in progress then."""
+        with self._lock:
+            if self._pinned and self._pool_tensor is not None:
+                import torch
 
-            torch.cuda.cudart().cudaHostUnregister(self._pool_tensor.data_ptr())
-        self._pool_tensor = None
+                torch.cuda.cudart().cudaHostUnregister(self._pool_tensor.data_ptr())
+            self._pool_tensor = None
+            self._pinned = False
 
 
 # --- tensors -------------------------------------------------------------------------------------------

@@ -1,18 +1,23 @@
 """The writer process: takes messages from the probe, builds frames, writes them, and outlives the probe.
 
 Started by ``Channel`` as ``python -m asynclog.writer DATA_FD BACK_FD POOL_FD POOL_CAPACITY OPTIONS_HEX``.
-It imports no torch, so it is up in a fraction of a second. Its life:
+It imports only ``wire``, ``format``, ``filters``, ``staging`` and ``files`` (no torch, no yaml), so it is up
+in a fraction of a second. Its life:
 
-1. Map the staging pool, answer READY (the handshake), ignore SIGINT (Ctrl-C belongs to the probe, which
-   closes its runs and then asks this process to stop).
-2. Serve: OPEN a run file and write its header frame; turn RECORDS and STAGED messages into frames (built on
-   ``compress_threads`` threads, written in the order they arrived) and release their staging space; CLOSE
-   writes the footer and trailer and fsyncs; SHUTDOWN ends the loop.
-3. If the data pipe reaches end-of-file without SHUTDOWN, the probe is gone (crash, ``kill -9``): write what
-   was handed over, close every open run with a footer marked incomplete, and exit. No orphan remains.
+1. Map the staging pool, answer ``Ready`` (the handshake). Ignore SIGINT, SIGTERM and SIGHUP: a Ctrl-C or a
+   scheduler's cancel goes to the whole process group, and the probe's handlers still want to log a last
+   record and close their runs. After such a signal the writer serves on for ``grace_s`` at most.
+2. Serve: ``Open`` a run file and write its header frame; turn ``Records`` and ``Staged`` into frames (built
+   on ``compress_threads`` threads, written in the order they arrived) and release their staging space;
+   ``Sync`` answers once all before it is written (and fsynced); ``Close`` writes footer and trailer;
+   ``Shutdown`` ends the loop.
+3. The probe is gone when the data pipe reaches end-of-file or, since a forked child of the probe may hold
+   the pipe open, when this process's parent changes: write what was handed over, close every open run
+   with a footer marked incomplete, and exit. No orphan remains.
 
-A failure writing one run (a full disk) is reported back as ERROR for that run; the writer keeps serving
-the others and keeps releasing staging space so the probe never blocks on a run that cannot be written.
+Isolation: a failure handling one message fails only the run it names (a full disk, a bad path): that run
+gets ``Failed`` — which reaches its next call — and its file is cut back to its last whole frame; the writer
+keeps serving the other runs and keeps releasing staging space, so the probe never blocks on a dead run.
 """
 
 from __future__ import annotations
@@ -31,27 +36,27 @@ from multiprocessing.connection import Connection
 import msgspec
 
 from . import format as fmt
-from .channel import Op
+from . import wire
+from .files import atomic_write, open_for_writing
 from .filters import Codec
-from .staging import StagingPool
-
-encode = msgspec.msgpack.Encoder().encode
-decode = msgspec.msgpack.Decoder().decode
 
 _RAW = Codec("raw")
-_INCOMPLETE_ON_DEATH = "the probe process ended without closing the run"
+_ON_PROBE_DEATH = "the probe process ended without closing the run"
+_ON_SHUTDOWN = "the probe shut the writer down without closing the run"
+_WATCH_S = 0.25  # how often an idle writer checks that its probe is alive and no grace period has run out
 
 
 class RunFile:
     """One open log file: appends frames, keeps the footer index and the byte counts."""
 
-    def __init__(self, path: str, header: dict, sidecar: dict | None, codec: Codec):
-        self.path = path
+    def __init__(self, msg: wire.Open, codec: Codec):
+        self.path = msg.path
         self.codec = codec
-        self.sidecar = sidecar
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.sidecar = msg.sidecar
+        self.fd = open_for_writing(msg.path, msg.overwrite)
         self.offset = 0
         self.failed: str | None = None
+        self.errno: int | None = None
         self.records: list[int] = []
         self.tensors: dict[str, dict[int, list[int]]] = {}
         self.streams: dict[str, list[int]] = {}
@@ -59,21 +64,26 @@ class RunFile:
         self.last_sync = time.monotonic()
         self.dirty = False
         self._write([fmt.PREAMBLE])
-        self.append(fmt.FrameKind.HEADER, _build(_RAW, fmt.FrameKind.HEADER, header, b""), header)
+        self.append(_build(_RAW, fmt.FrameKind.HEADER, msg.header, b""), _HEADER_SPEC, 0, 0)
 
-    def append(self, kind: fmt.FrameKind, parts: list, meta: dict) -> None:
-        """Write one built frame and index it."""
+    def append(self, parts: list, spec: wire.FrameSpec, raw_len: int, records: int) -> None:
+        """Write one built frame and index it; a failed write is cut back so the file ends on a whole frame."""
         offset = self.offset
-        self._write(parts)
+        try:
+            self._write(parts)
+        except OSError:
+            self._cut_back(offset)
+            raise
         self.stats["frames"] += 1
-        self.stats["bytes_raw"] += meta.get("_raw_len", 0)
+        self.stats["bytes_raw"] += raw_len
+        kind = spec.kind
         if kind == fmt.FrameKind.RECORDS:
             self.records.append(offset)
-            self.stats["records"] += meta["count"]
+            self.stats["records"] += records
         elif kind == fmt.FrameKind.TENSOR:
-            self.tensors.setdefault(meta["name"], {}).setdefault(meta["tid"], []).append(offset)
+            self.tensors.setdefault(spec.key, {}).setdefault(spec.group, []).append(offset)
         elif kind == fmt.FrameKind.CHUNK:
-            self.streams.setdefault(meta["stream"], []).append(offset)
+            self.streams.setdefault(spec.key, []).append(offset)
 
     def _write(self, parts: list) -> None:
         views = [memoryview(p).cast("B") for p in parts]
@@ -85,6 +95,21 @@ class RunFile:
             if n:
                 views[0] = views[0][n:]
         self.dirty = True
+
+    def _cut_back(self, offset: int) -> None:
+        try:
+            os.ftruncate(self.fd, offset)
+            os.lseek(self.fd, offset, os.SEEK_SET)
+            self.offset = offset
+        except OSError:
+            pass  # the reader stops at the torn frame anyway
+
+    def fail(self, exc: BaseException, doing: str) -> str:
+        """Mark the run failed (once); return the message the probe gets."""
+        if self.failed is None:
+            self.failed = f"{doing} {self.path} failed: {exc}"
+            self.errno = getattr(exc, "errno", None)
+        return self.failed
 
     def sync(self) -> None:
         if self.dirty:
@@ -110,38 +135,58 @@ class RunFile:
             },
         }
         footer_offset = self.offset
-        self._write(_build(_RAW, fmt.FrameKind.FOOTER, footer, b"") + [fmt.trailer(footer_offset)])
+        try:
+            self._write(_build(_RAW, fmt.FrameKind.FOOTER, fmt.encode_meta(footer), b"") + [fmt.trailer(footer_offset)])
+        except OSError:
+            self._cut_back(footer_offset)
+            raise
         stats["bytes_on_disk"] = self.offset
         self.sync()
         os.close(self.fd)
+        self.fd = -1
         return {"complete": complete, "reason": reason, "stats": stats}
 
     def abandon(self) -> None:
-        try:
-            os.close(self.fd)
-        except OSError:
-            pass
+        if self.fd >= 0:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = -1
 
 
-def _build(codec: Codec, kind: fmt.FrameKind, meta: dict, body, itemsize: int = 0, shuffle_ok: bool = False) -> list:
+_HEADER_SPEC = wire.FrameSpec(int(fmt.FrameKind.HEADER), msgspec.Raw(b""))
+
+
+def _build(codec: Codec, kind: int, meta: bytes | msgspec.Raw, body, itemsize: int = 0,
+           shuffle_ok: bool = False) -> list:
     """Filter the body and frame it: [prefix (header + meta), stored body, payload checksum]."""
     filt, shuffle_size, stored = codec.encode(body, itemsize, shuffle_ok)
-    meta_bytes = fmt.encode_meta(meta)
-    prefix = fmt.frame_prefix(kind, filt, shuffle_size, meta_bytes, len(stored), len(body))
-    return [prefix, stored, fmt.frame_suffix(meta_bytes, stored)]
+    meta = bytes(meta)
+    prefix = fmt.frame_prefix(fmt.FrameKind(kind), filt, shuffle_size, meta, len(stored), len(body))
+    return [prefix, stored, fmt.frame_suffix(meta, stored)]
 
 
 class _InOrder:
-    """Frames built on worker threads and written in the order they were submitted."""
+    """Frames built on worker threads and written in the order they were submitted.
+
+    ``done(parts, error)`` gets the built frame or the exception building it raised: either way it runs,
+    in order, so staging space is always released.
+    """
 
     def __init__(self, threads: int):
         self.executor = ThreadPoolExecutor(threads, "asynclog-compress") if threads > 1 else None
         self.limit = 2 * threads
-        self.pending: deque[tuple[Future, Callable[[list], None]]] = deque()
+        self.pending: deque[tuple[Future, Callable]] = deque()
 
-    def submit(self, build: Callable[[], list], done: Callable[[list], None]) -> None:
+    def submit(self, build: Callable[[], list], done: Callable[[list | None, BaseException | None], None]) -> None:
         if self.executor is None:
-            done(build())
+            try:
+                parts = build()
+            except Exception as exc:  # noqa: BLE001 - handed to ``done``, which fails the run
+                done(None, exc)
+                return
+            done(parts, None)
             return
         self.pending.append((self.executor.submit(build), done))
         while len(self.pending) > self.limit:
@@ -153,151 +198,208 @@ class _InOrder:
 
     def _complete_one(self) -> None:
         future, done = self.pending.popleft()
-        done(future.result())
+        error = future.exception()
+        done(None if error else future.result(), error)
 
 
 class Writer:
-    """The serve loop and the handlers for each ``Op``."""
+    """The serve loop and one handler per message type."""
 
-    def __init__(self, data: Connection, back: Connection, pool: StagingPool, options: dict):
+    def __init__(self, data: Connection, back: Connection, pool, options: dict):
         self.data, self.back, self.pool = data, back, pool
         threads = options.get("compress_threads", 0) or max(1, min(4, (os.cpu_count() or 2) - 1))
         self.frames = _InOrder(threads)
         self.fsync_interval = options.get("fsync_interval_s", 1.0)
+        self.grace_s = options.get("grace_s", 30.0)
         self.runs: dict[int, RunFile] = {}
+        self.probe_pid = os.getppid()
+        self.signalled_at: float | None = None
+        self.handlers = {wire.Open: self.on_open, wire.Records: self.on_records, wire.Staged: self.on_staged,
+                         wire.Sync: self.on_sync, wire.Close: self.on_close}
 
     def serve(self) -> None:
-        handlers = {Op.OPEN: self.on_open, Op.RECORDS: self.on_records, Op.STAGED: self.on_staged,
-                    Op.CLOSE: self.on_close, Op.SYNC: self.on_sync}
         while True:
             if not self.data.poll(self._idle_timeout()):
                 self.on_idle()
+                if self._probe_gone() or self._grace_over():
+                    return
                 continue
             try:
-                message = decode(self.data.recv_bytes())
+                data = self.data.recv_bytes()
             except (EOFError, OSError):
-                self.on_probe_death()
+                self.finish_all(_ON_PROBE_DEATH)
                 return
-            if message[0] == Op.SHUTDOWN:
-                self.frames.flush()
-                self._finish_all(_INCOMPLETE_ON_DEATH.replace("ended", "shut the writer down"))
+            msg = self._decode(data)
+            if isinstance(msg, wire.Shutdown):
+                self.finish_all(_ON_SHUTDOWN)
                 return
-            handlers[message[0]](*message[1:])
+            if msg is not None:
+                self._handle(msg)
             self._sync_due()
 
-    def _idle_timeout(self) -> float | None:
+    def _decode(self, data: bytes):
+        try:
+            return wire.probe_decoder.decode(data)
+        except msgspec.DecodeError as exc:
+            self.reply(wire.Failed(0, 0, f"writer received a malformed message: {exc}"))
+            return None
+
+    def _handle(self, msg) -> None:
+        """One message; whatever goes wrong fails only the run it names, never this process."""
+        try:
+            self.handlers[type(msg)](msg)
+        except Exception as exc:  # noqa: BLE001 - isolation: see the module docstring
+            run = self.runs.get(msg.run)
+            text = run.fail(exc, "writing") if run else f"writer could not handle {type(msg).__name__}: {exc!r}"
+            self.reply(wire.Failed(msg.run, getattr(msg, "ask", 0), text, getattr(exc, "errno", None)))
+            if isinstance(msg, wire.Staged):
+                self.pool.release(msg.mark)
+
+    def _idle_timeout(self) -> float:
         if self.frames.pending:
             return 0.0
         if any(run.dirty for run in self.runs.values()) and self.fsync_interval > 0:
-            return self.fsync_interval
-        return None
+            return min(self.fsync_interval, _WATCH_S)
+        return _WATCH_S
 
     def on_idle(self) -> None:
         self.frames.flush()
         self._sync_due()
 
+    def _probe_gone(self) -> bool:
+        """The probe died while something else (a forked child) holds the data pipe open: our parent changed."""
+        if os.getppid() == self.probe_pid:
+            return False
+        while self.data.poll(0):  # what the probe wrote before it died is still in the pipe
+            try:
+                msg = self._decode(self.data.recv_bytes())
+            except (EOFError, OSError):
+                break
+            if msg is not None and not isinstance(msg, wire.Shutdown):
+                self._handle(msg)
+        self.finish_all(_ON_PROBE_DEATH)
+        return True
+
+    def _grace_over(self) -> bool:
+        if self.signalled_at is None or time.monotonic() - self.signalled_at < self.grace_s:
+            return False
+        self.finish_all(f"the writer was signalled and the probe did not close the run within {self.grace_s} s")
+        return True
+
+    def on_signal(self, signum, frame) -> None:
+        if self.signalled_at is None:
+            self.signalled_at = time.monotonic()
+
     def _sync_due(self) -> None:
         """fsync every run whose interval has passed; also called while busy, so a stream of frames is synced."""
         now = time.monotonic()
         for run_id, run in list(self.runs.items()):
-            if run.dirty and self.fsync_interval > 0 and now - run.last_sync >= self.fsync_interval:
-                self._guard(run_id, run.sync)
+            if run.dirty and not run.failed and self.fsync_interval > 0 and now - run.last_sync >= self.fsync_interval:
+                self._guard(run_id, run.sync, "syncing")
 
     # --- handlers ---------------------------------------------------------------------------------------
-    def on_open(self, run_id: int, path: str, header: dict, sidecar: dict | None, options: dict) -> None:
+    def on_open(self, msg: wire.Open) -> None:
+        options = msg.options
+        codec = Codec(options.compression, options.zstd_level, options.min_ratio)
         try:
-            codec = Codec(options["compression"], options["zstd_level"], options["min_ratio"])
-            self.runs[run_id] = RunFile(path, header, sidecar, codec)
+            self.runs[msg.run] = RunFile(msg, codec)
         except OSError as exc:
-            self.reply(Op.ERROR, run_id, f"cannot create {path}: {exc}")
+            self.reply(wire.Failed(msg.run, msg.ask, f"cannot create {msg.path}: {exc}", exc.errno))
             return
-        self.reply(Op.OPENED, run_id, None)
+        self.reply(wire.Done(msg.ask))
 
-    def on_records(self, run_id: int, count: int, body: bytes, tensors: list = ()) -> None:
-        if count:
-            self._submit(run_id, fmt.FrameKind.RECORDS, {"count": count, "_raw_len": len(body)}, body, None)
-        for meta, data, itemsize, shuffle_ok in tensors:  # small tensors that rode along
-            meta["_raw_len"] = len(data)
-            self._submit(run_id, fmt.FrameKind.TENSOR, meta, data, None, itemsize, shuffle_ok)
+    def on_records(self, msg: wire.Records) -> None:
+        if msg.count:
+            meta = fmt.encode_meta({"count": msg.count})
+            spec = wire.FrameSpec(int(fmt.FrameKind.RECORDS), msgspec.Raw(meta))
+            self._submit(msg.run, spec, msg.body, None, msg.count)
+        for spec, data in msg.inline:  # small tensors that rode along
+            self._submit(msg.run, spec, data, None)
 
-    def on_staged(self, run_id: int, kind: int, meta: dict, offset: int, nbytes: int, mark: int,
-                  itemsize: int, shuffle_ok: bool) -> None:
-        meta["_raw_len"] = nbytes
-        self._submit(run_id, fmt.FrameKind(kind), meta, self.pool.view(offset, nbytes), mark, itemsize, shuffle_ok)
+    def on_staged(self, msg: wire.Staged) -> None:
+        self._submit(msg.run, msg.frame, self.pool.view(msg.offset, msg.nbytes), msg.mark)
 
-    def on_sync(self, run_id: int) -> None:
+    def on_sync(self, msg: wire.Sync) -> None:
         self.frames.flush()
-        run = self.runs.get(run_id)
-        if run is not None and not run.failed:
-            self._guard(run_id, run.sync)
+        run = self.runs.get(msg.run)
+        if run is not None and not run.failed and msg.durable:
+            self._guard(msg.run, run.sync, "syncing")
         if run is None or run.failed:
-            self.reply(Op.ERROR, run_id, run.failed if run else f"run {run_id} is not open")
+            text = run.failed if run else f"run {msg.run} is not open"
+            self.reply(wire.Failed(msg.run, msg.ask, text, run.errno if run else None))
         else:
-            self.reply(Op.SYNCED, run_id, None)
+            self.reply(wire.Done(msg.ask))
 
-    def on_close(self, run_id: int, footer: dict) -> None:
+    def on_close(self, msg: wire.Close) -> None:
         self.frames.flush()
-        run = self.runs.pop(run_id, None)
+        run = self.runs.pop(msg.run, None)
         if run is None:
-            self.reply(Op.ERROR, run_id, f"run {run_id} is not open")
+            self.reply(wire.Failed(msg.run, msg.ask, f"run {msg.run} is not open"))
             return
-        if run.failed:
-            run.abandon()
-            self.reply(Op.ERROR, run_id, run.failed)
-            return
+        footer = msg.footer
+        complete = bool(footer.get("complete", True)) and not run.failed
+        reason = run.failed or footer.get("reason")
         try:
-            result = run.finish(footer.get("complete", True), footer.get("reason"), footer.get("stats", {}))
+            result = run.finish(complete, reason, footer.get("stats", {}))
         except OSError as exc:
             run.abandon()
-            self.reply(Op.ERROR, run_id, f"cannot finish {run.path}: {exc}")
+            self.reply(wire.Failed(msg.run, msg.ask, run.fail(exc, "finishing"), exc.errno))
             return
         _write_sidecar(run, result)
-        self.reply(Op.CLOSED, run_id, result)
-
-    def on_probe_death(self) -> None:
-        self.frames.flush()
-        self._finish_all(_INCOMPLETE_ON_DEATH)
+        if run.failed:
+            self.reply(wire.Failed(msg.run, msg.ask, run.failed, run.errno))
+        else:
+            self.reply(wire.Done(msg.ask, result))
 
     # --- helpers ----------------------------------------------------------------------------------------
-    def _submit(self, run_id: int, kind: fmt.FrameKind, meta: dict, body, mark: int | None,
-                itemsize: int = 0, shuffle_ok: bool = False) -> None:
-        frame_meta = {k: v for k, v in meta.items() if not k.startswith("_")}
-        codec = self.runs[run_id].codec if run_id in self.runs else _RAW
+    def _submit(self, run_id: int, spec: wire.FrameSpec, body, mark: int | None, records: int = 0) -> None:
+        run = self.runs.get(run_id)
+        if run is None or run.failed:  # nothing to write; the staging space still goes back in order
+            self.frames.submit(list, lambda parts, error: mark is not None and self.pool.release(mark))
+            return
+        codec = run.codec
 
         def build() -> list:
-            return _build(codec, kind, frame_meta, body, itemsize, shuffle_ok)
+            return _build(codec, spec.kind, spec.meta, body, spec.itemsize, spec.shuffle)
 
-        def done(parts: list) -> None:
-            run = self.runs.get(run_id)
-            if run is not None and not run.failed:
-                self._guard(run_id, lambda: run.append(kind, parts, meta))
-            if mark is not None:
-                self.pool.release(mark)
+        def done(parts: list | None, error: BaseException | None) -> None:
+            try:
+                if error is not None:
+                    self._report(run_id, run.fail(error, "building a frame for"), None)
+                elif not run.failed:
+                    self._guard(run_id, lambda: run.append(parts, spec, len(body), records), "writing")
+            finally:
+                if mark is not None:
+                    self.pool.release(mark)
 
         self.frames.submit(build, done)
 
-    def _guard(self, run_id: int, action: Callable[[], None]) -> None:
+    def _guard(self, run_id: int, action: Callable[[], None], doing: str) -> None:
         """Run a file operation; on OSError mark the run failed and tell the probe, once."""
         try:
             action()
         except OSError as exc:
-            run = self.runs[run_id]
-            if not run.failed:
-                run.failed = f"writing {run.path} failed: {exc}"
-                self.reply(Op.ERROR, run_id, run.failed)
+            run = self.runs.get(run_id)
+            if run is not None and not run.failed:
+                self._report(run_id, run.fail(exc, doing), exc.errno)
 
-    def _finish_all(self, reason: str) -> None:
+    def _report(self, run_id: int, text: str, errno: int | None) -> None:
+        self.reply(wire.Failed(run_id, 0, text, errno))
+
+    def finish_all(self, reason: str) -> None:
+        """Close every open run with a footer marked incomplete (after writing all that was handed over)."""
+        self.frames.flush()
         for run_id, run in list(self.runs.items()):
             try:
-                result = run.finish(False, reason, {})
+                result = run.finish(False, run.failed or reason, {})
                 _write_sidecar(run, result)
             except OSError:
                 run.abandon()
             del self.runs[run_id]
 
-    def reply(self, op: Op, run_id: int | None, value) -> None:
+    def reply(self, msg) -> None:
         try:
-            self.back.send_bytes(encode([op, run_id, value]))
+            self.back.send_bytes(wire.encode(msg))
         except OSError:
             pass  # the probe is gone; nothing to tell
 
@@ -307,35 +409,31 @@ def _write_sidecar(run: RunFile, result: dict) -> None:
     if not run.sidecar:
         return
     summary = {**run.sidecar.get("summary", {}), **result}
-    path = run.sidecar["summary_path"]
-    tmp = path + ".tmp"
     try:
-        with open(tmp, "wb") as f:
-            f.write(msgspec.json.format(msgspec.json.encode(summary), indent=2))
-        os.replace(tmp, path)
-    except OSError:
-        pass
+        atomic_write(run.sidecar["summary_path"], msgspec.json.format(msgspec.json.encode(summary), indent=2))
+    except (OSError, TypeError, KeyError, msgspec.EncodeError):
+        pass  # the log itself is complete; the summary is a convenience
 
 
 def main(argv: list[str]) -> int:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(signal, "SIGXFSZ"):  # past a file-size limit, fail the write (EFBIG) instead of dying
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     data_fd, back_fd, pool_fd, capacity = (int(a) for a in argv[:4])
-    options = decode(bytes.fromhex(argv[4])) if len(argv) > 4 else {}
+    options = msgspec.msgpack.decode(bytes.fromhex(argv[4])) if len(argv) > 4 else {}
+    from .staging import StagingPool
+
     data = Connection(data_fd, writable=False)
     back = Connection(back_fd, readable=False)
     pool = StagingPool(capacity, fd=pool_fd)
-    back.send_bytes(encode([Op.READY, os.getpid(), socket.gethostname()]))
     writer = Writer(data, back, pool, options)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, writer.on_signal)
+    back.send_bytes(wire.encode(wire.Ready(os.getpid(), socket.gethostname())))
     try:
         writer.serve()
     except BaseException:
-        try:
-            back.send_bytes(encode([Op.ERROR, None, traceback.format_exc()]))
-        except OSError:
-            pass
-        writer.on_probe_death()
+        writer.reply(wire.Failed(0, 0, traceback.format_exc()))
+        writer.finish_all(_ON_PROBE_DEATH)
         raise
     return 0
 

@@ -66,8 +66,7 @@ def test_kill_writer_makes_the_producer_raise_not_hang(logdir):
     assert time.monotonic() < deadline
     assert "died" in str(info.value) or "cannot send" in str(info.value)
     assert info.value.exitcode == -signal.SIGKILL
-    with pytest.raises(asynclog.WriterError):
-        run.close()
+    assert run.close() == run.path and run.closed  # the failure was raised once already; close does not repeat it
     # The next run gets a fresh writer.
     with asynclog.start(logdir, name="after_death") as again:
         again.event("ok")

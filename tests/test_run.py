@@ -117,8 +117,10 @@ def test_unwritable_directory_fails_at_start(tmp_path):
         asynclog.start(path=blocker / "x.alog")
     existing_directory = tmp_path / "a_directory"
     existing_directory.mkdir()
-    with pytest.raises(asynclog.WriterError, match="cannot create"):
+    with pytest.raises(FileExistsError, match="overwrite=True"):
         asynclog.start(path=existing_directory)
+    with pytest.raises(asynclog.WriterError, match="cannot create"):
+        asynclog.start(path=existing_directory, overwrite=True)
 
 
 def test_metadata_lands_in_the_header(logdir):

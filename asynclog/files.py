@@ -1,0 +1,51 @@
+"""File helpers both processes share: create a file exclusively, replace one atomically.
+
+Small and dependency-free on purpose: the writer process imports it.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["create_exclusive", "atomic_write"]
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def create_exclusive(path: str, mode: int = 0o644) -> None:
+    """Create an empty file at ``path``; FileExistsError if anything, even a dangling symlink, is there."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, mode))
+
+
+def open_for_writing(path: str, overwrite: bool) -> int:
+    """Open a log file for appending frames, never through a symlink.
+
+    Without ``overwrite`` the file must exist already (the probe reserved it with ``create_exclusive``);
+    with it, it is created or truncated.
+    """
+    flags = os.O_WRONLY | os.O_TRUNC | _NOFOLLOW | _CLOEXEC
+    if overwrite:
+        flags |= os.O_CREAT
+    return os.open(path, flags, 0o644)
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: readers see the old or the new file."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
+    try:
+        fd = os.open(tmp, flags, 0o644)
+    except FileExistsError:  # left by a crashed process that had our pid
+        os.unlink(tmp)
+        fd = os.open(tmp, flags, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

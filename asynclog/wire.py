@@ -1,0 +1,141 @@
+"""The wire between the probe's process and the writer process: one msgspec Struct per message.
+
+Both sides import this module and nothing of each other. Every message is a msgpack array whose first
+element is its tag (``Op``), then its fields in order (``array_like``), so a message costs what the old
+positional lists cost while each field has a name and a type the decoder checks.
+
+Probe -> writer, on the data pipe::
+
+    Open(ask, run, path, header, sidecar, options, overwrite)   create the file, write the header frame
+    Records(run, count, body, inline)                           a batch of encoded records (+ small tensors)
+    Staged(run, frame, offset, nbytes, mark)                    a frame whose body sits in the staging pool
+    Sync(ask, run, durable)                                     answered once all before it is written (+fsync)
+    Close(ask, run, footer)                                     footer, trailer, fsync, close
+    Shutdown()                                                  finish every open run and exit
+
+Writer -> probe, on the back pipe::
+
+    Ready(pid, host)                   the handshake
+    Done(ask, value)                   the answer to a request (Open, Sync, Close)
+    Failed(run, ask, message, errno)   a run failed (ask > 0: that request) or, with run 0, the writer did
+
+Frame meta travels as ``msgspec.Raw``: encoded once by the probe and written by the writer as it came.
+The few facts the writer needs for its footer index ride beside it in ``FrameSpec``.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Union
+
+import msgspec
+
+__all__ = [
+    "Op", "FrameSpec", "RunOptions", "Open", "Records", "Staged", "Sync", "Close", "Shutdown",
+    "Ready", "Done", "Failed", "encode", "probe_decoder", "writer_decoder",
+]
+
+
+class Op(enum.IntEnum):
+    """Message tags: the first element of every message on either pipe."""
+
+    OPEN = 1
+    RECORDS = 2
+    STAGED = 3
+    CLOSE = 4
+    SHUTDOWN = 5
+    SYNC = 6
+    READY = 10
+    DONE = 11
+    FAILED = 13
+
+
+class _Message(msgspec.Struct, array_like=True, tag_field="op", frozen=True):
+    pass
+
+
+class FrameSpec(msgspec.Struct, array_like=True, frozen=True):
+    """One frame to build: its kind, its pre-encoded meta, and what the footer index files it under.
+
+    ``key`` is a tensor's or stream's name ("" for records), ``group`` a tensor's id among repeats of its
+    name; ``itemsize``/``shuffle`` tell the filter it may byte-shuffle an array of floats.
+    """
+
+    kind: int
+    meta: msgspec.Raw
+    key: str = ""
+    group: int = 0
+    itemsize: int = 0
+    shuffle: bool = False
+
+
+class RunOptions(msgspec.Struct, array_like=True, frozen=True):
+    compression: str = "auto"
+    zstd_level: int = 3
+    min_ratio: float = 1.25
+
+
+class Open(_Message, tag=int(Op.OPEN)):
+    ask: int
+    run: int
+    path: str
+    header: msgspec.Raw
+    sidecar: Union[dict, None]
+    options: RunOptions
+    overwrite: bool = False
+
+
+class Records(_Message, tag=int(Op.RECORDS)):
+    run: int
+    count: int
+    body: bytes
+    inline: list[tuple[FrameSpec, bytes]] = []
+
+
+class Staged(_Message, tag=int(Op.STAGED)):
+    run: int
+    frame: FrameSpec
+    offset: int
+    nbytes: int
+    mark: int
+
+
+class Sync(_Message, tag=int(Op.SYNC)):
+    ask: int
+    run: int
+    durable: bool
+
+
+class Close(_Message, tag=int(Op.CLOSE)):
+    ask: int
+    run: int
+    footer: dict
+
+
+class Shutdown(_Message, tag=int(Op.SHUTDOWN)):
+    pass
+
+
+class Ready(_Message, tag=int(Op.READY)):
+    pid: int
+    host: str
+
+
+class Done(_Message, tag=int(Op.DONE)):
+    ask: int
+    value: Any = None
+
+
+class Failed(_Message, tag=int(Op.FAILED)):
+    run: int  # 0: the writer itself failed
+    ask: int  # 0: not the answer to a request
+    message: str
+    errno: Union[int, None] = None
+
+
+ProbeMessage = Union[Open, Records, Staged, Sync, Close, Shutdown]
+WriterMessage = Union[Ready, Done, Failed]
+
+encode = msgspec.msgpack.Encoder().encode
+probe_decoder = msgspec.msgpack.Decoder(ProbeMessage)  # used by the writer: what the probe sends
+writer_decoder = msgspec.msgpack.Decoder(WriterMessage)  # used by the probe: what the writer sends
