@@ -11,7 +11,8 @@ The layout the logging plan draws, with asynclog's framed file as the main log::
 
 Every name built here is one path component inside the day folder: checkpoint names are sanitised and the
 result is checked, so no checkpoint path (``../../etc``, ``a/b``, control or bidi characters) can place a
-file elsewhere. Retention removes only files that are asynclog logs by their first bytes, with their sidecars.
+file elsewhere. Retention removes only runs this layout wrote, known by the marker in their header frame,
+with their two sidecars; it follows no link and never leaves the output directory.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ import os
 import re
 import stat
 import string
+import time
 import unicodedata
 from datetime import datetime
 from typing import NamedTuple
 
-from .errors import ConfigError
-from .format import FILE_MAGIC
+from .errors import ConfigError, CorruptLogError
+from .format import PREAMBLE_SIZE, FrameKind, read_header, read_payload, read_preamble, read_trailer
 
 __all__ = [
     "RunPaths",
@@ -34,15 +36,15 @@ __all__ = [
     "check_template",
     "run_paths",
     "ensure_readme",
-    "is_asynclog_file",
+    "marker",
     "prune",
     "SUFFIX",
 ]
 
 SUFFIX = ".alog"
+LAYOUT_ID = "asynclog.probe/1"  # the marker's id: bump it if the layout's files change
 SUMMARY_SUFFIX = "_summary.json"
 CONFIG_SUFFIX = "_config.yaml"
-_SIDECARS = (SUMMARY_SUFFIX, CONFIG_SUFFIX, SUMMARY_SUFFIX + ".tmp")
 _TEMPLATE_FIELDS = frozenset({"timestamp", "checkpoint_name", "date", "level"})
 # What the plan's templates end with, mapped away: the main log is always an .alog file.
 _FOREIGN_SUFFIXES = (".json.gz", ".json", ".gz", ".jsonl", SUFFIX)
@@ -154,7 +156,8 @@ Read a log:
     log = asynclog.open("<file>.alog")
     log.header["metadata"]; list(log.events(name="core_results")); log.rows("sequences/E_batch")
 
-Old runs beyond `max_files` are removed automatically, asynclog's own files only.
+Old runs beyond `max_files` are removed automatically: only runs the probe's logger wrote here, with the
+same file-name template (marked so in their header); nothing else in these folders is touched.
 """
 
 
@@ -170,59 +173,147 @@ def ensure_readme(root: str) -> str:
 
 
 # --- retention ---------------------------------------------------------------------------------------------
-def is_asynclog_file(path: str) -> bool:
-    """True for a regular file (not a link) named ``*.alog`` whose first 8 bytes are asynclog's magic."""
+# Retention deletes files, in a folder others may share: it removes only runs this layout wrote, known by
+# the marker it put in their header frame, and works through directory descriptors so that no link (a day
+# folder, a log, a sidecar) is ever followed and no path can lead out of the output directory.
+_MAX_MARKER_FRAME = 1 << 20  # a probe's header frame is a few KiB; a larger one is not read, let alone trusted
+STALE_SECONDS = 7 * 24 * 3600  # a log without a footer is left alone until it has not changed for this long
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: a FIFO never hangs us
+
+
+class _Run(NamedTuple):
+    """One run of this layout's, found by its marker."""
+
+    mtime: float
+    day: str
+    stem: str
+    identity: tuple[int, int]  # (st_dev, st_ino) of the main log
+    removable: bool
+
+
+def marker(template: str, paths: RunPaths) -> dict:
+    """What a run of this layout carries in its header metadata (key ``layout``), so retention knows it."""
+    return {"id": LAYOUT_ID, "template": template, "stem": os.path.basename(paths.main)[: -len(SUFFIX)]}
+
+
+def _owned(st: os.stat_result) -> bool:
+    """A regular file with one name: a link, or a file someone else also named, is never removed."""
+    return stat.S_ISREG(st.st_mode) and st.st_nlink == 1
+
+
+def _header_marker(f) -> tuple[dict | None, bool]:
+    """The ``layout`` marker in the header frame (None without one) and whether the log has its footer."""
+    read_preamble(f)
+    header = read_header(f, PREAMBLE_SIZE)
+    if header.kind != FrameKind.HEADER or header.meta_len + header.body_len > _MAX_MARKER_FRAME:
+        return None, False
+    meta, _ = read_payload(f, header)
+    found = meta.get("metadata") if isinstance(meta, dict) else None
+    found = found.get("layout") if isinstance(found, dict) else None
+    footer = read_trailer(f)
+    closed = footer is not None and read_header(f, footer).kind == FrameKind.FOOTER
+    return (found if isinstance(found, dict) else None), closed
+
+
+def _read_run(day_fd: int, day: str, name: str, template: str) -> _Run | None:
+    """The run whose main log is ``name`` in the day folder, if this layout wrote it with ``template``."""
+    if not name.endswith(SUFFIX):
+        return None
     try:
-        if not path.endswith(SUFFIX) or not stat.S_ISREG(os.lstat(path).st_mode):
-            return False
-        with open(path, "rb") as f:
-            return f.read(len(FILE_MAGIC)) == FILE_MAGIC
-    except OSError:
-        return False
+        if not stat.S_ISREG(os.stat(name, dir_fd=day_fd, follow_symlinks=False).st_mode):
+            return None
+        with open(os.open(name, _FILE_FLAGS, dir_fd=day_fd), "rb", buffering=0) as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            found, closed = _header_marker(f)
+    except (OSError, CorruptLogError):
+        return None
+    stem = name[: -len(SUFFIX)]
+    if found != {"id": LAYOUT_ID, "template": template, "stem": stem}:
+        return None
+    stale = time.time() - st.st_mtime > STALE_SECONDS
+    return _Run(st.st_mtime, day, stem, (st.st_dev, st.st_ino), st.st_nlink == 1 and (closed or stale))
 
 
-def _runs(root: str) -> list[tuple[float, str]]:
-    """Every asynclog log in the day folders under ``root``, as (mtime, path)."""
-    found = []
+def _day_runs(root_fd: int, day: str, template: str) -> list[_Run]:
     try:
-        days = [d for d in os.listdir(root) if _DAY.match(d)]
+        day_fd = os.open(day, _DIR_FLAGS, dir_fd=root_fd)  # a linked day folder fails here
     except OSError:
-        return found
-    for day in days:
-        folder = os.path.join(root, day)
-        if os.path.islink(folder) or not os.path.isdir(folder):
-            continue
-        for name in os.listdir(folder):
-            path = os.path.join(folder, name)
-            if is_asynclog_file(path):
-                found.append((os.lstat(path).st_mtime, path))
-    return found
+        return []
+    try:
+        return [run for name in os.listdir(day_fd) if (run := _read_run(day_fd, day, name, template))]
+    finally:
+        os.close(day_fd)
 
 
-def prune(root: str, keep: int, protect: str | None = None) -> list[str]:
-    """Remove the oldest asynclog runs under ``root`` beyond the newest ``keep``; return the files removed.
+def _remove_run(root_fd: int, run: _Run) -> list[str]:
+    """Unlink the run's log, if it is still the file that was read, and its sidecars; return what went."""
+    try:
+        day_fd = os.open(run.day, _DIR_FLAGS, dir_fd=root_fd)
+    except OSError:
+        return []  # gone, or turned into a link, since it was read
+    try:
+        st = os.stat(run.stem + SUFFIX, dir_fd=day_fd, follow_symlinks=False)
+        if (st.st_dev, st.st_ino) != run.identity:
+            return []  # replaced since it was read: not the run that was recognised
+        names = [run.stem + suffix for suffix in (SUFFIX, SUMMARY_SUFFIX, CONFIG_SUFFIX)]
+        removed = [os.path.join(run.day, name) for name in names if _unlink_owned(day_fd, name)]
+    except OSError:
+        return []
+    finally:
+        os.close(day_fd)
+    try:
+        os.rmdir(run.day, dir_fd=root_fd)
+    except OSError:
+        pass  # not empty: other files live there
+    return removed
 
-    A run is its ``.alog`` file (recognised by its magic, see ``is_asynclog_file``) plus the sidecars that
-    share its stem. Nothing else is touched, ``protect`` (the run being written) never is, and a day folder
-    is removed only when that leaves it empty. ``keep <= 0`` keeps everything.
+
+def _unlink_owned(dir_fd: int, name: str) -> bool:
+    try:
+        if _owned(os.stat(name, dir_fd=dir_fd, follow_symlinks=False)):
+            os.unlink(name, dir_fd=dir_fd)
+            return True
+    except OSError:
+        pass  # gone already (another process may be pruning too), or not ours to remove
+    return False
+
+
+def prune(root: str, keep: int, template: str, protect: str | None = None) -> list[str]:
+    """Remove this layout's oldest runs made with ``template``, beyond the newest ``keep``; return the files removed.
+
+    A run is known by its marker (see ``marker``), read from the header frame of a regular ``.alog`` file in
+    a day folder; the marker must name this template and the file's own stem. Removing a run unlinks its
+    log and its summary and config sidecars. Never removed: ``protect`` (the run being opened, which counts
+    as one of the ``keep``), a link or a file with more than one name, a run whose footer is missing that
+    changed within STALE_SECONDS (another process may be writing it), anything else in the folders. A day
+    folder is removed only when that leaves it empty. ``keep <= 0`` keeps everything.
     """
     if keep <= 0:
         return []
-    runs = sorted(_runs(root), reverse=True)  # newest first
-    removed = []
-    for _, path in runs[keep:]:
-        if protect is not None and os.path.abspath(path) == os.path.abspath(protect):
-            continue
-        stem = path[: -len(SUFFIX)]
-        for victim in [path, *(stem + s for s in _SIDECARS)]:
-            try:
-                if os.path.lexists(victim) and not os.path.isdir(victim):
-                    os.unlink(victim)
-                    removed.append(victim)
-            except OSError:
-                pass  # another process may be pruning too
-        try:
-            os.rmdir(os.path.dirname(path))
-        except OSError:
-            pass  # not empty: other files live there
-    return removed
+    base = os.path.abspath(root)
+    try:
+        root_fd = os.open(os.path.realpath(base), _DIR_FLAGS)
+    except OSError:
+        return []
+    try:
+        shielded = _identity(protect)
+        runs = [run for day in os.listdir(root_fd) if _DAY.match(day)
+                for run in _day_runs(root_fd, day, template) if run.identity != shielded]
+        runs.sort(key=lambda run: run.mtime, reverse=True)  # newest first
+        doomed = [run for run in runs[keep - (protect is not None):] if run.removable]
+        return [os.path.join(base, name) for run in reversed(doomed) for name in _remove_run(root_fd, run)]
+    finally:
+        os.close(root_fd)
+
+
+def _identity(path: str | None) -> tuple[int, int] | None:
+    if path is None:
+        return None
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino

@@ -219,13 +219,13 @@ class DetailedLogger:
         start_summary = {"log_path": paths.main, "summary_path": paths.summary, "config_path": paths.config,
                          "level": s.level, "run_metadata": metadata}
         header = {"run_metadata": metadata, "detailed_logging": msgspec.structs.asdict(s),
-                  "probe_config": plain(config)}
+                  "probe_config": plain(config), "layout": layout.marker(s.filename_template, paths)}
         self.run = start(path=paths.main, config=self.engine_config, metadata=header,
                          summary={"summary_path": paths.summary, "summary": start_summary})
         self._state = _RunState(paths, start_summary)
         _write_atomic(paths.config, yaml.dump(plain(config), Dumper=_YAML_DUMPER, sort_keys=False, allow_unicode=True))
         _OPEN.add(self)
-        layout.prune(paths.root, s.max_files, protect=paths.main)
+        layout.prune(paths.root, s.max_files, s.filename_template, protect=paths.main)
         self.logger.info("asynclog: detailed log %s (level %s)", paths.main, s.level)
         self._state.start_ns = self._state.busy_ns = time.perf_counter_ns() - begin
         return paths.main

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import os
 import string
+import struct
+import subprocess
+import time
+import tracemalloc
+import zlib
 from datetime import datetime
 
 import pytest
 
 import asynclog
-from asynclog import layout
+import asynclog.format
+from asynclog import DetailedLogger, layout
+
+from conftest import spawn_script
 
 NOW = datetime(2025, 1, 15, 10, 30, 0)
 TEMPLATE = "entropy_probe_{timestamp}_{checkpoint_name}.json"
@@ -102,92 +110,215 @@ def test_readme_is_written_once_and_never_overwritten(tmp_path):
 
 
 # --- retention ---------------------------------------------------------------------------------------------
-def _fake_run(folder, stem: str, mtime: float, magic: bool = True, sidecars: bool = True) -> list[str]:
-    os.makedirs(folder, exist_ok=True)
-    main = os.path.join(folder, stem + ".alog")
-    with open(main, "wb") as f:
-        f.write((b"ASYNCLOG" if magic else b"NOTALOG!") + b"\x01\x00\x00\x00" + bytes(64))
-    files = [main]
-    if sidecars:
-        for suffix in ("_summary.json", "_config.yaml"):
-            files.append(os.path.join(folder, stem + suffix))
-            with open(files[-1], "w") as f:
-                f.write("{}")
-    for path in files:
-        os.utime(path, (mtime, mtime))
-    return files
+OTHER = "other_probe_{checkpoint_name}.json"
+DAY_AGO = 24 * 3600
+
+
+def _config(root, template: str = TEMPLATE, max_files: int = 0) -> dict:
+    return {"detailed_logging": {"enabled": True, "level": "minimal", "output_directory": str(root),
+                                 "filename_template": template, "max_files": max_files},
+            "asynclog": {"staging_bytes": 16 << 20}}
+
+
+def _age(paths, mtime: float) -> None:
+    for path in paths if isinstance(paths, list) else [paths]:
+        os.utime(path, (mtime, mtime), follow_symlinks=False)
+
+
+def _run_files(main: str) -> list[str]:
+    stem = main.removesuffix(".alog")
+    return [main, stem + "_summary.json", stem + "_config.yaml"]
+
+
+def _probe_runs(root, count: int, template: str = TEMPLATE, first_mtime: float = 1000) -> list[str]:
+    """``count`` finished runs of a DetailedLogger that keeps every run, aged oldest first from ``first_mtime``."""
+    config = _config(root, template)
+    logger = DetailedLogger(config)
+    mains = []
+    for i in range(count):
+        mains.append(logger.log_run_start(f"step_{i}", config))
+        logger.finalize_log({"bars_dot": 1.0})
+    for i, main in enumerate(mains):
+        _age(_run_files(main), first_mtime + i)
+    return mains
 
 
 def _all_files(root) -> set[str]:
     return {os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs}
 
 
-def test_retention_removes_only_asynclogs_oldest_runs_and_their_sidecars(tmp_path):
+def _rel(paths, root) -> set[str]:
+    return {os.path.relpath(p, root) for p in paths}
+
+
+def _cut_footer(main: str) -> None:
+    """Leave the log as a crash of the whole machine would: frames without footer and trailer."""
+    with open(main, "r+b") as f:
+        f.truncate(asynclog.format.read_trailer(f))
+
+
+def test_retention_removes_the_oldest_runs_with_their_sidecars(tmp_path):
     root = tmp_path / "logs"
-    day1, day2 = root / "2025-01-14", root / "2025-01-15"
-    real = asynclog.start(str(day1), name="real_run", level="minimal")
-    real.event("core_results", bars_dot=1.0)
-    real_path = real.close()
-    os.utime(real_path, (1000, 1000))  # the oldest: a real asynclog log, recognised by its header
-    _fake_run(day1, "run_b", 2000)
-    _fake_run(day2, "run_c", 3000)
-    _fake_run(day2, "run_d", 4000)
-    _fake_run(day2, "run_e", 5000)
-    foreign = [
-        _fake_run(day1, "not_ours", 500, magic=False)[0],           # .alog without the magic: not ours
-        _fake_run(root / "archive", "kept_elsewhere", 100)[0],      # not a day folder: never looked at
-        _fake_run(root, "at_root", 100)[0],                         # in the root itself: never looked at
-    ]
-    for path in (day1 / "notes.txt", day2 / "orphan_summary.json"):
-        path.write_text("mine")
-        os.utime(path, (10, 10))
-    outside = _fake_run(tmp_path / "elsewhere", "linked", 50, sidecars=False)[0]
-    os.symlink(outside, day1 / "link.alog")  # a link is never followed, let alone removed
+    mains = _probe_runs(root, 4)
+    old_day = root / "2025-01-14"
+    old_day.mkdir()
+    for path in _run_files(mains[0]):  # the oldest run lives in an older day folder
+        os.rename(path, old_day / os.path.basename(path))
+    mains[0] = str(old_day / os.path.basename(mains[0]))
     before = _all_files(root)
 
-    removed = layout.prune(str(root), keep=2)
+    removed = layout.prune(str(root), keep=2, template=TEMPLATE)
 
-    gone = {os.path.relpath(p, root) for p in removed}
-    assert gone == {"2025-01-14/real_run.alog", "2025-01-14/run_b.alog", "2025-01-14/run_b_summary.json",
-                    "2025-01-14/run_b_config.yaml", "2025-01-15/run_c.alog", "2025-01-15/run_c_summary.json",
-                    "2025-01-15/run_c_config.yaml"}
-    assert _all_files(root) == before - gone
-    assert all(os.path.exists(p) for p in foreign) and os.path.exists(outside)
-    assert (day1 / "notes.txt").read_text() == "mine" and os.path.islink(day1 / "link.alog")
+    assert _rel(removed, root) == _rel(_run_files(mains[0]) + _run_files(mains[1]), root)
+    assert _all_files(root) == before - _rel(removed, root)
+    assert not old_day.exists()  # emptied, so removed
+    assert all(os.path.exists(p) for p in _run_files(mains[2]) + _run_files(mains[3]))
 
 
-def test_retention_never_removes_the_protected_run(tmp_path):
-    oldest = _fake_run(tmp_path / "2025-01-15", "oldest", 1000)[0]
-    _fake_run(tmp_path / "2025-01-15", "newer", 2000)
-    _fake_run(tmp_path / "2025-01-15", "newest", 3000)
-    removed = layout.prune(str(tmp_path), keep=1, protect=oldest)
-    assert os.path.exists(oldest)
-    assert {os.path.basename(p) for p in removed} == {"newer.alog", "newer_summary.json", "newer_config.yaml"}
+def test_retention_keeps_a_users_own_asynclog_log_and_its_look_alike_sidecars(tmp_path):
+    root = tmp_path / "logs"
+    mains = _probe_runs(root, 2, first_mtime=2000)
+    day = os.path.dirname(mains[0])
+    own = asynclog.start(day, name="my_notes", level="minimal")
+    own.event("note", text="mine")
+    mine = _run_files(own.close())
+    for sidecar in mine[1:]:
+        with open(sidecar, "w") as f:
+            f.write("mine")
+    _age(mine, 1000)  # older than every run of the probe's
+
+    removed = layout.prune(str(root), keep=1, template=TEMPLATE)
+
+    assert removed == _run_files(mains[0])
+    assert all(os.path.exists(p) for p in mine)
 
 
-def test_retention_removes_a_day_folder_it_empties_and_only_that(tmp_path):
-    _fake_run(tmp_path / "2025-01-14", "old", 1000)
-    _fake_run(tmp_path / "2025-01-13", "old2", 900)
-    (tmp_path / "2025-01-13" / "keep.txt").write_text("x")
-    _fake_run(tmp_path / "2025-01-15", "new", 2000)
-    layout.prune(str(tmp_path), keep=1)
-    assert not (tmp_path / "2025-01-14").exists()
-    assert sorted(os.listdir(tmp_path / "2025-01-13")) == ["keep.txt"]
+def test_retention_keeps_another_loggers_runs_sharing_the_folder(tmp_path):
+    root = tmp_path / "logs"
+    theirs = _probe_runs(root, 2, template=OTHER, first_mtime=1000)
+    ours = _probe_runs(root, 2, first_mtime=2000)
+    config = _config(root, max_files=2)
+    logger = DetailedLogger(config)
+    newest = logger.log_run_start("step_9", config)  # retention runs here, as in the probe
+    logger.finalize_log({})
+    assert [os.path.exists(p) for p in ours + [newest]] == [False, True, True]
+    assert all(os.path.exists(p) for main in theirs for p in _run_files(main))
+
+
+def test_retention_keeps_a_run_that_has_another_name(tmp_path):
+    root, archive = tmp_path / "logs", tmp_path / "archive"
+    archive.mkdir()
+    mains = _probe_runs(root, 4)
+    os.link(mains[0], archive / "kept.alog")  # a hard link: someone else's name for the same data
+    os.link(_run_files(mains[1])[2], archive / "kept_config.yaml")  # a sidecar's, likewise
+    copy = os.path.join(os.path.dirname(mains[1]), "copy_of_step_1.alog")
+    with open(mains[1], "rb") as src, open(copy, "wb") as dst:
+        dst.write(src.read())  # a copy under another name: its marker names another stem
+    _age(copy, 500)
+
+    removed = layout.prune(str(root), keep=1, template=TEMPLATE)
+
+    assert os.path.exists(mains[0]) and os.path.samefile(mains[0], archive / "kept.alog")
+    assert os.path.exists(copy) and os.path.exists(_run_files(mains[1])[2])
+    assert _rel(removed, root) == _rel(_run_files(mains[1])[:2] + _run_files(mains[2]), root)
+
+
+def test_retention_follows_no_symlink(tmp_path):
+    root, elsewhere = tmp_path / "logs", tmp_path / "elsewhere"
+    outside = _probe_runs(elsewhere, 2, first_mtime=100)
+    mains = _probe_runs(root, 3, first_mtime=1000)
+    day = os.path.dirname(mains[0])
+    os.symlink(os.path.dirname(outside[0]), root / "2025-01-01")           # a day folder that is a link
+    os.symlink(outside[0], os.path.join(day, "linked.alog"))               # a log that is a link
+    summary = _run_files(mains[0])[1]
+    os.replace(summary, elsewhere / "precious.json")
+    os.symlink(elsewhere / "precious.json", summary)                       # a sidecar that is a link
+    _age([os.path.join(day, "linked.alog"), summary], 10)
+    before = _all_files(elsewhere)
+
+    removed = layout.prune(str(root), keep=1, template=TEMPLATE)
+
+    assert summary not in removed and os.path.islink(summary)
+    assert _rel(removed, root) == _rel([mains[0], _run_files(mains[0])[2]] + _run_files(mains[1]), root)
+    assert os.path.islink(os.path.join(day, "linked.alog")) and os.path.islink(root / "2025-01-01")
+    assert _all_files(elsewhere) == before
+
+
+@pytest.mark.parametrize("meta_len, body_len", [(64 << 20, 0), (16, 1 << 40)], ids=["huge meta", "huge body"])
+def test_retention_never_reads_a_huge_header_frame(tmp_path, meta_len, body_len):
+    _probe_runs(tmp_path, 1, first_mtime=2000)
+    hostile = tmp_path / "2025-01-01" / "hostile.alog"
+    hostile.parent.mkdir()
+    head = struct.pack("<4sBBHIQQ", b"ALFR", 1, 0, 0, meta_len, body_len, 0)
+    with open(hostile, "wb") as f:
+        f.write(asynclog.format.PREAMBLE + head + struct.pack("<I", zlib.crc32(head)))
+        f.truncate(80 << 20)  # sparse: the huge meta is there, as zeros
+    _age(str(hostile), 1000)
+    tracemalloc.start()
+    try:
+        removed = layout.prune(str(tmp_path), keep=1, template=TEMPLATE)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert hostile.exists() and removed == []
+    assert peak < 8 << 20
+
+
+def test_retention_keeps_a_run_another_process_is_still_writing(tmp_path):
+    root = tmp_path / "logs"
+    child = spawn_script(f"""
+        import sys
+        from asynclog import DetailedLogger
+        config = {_config(root)!r}
+        logger = DetailedLogger(config)
+        print(logger.log_run_start("step_open", config), flush=True)
+        sys.stdin.readline()
+        print(logger.finalize_log({{"bars_dot": 1.0}}), flush=True)
+    """, stdin=subprocess.PIPE)
+    try:
+        open_run = child.stdout.readline().strip()
+        assert open_run.endswith(".alog"), child.stderr.read()
+        now = time.time()
+        _age(open_run, now - 3600)  # the oldest run, and still open
+        mains = _probe_runs(root, 2, first_mtime=now - 60)
+
+        removed = layout.prune(str(root), keep=1, template=TEMPLATE)
+
+        assert removed == _run_files(mains[0])
+        child.stdin.write("finish\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == open_run
+    finally:
+        child.stdin.close()  # a child still waiting reads the end of its input and finishes
+        child.wait(30)
+    with asynclog.open(open_run) as log:
+        assert log.complete
+
+
+def test_retention_removes_an_unclosed_run_only_once_it_is_stale(tmp_path):
+    now = time.time()
+    mains = _probe_runs(tmp_path, 3, first_mtime=now - 100)
+    for main in mains[:2]:
+        _cut_footer(main)
+    _age(_run_files(mains[0]), now - 30 * DAY_AGO)  # the writer's host crashed a month ago
+    _age(_run_files(mains[1]), now - 3600)  # or another process is still writing it
+
+    removed = layout.prune(str(tmp_path), keep=1, template=TEMPLATE)
+
+    assert removed == _run_files(mains[0])
+    assert all(os.path.exists(p) for p in _run_files(mains[1]))
+
+
+def test_the_run_being_opened_counts_as_one_of_the_kept(tmp_path):
+    mains = _probe_runs(tmp_path, 3)
+    opening = os.path.join(os.path.dirname(mains[0]), "entropy_probe_opening.alog")
+    open(opening, "wb").close()  # its header may not be on disk yet
+    removed = layout.prune(str(tmp_path), keep=2, template=TEMPLATE, protect=opening)
+    assert removed == _run_files(mains[0]) + _run_files(mains[1])
+    assert os.path.exists(opening) and os.path.exists(mains[2])
 
 
 def test_max_files_zero_keeps_everything(tmp_path):
-    for i in range(3):
-        _fake_run(tmp_path / "2025-01-15", f"run{i}", 1000 + i)
-    assert layout.prune(str(tmp_path), keep=0) == []
-    assert len(os.listdir(tmp_path / "2025-01-15")) == 9
-
-
-def test_is_asynclog_file_reads_the_magic_not_the_name(tmp_path):
-    ours = _fake_run(tmp_path, "ours", 1, sidecars=False)[0]
-    theirs = _fake_run(tmp_path, "theirs", 1, magic=False, sidecars=False)[0]
-    renamed = tmp_path / "ours.txt"
-    renamed.write_bytes(open(ours, "rb").read())
-    assert layout.is_asynclog_file(ours)
-    assert not layout.is_asynclog_file(theirs)
-    assert not layout.is_asynclog_file(str(renamed))
-    assert not layout.is_asynclog_file(str(tmp_path / "missing.alog"))
+    mains = _probe_runs(tmp_path, 2)
+    assert layout.prune(str(tmp_path), keep=0, template=TEMPLATE) == []
+    assert all(os.path.exists(p) for main in mains for p in _run_files(main))
