@@ -21,6 +21,7 @@ from .channel import Channel, Op
 from .config import Config, level_rank
 from .errors import ConfigError
 from .format import FORMAT_VERSION
+from .kernel import close_on_kernel_shutdown
 from .run import Run
 from .snapshot import Stager
 
@@ -104,6 +105,7 @@ def start(directory: str | os.PathLike = "logs", name: str | None = None, *, lev
         channel.request((Op.OPENED, run_id), message)
         run = Run(channel, stager, run_id, path, config)
         _runs[run_id] = run
+        close_on_kernel_shutdown(shutdown)  # a Jupyter kernel kills the writer before atexit runs
         return run
 
 
