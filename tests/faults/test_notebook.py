@@ -55,17 +55,10 @@ def _assert_closed_cleanly(path) -> None:
     assert names == ["loss"] * 5 + ["last"]
 
 
-def test_graceful_kernel_shutdown_closes_open_run(kernel, tmp_path):
+@pytest.mark.parametrize("stop", ["shutdown_kernel", "restart_kernel"])
+def test_graceful_kernel_stop_closes_open_run(kernel, tmp_path, stop):
     manager, client = kernel
     path = tmp_path / "notebook.alog"
     _open_run_and_log(client, path)
-    manager.shutdown_kernel(now=False)
-    _assert_closed_cleanly(path)
-
-
-def test_kernel_restart_closes_open_run(kernel, tmp_path):
-    manager, client = kernel
-    path = tmp_path / "notebook.alog"
-    _open_run_and_log(client, path)
-    manager.restart_kernel(now=False)
+    getattr(manager, stop)(now=False)
     _assert_closed_cleanly(path)
