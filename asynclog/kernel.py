@@ -7,7 +7,8 @@ child, so by the time atexit runs it is dead: no footer, and the last flush inte
 ``do_shutdown`` is ipykernel's documented hook for frontend shutdowns, and it runs before the children are
 signalled, so open runs are closed there.
 
-Nothing here imports ipykernel: it is looked up in ``sys.modules``, so a plain script pays one dict lookup.
+ipykernel is imported only when it is already in ``sys.modules`` (inside a kernel), so a plain script pays one
+dict lookup per ``start``.
 """
 
 from __future__ import annotations
