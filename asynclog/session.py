@@ -24,6 +24,7 @@ from .config import Config, level_rank
 from .errors import ConfigError, LogInputError
 from .files import create_exclusive
 from .format import FORMAT_VERSION
+from .kernel import close_on_kernel_shutdown
 from .names import check_run_name
 from .run import Run, encode_value
 from .snapshot import Stager
@@ -136,6 +137,7 @@ def start(directory: str | os.PathLike = "logs", name: str | None = None, *, lev
             raise
         run = Run(channel, stager, run_id, path, config)
         _runs[run_id] = run
+        close_on_kernel_shutdown(shutdown)  # a Jupyter kernel kills the writer before atexit runs
         return run
 
 
