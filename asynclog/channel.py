@@ -143,6 +143,7 @@ class Channel:
     def check(self) -> None:
         """Raise the writer's failure, if any, in the caller's thread."""
         if self.error is not None:
+            self.error.reported = True
             raise self.error
 
     def full(self) -> bool:

@@ -45,6 +45,7 @@ class WriterError(AsyncLogError, RuntimeError):
         super().__init__(message)
         self.exitcode = exitcode
         self.errno = errno
+        self.reported = False  # raised to a caller once already: a later close() does not raise it again
 
 
 class CorruptLogError(AsyncLogError):

@@ -183,7 +183,6 @@ class Run:
         self._closed_why = "run is closed"
         # Set by the channel's threads when the writer fails this run or dies; every call checks it first.
         self._fault: WriterError | None = None
-        self._fault_seen = False
         self._muted = False
         self.accounting = Accounting()
         channel.attach(run_id, self._flush_if_due, self._on_fault)
@@ -340,7 +339,7 @@ class Run:
         meta.update(piece=0, pieces=1, offset=0)
         data = host_bytes(tensor).tobytes()
         nbytes = self._batch_nbytes + len(data)
-        full = nbytes >= self._batch_limit[1]
+        full = len(self._batch) + len(self._inline) + 1 >= self._batch_limit[0] or nbytes >= self._batch_limit[1]
         if full:
             self._refuse_if_full()
         spec = _tensor_spec(meta, itemsize)
@@ -412,7 +411,7 @@ class Run:
             self._muted = True
             warnings.warn(f"asynclog: logging to {self.path} stopped: {self._fault}", RuntimeWarning, stacklevel=3)
             return False
-        self._fault_seen = True
+        self._fault.reported = True
         raise self._fault
 
     def _check_open(self) -> None:
@@ -435,8 +434,9 @@ class Run:
             ask = self._channel.new_ask()
             self.result = self._channel.request(ask, wire.encode(wire.Close(ask, self.id, footer)), "closing the run",
                                                 timeout)
-        except WriterError:
-            if not (self._fault_seen or self._muted):
+        except WriterError as exc:
+            seen = exc.reported or (self._fault is not None and self._fault.reported)
+            if not (seen or self._muted):
                 raise
         finally:
             self._closed = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -49,3 +50,21 @@ def wait_gone(pid: int, timeout: float = 20.0) -> None:
         psutil.Process(pid).wait(timeout)
     except psutil.NoSuchProcess:
         pass
+
+
+# A config whose queue and pool fill after a few records: for policies and waits.
+SMALL = {"queue_batches": 2, "batch_records": 1, "staging_bytes": 1 << 20, "flush_interval_s": 0.05}
+
+
+class Stopped:
+    """The run's writer process stopped (SIGSTOP) for the duration of the block."""
+
+    def __init__(self, run):
+        self.pid = run._channel.process.pid
+
+    def __enter__(self):
+        os.kill(self.pid, signal.SIGSTOP)
+        return self
+
+    def __exit__(self, *exc):
+        os.kill(self.pid, signal.SIGCONT)

@@ -11,23 +11,7 @@ import pytest
 import torch
 
 import asynclog
-
-SMALL = {"queue_batches": 2, "batch_records": 1, "staging_bytes": 1 << 20, "flush_interval_s": 0.05}
-
-
-class Stopped:
-    """The run's writer process stopped (SIGSTOP) for the duration of the block."""
-
-    def __init__(self, run):
-        self.pid = run._channel.process.pid
-
-    def __enter__(self):
-        os.kill(self.pid, signal.SIGSTOP)
-        return self
-
-    def __exit__(self, *exc):
-        os.kill(self.pid, signal.SIGCONT)
-
+from conftest import SMALL, Stopped
 
 def _fill(run, count: int, payload: str = "x" * 2000) -> int:
     """Log until ``count`` events went through the call; return how many were handed over."""
