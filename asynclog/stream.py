@@ -139,15 +139,19 @@ class _TensorColumn:
             raise LogInputError(f"column {self.name!r} has {tuple(values.shape)[:1]} rows, expected {batch.rows}")
         if not isinstance(values, _ndarray()) and values.layout is not _strided():
             raise LogInputError(f"column {self.name!r}: {values.layout} tensors cannot be logged")
+        return (values.detach() if hasattr(values, "detach") else values), self._row_sizes(values, batch)
+
+    def _row_sizes(self, values: Any, batch: "_Batch") -> list[int]:
+        """Each row's bytes once its lengths are applied; refuses lengths wider than the padded rows."""
         shape = list(values.shape)
         itemsize = values.itemsize if isinstance(values, _ndarray()) else values.element_size()
         if batch.lengths is None or len(shape) < 2:
-            return (values.detach() if hasattr(values, "detach") else values), [_numel(shape[1:]) * itemsize] * batch.rows
+            return [_numel(shape[1:]) * itemsize] * batch.rows
         if batch.lengths and max(batch.lengths) > shape[1]:
             raise LogInputError(f"lengths must be at most the padded width {shape[1]} of column {self.name!r}, "
                                 f"got {max(batch.lengths)}")
         entry = _numel(shape[2:]) * itemsize
-        return (values.detach() if hasattr(values, "detach") else values), [n * entry for n in batch.lengths]
+        return [n * entry for n in batch.lengths]
 
     def add_many(self, values: Any, batch: "_Batch", lo: int, hi: int) -> None:
         rows = values[lo:hi]
@@ -275,7 +279,7 @@ class Stream:
             prepared, sizes = {}, [0] * batch.rows
             for name, column in own.items():
                 prepared[name], column_sizes = column.prepare_many(columns[name], batch)
-                sizes = list(map(int.__add__, sizes, column_sizes))
+                sizes = [a + b for a, b in zip(sizes, column_sizes)]
             biggest = max(sizes, default=0)
             self._accept(own, biggest, f"row {sizes.index(biggest) if sizes else 0}")
             self._buffer_batch(batch, prepared, sizes)
