@@ -234,7 +234,8 @@ class Stream:
     def append(self, **row: Any) -> None:
         """Buffer one row; ship the chunk when it is full. Values are copied: the caller may reuse them."""
         start = time.perf_counter_ns()
-        with self._lock:
+        self._lock.acquire()  # not `with`: acquire/release is about 100 ns cheaper per row here
+        try:
             if self._closed or self._run.failed():
                 self._check_open()
             columns = self.columns or self._new_columns(row)
@@ -260,6 +261,8 @@ class Stream:
             if self.rows >= self.chunk_rows:
                 self._ship()
             self._run.spent(time.perf_counter_ns() - start)
+        finally:
+            self._lock.release()
 
     def extend(self, lengths=None, **columns: Any) -> None:
         """Append many rows at once, the fast path for batch data: one copy per column per chunk.
