@@ -1,22 +1,32 @@
 """Stream: a chunked, columnar table (per-sequence or per-token rows) that never holds more than one chunk.
 
 ``append(**row)`` copies the row's values into per-column buffers; when ``chunk_rows`` rows are buffered the
-chunk is packed into one body, copied into the staging pool, handed to the writer, and forgotten.
+chunk is packed into one body, copied into the staging pool, handed to the writer, and forgotten. A chunk
+also ships early when the next row would make its body larger than the staging pool's largest piece; a
+single row larger than that is refused.
 
-Columns are fixed by the first row. A column is either
+Columns are fixed by the first accepted row. A column is either
 - ``tensor``: every value is a torch tensor or numpy array of one dtype; rows may differ in shape (ragged
   token rows). The chunk stores the bytes of all rows back to back and each row's shape.
 - ``object``: any other msgpack-able value (numbers, str, None, lists, dicts with str keys); stored as a
   msgpack array.
 
 The chunk body is the columns' segments back to back; the frame meta says where each one is (docs/FORMAT.md).
-CUDA tensor values are kept on the device until the chunk ships; then each column is gathered on the device
-and copied to the host once per chunk.
+CUDA tensor values are kept on the device until the chunk ships; then they are gathered on the device,
+copied to the host once per chunk, and put back between the CPU rows in row order.
+
+Thread safety: one Stream may be shared by threads. Every call holds the stream's lock from its first
+check to its last byte, so rows are never interleaved or torn, and a row either lands in a chunk exactly
+once or its call raises. A refused call (LogInputError) checks everything before it buffers anything:
+it leaves the stream as it was.
 """
 
 from __future__ import annotations
 
+import itertools
+import numbers
 import sys
+import threading
 import time
 from typing import Any
 
@@ -26,10 +36,47 @@ from .snapshot import host_bytes
 
 __all__ = ["Stream", "MutedStream"]
 
+_ARRAY_HEADER = 5  # bytes msgpack_array puts before an object column's values
+
+
+class _RunView:
+    """The few parts of a Run a Stream uses, in one place (so they can move behind a narrower interface)."""
+
+    __slots__ = ("_run", "spent")
+
+    def __init__(self, run):
+        self._run = run
+        self.spent = run.accounting.add  # spent(ns): time a call took, bound once as it is on every call
+
+    def failed(self) -> bool:
+        """A cheap look: is the run closed or its writer gone? ``check_open`` says why."""
+        run = self._run
+        return run._closed or run._channel.error is not None
+
+    def check_open(self) -> None:
+        self._run._check_open()
+
+    def largest_chunk(self) -> int:
+        """The largest body the staging pool takes in one piece."""
+        return self._run._stager.pool.max_piece()
+
+    def ship(self, meta: dict, body) -> bool:
+        self._run.accounting.bytes_in += len(body)
+        return self._run._stage_chunk(meta, body)
+
+
+def _encode_plain(value: Any, what: str) -> bytes:
+    from .run import encode_value  # the run's encoder, so stream values and event fields agree
+
+    return encode_value(value, what)
 
 
 class _TensorColumn:
-    """Rows of one dtype; bytes kept back to back in one growing buffer, shapes beside them."""
+    """Rows of one dtype: their bytes in row order, shapes beside them.
+
+    CPU rows are copied into ``host`` as they arrive. A CUDA row stays on its device; it closes the current
+    ``host`` run, and both go to ``parts`` in row order, which ``pack`` follows.
+    """
 
     kind = "tensor"
 
@@ -37,12 +84,12 @@ class _TensorColumn:
         self.name, self.dtype = name, dtype
         torch = sys.modules.get("torch")
         self.tensor_type = torch.Tensor if torch is not None else None
-        self.data = bytearray()
-        self.device_parts: list = []  # CUDA rows, gathered on the device when the chunk ships
+        self.host = bytearray()  # CPU rows since the last CUDA part, back to back
+        self.parts: list = []  # earlier host runs and CUDA parts, in row order
         self.shapes: list = []
 
     def prepare(self, value: Any):
-        """Check a row value and return what ``add`` stores; raises before anything is buffered.
+        """Check a row value and return what ``add`` stores (with its ``nbytes``); raises before anything is buffered.
 
         The common case, a CPU tensor of the column's dtype, costs one ``numpy()`` view; the copy happens
         in ``add``. Everything else (grad, CUDA, numpy input, odd dtypes) takes the checked slow path.
@@ -66,27 +113,45 @@ class _TensorColumn:
         return _Held(host_bytes(value), value.shape)
 
     def add(self, value: Any) -> None:
-        if type(value) is _Held:
-            self.shapes.append(value.shape)
-            if type(value.data) is memoryview:
-                self.data.extend(value.data)
-            else:
-                self.device_parts.append(value.data)
-            return
         self.shapes.append(value.shape)
+        if type(value) is _Held:
+            self._add_bytes(value.data)
+            return
         try:
-            self.data.extend(value)  # C-contiguous arrays export their bytes directly
+            self.host.extend(value)  # C-contiguous arrays export their bytes directly
         except TypeError:
-            self.data.extend(value.tobytes())
+            self.host.extend(value.tobytes())
+
+    def _add_bytes(self, data) -> None:
+        if type(data) is memoryview:
+            self.host.extend(data)
+            return
+        if self.host:
+            self.parts.append(self.host)
+            self.host = bytearray()
+        self.parts.append(data)
 
     def prepare_many(self, values: Any, batch: "_Batch"):
+        """Check a batch column; return it (detached) and each row's byte size."""
         if _dtype_of(values) != self.dtype:
             raise LogInputError(f"column {self.name!r} holds {self.dtype}, got {_describe(values)}")
         if len(values.shape) == 0 or values.shape[0] != batch.rows:
             raise LogInputError(f"column {self.name!r} has {tuple(values.shape)[:1]} rows, expected {batch.rows}")
         if not isinstance(values, _ndarray()) and values.layout is not _strided():
             raise LogInputError(f"column {self.name!r}: {values.layout} tensors cannot be logged")
-        return values.detach() if hasattr(values, "detach") else values
+        return (values.detach() if hasattr(values, "detach") else values), self._row_sizes(values, batch)
+
+    def _row_sizes(self, values: Any, batch: "_Batch") -> list[int]:
+        """Each row's bytes once its lengths are applied; refuses lengths wider than the padded rows."""
+        shape = list(values.shape)
+        itemsize = values.itemsize if isinstance(values, _ndarray()) else values.element_size()
+        if batch.lengths is None or len(shape) < 2:
+            return [_numel(shape[1:]) * itemsize] * batch.rows
+        if batch.lengths and max(batch.lengths) > shape[1]:
+            raise LogInputError(f"lengths must be at most the padded width {shape[1]} of column {self.name!r}, "
+                                f"got {max(batch.lengths)}")
+        entry = _numel(shape[2:]) * itemsize
+        return [n * entry for n in batch.lengths]
 
     def add_many(self, values: Any, batch: "_Batch", lo: int, hi: int) -> None:
         rows = values[lo:hi]
@@ -98,17 +163,17 @@ class _TensorColumn:
         else:
             self.shapes.extend([row_shape] * (hi - lo))
         if getattr(rows, "is_cuda", False):
-            self.device_parts.append(rows.contiguous())
+            self._add_bytes(rows.contiguous())
         elif isinstance(rows, _ndarray()):
-            self.data.extend(rows.tobytes())
+            self.host.extend(rows.tobytes())
         else:
-            self.data.extend(host_bytes(rows))
+            self.host.extend(host_bytes(rows))
 
     def pack(self) -> tuple[dict, bytes]:
-        data = _gather(self.device_parts) if self.device_parts else self.data
+        data = _in_row_order([*self.parts, self.host]) if self.parts else self.host
         meta = {"name": self.name, "kind": "tensor", "dtype": _dtype_name(self.dtype),
                 "shapes": [list(shape) for shape in self.shapes]}
-        self.data, self.device_parts, self.shapes = bytearray(), [], []
+        self.host, self.parts, self.shapes = bytearray(), [], []
         return meta, data
 
 
@@ -126,17 +191,17 @@ class _ObjectColumn:
             return _encode_scalar(value)
         if _dtype_of(value) is not None:
             raise LogInputError(f"column {self.name!r} holds plain values, got {_describe(value)}")
-        from .run import encode_value
-
-        return encode_value(value, f"column {self.name!r}")
+        return _encode_plain(value, f"column {self.name!r}")
 
     def add(self, encoded: bytes) -> None:
         self.parts.append(encoded)
 
-    def prepare_many(self, values: Any, batch: "_Batch") -> list[bytes]:
+    def prepare_many(self, values: Any, batch: "_Batch") -> tuple[list[bytes], list[int]]:
+        """Encode a batch column; return the encoded values and each row's byte size."""
         if _dtype_of(values) is not None or len(values) != batch.rows:
             raise LogInputError(f"column {self.name!r} needs a list of {batch.rows} plain values")
-        return [self.prepare(value) for value in values]
+        encoded = [self.prepare(value) for value in values]
+        return encoded, [len(value) for value in encoded]
 
     def add_many(self, encoded: list[bytes], batch: "_Batch", lo: int, hi: int) -> None:
         self.parts.extend(encoded[lo:hi])
@@ -148,76 +213,128 @@ class _ObjectColumn:
 
 
 class Stream:
-    """Made by ``Run.stream``; ``append`` rows, ``flush`` a partial chunk, ``close`` when done (optional)."""
+    """Made by ``Run.stream``; ``append`` rows, ``flush`` a partial chunk, ``close`` when done (optional).
+
+    Safe to share between threads (see the module docstring).
+    """
 
     def __init__(self, run, name: str, chunk_rows: int):
         if not isinstance(chunk_rows, int) or chunk_rows <= 0:
             raise LogInputError(f"chunk_rows must be a positive int, not {chunk_rows!r}")
-        self.run, self.name, self.chunk_rows = run, name, chunk_rows
+        self._run = _RunView(run)
+        self.name, self.chunk_rows = name, chunk_rows
         self.columns: dict[str, _TensorColumn | _ObjectColumn] | None = None
         self.rows = 0
         self.chunks = 0
+        self._nbytes = 0  # body bytes buffered (object columns' array headers not counted)
+        self._room = 0  # the most body bytes a chunk may buffer, set with the columns
         self._closed = False
+        self._lock = threading.Lock()
 
     def append(self, **row: Any) -> None:
         """Buffer one row; ship the chunk when it is full. Values are copied: the caller may reuse them."""
         start = time.perf_counter_ns()
-        run = self.run
-        if self._closed or run._closed or run._channel.error is not None:
-            if self._closed:
-                raise ClosedError(f"stream {self.name!r} is closed")
-            run._check_open()
-        columns = self.columns
-        if columns is None:
-            columns = self._define(row)
-        # Check every value before buffering any, so a bad row leaves the chunk unchanged.
+        self._lock.acquire()  # not `with`: acquire/release is about 100 ns cheaper per row here
         try:
+            if self._closed or self._run.failed():
+                self._check_open()
+            columns = self.columns or self._new_columns(row)
             if len(row) != len(columns):
-                raise KeyError
-            prepared = [column.prepare(row[name]) for name, column in columns.items()]
-        except KeyError:
-            raise LogInputError(f"stream {self.name!r} has columns {sorted(columns)}, row has {sorted(row)}") from None
-        for column, value in zip(columns.values(), prepared):
-            column.add(value)
-        self.rows += 1
-        if self.rows >= self.chunk_rows:
-            self._ship()
-        run.accounting.add(time.perf_counter_ns() - start)
+                raise self._wrong_columns(columns, row)
+            # Check every value before buffering any, so a refused row leaves the stream unchanged.
+            prepared, nbytes = [], 0
+            try:
+                for name, column in columns.items():
+                    value = column.prepare(row[name])
+                    prepared.append(value)
+                    nbytes += len(value) if type(value) is bytes else value.nbytes
+            except KeyError:
+                raise self._wrong_columns(columns, row) from None
+            if self.columns is None or nbytes > self._room:
+                self._accept(columns, nbytes, "a row")
+            if self._nbytes + nbytes > self._room:
+                self._ship()  # early, so the chunk stays within one staging piece
+            for column, value in zip(columns.values(), prepared):
+                column.add(value)
+            self.rows += 1
+            self._nbytes += nbytes
+            if self.rows >= self.chunk_rows:
+                self._ship()
+            self._run.spent(time.perf_counter_ns() - start)
+        finally:
+            self._lock.release()
 
     def extend(self, lengths=None, **columns: Any) -> None:
         """Append many rows at once, the fast path for batch data: one copy per column per chunk.
 
         Each tensor (or numpy array) column's first dimension indexes rows; a list column holds one plain
-        value per row. With ``lengths`` (one int per row), tensor columns of two or more dimensions keep
-        only the first ``lengths[i]`` entries of row i: ragged token rows straight from a padded [N, T] batch.
+        value per row. With ``lengths`` (one int per row, 0 <= length <= the padded width), tensor columns of
+        two or more dimensions keep only the first ``lengths[i]`` entries of row i: ragged token rows straight
+        from a padded [N, T] batch. Everything is checked before any row is buffered.
         """
         start = time.perf_counter_ns()
-        if self._closed:
-            raise ClosedError(f"stream {self.name!r} is closed")
-        self.run._check_open()
-        batch = _Batch(columns, lengths)
-        if self.columns is None:
-            self._define(batch.first_row())
-        if columns.keys() != self.columns.keys():
-            raise LogInputError(f"stream {self.name!r} has columns {sorted(self.columns)}, got {sorted(columns)}")
-        prepared = {name: column.prepare_many(columns[name], batch) for name, column in self.columns.items()}
+        with self._lock:
+            self._check_open()
+            batch = _Batch(columns, lengths)
+            own = self.columns or self._new_columns(columns)
+            if columns.keys() != own.keys():
+                raise LogInputError(f"stream {self.name!r} has columns {sorted(own)}, got {sorted(columns)}")
+            prepared, sizes = {}, [0] * batch.rows
+            for name, column in own.items():
+                prepared[name], column_sizes = column.prepare_many(columns[name], batch)
+                sizes = [a + b for a, b in zip(sizes, column_sizes)]
+            biggest = max(sizes, default=0)
+            self._accept(own, biggest, f"row {sizes.index(biggest) if sizes else 0}")
+            self._buffer_batch(batch, prepared, sizes)
+            self._run.spent(time.perf_counter_ns() - start)
+
+    def _buffer_batch(self, batch: "_Batch", prepared: dict, sizes: list[int]) -> None:
         at = 0
         while at < batch.rows:
-            take = min(batch.rows - at, self.chunk_rows - self.rows)
-            for name, column in self.columns.items():
+            take = self._fit(sizes, at)
+            for name, column in self.columns.items() if take else ():
                 column.add_many(prepared[name], batch, at, at + take)
             self.rows += take
+            self._nbytes += sum(sizes[at : at + take])
             at += take
-            if self.rows >= self.chunk_rows:
+            if self.rows >= self.chunk_rows or at < batch.rows:  # full by rows or by bytes
                 self._ship()
-        self.run.accounting.add(time.perf_counter_ns() - start)
 
-    def _define(self, row: dict) -> dict:
-        if not row:
+    def _fit(self, sizes: list[int], at: int) -> int:
+        """How many rows from ``at`` fit in the chunk being buffered."""
+        budget, take = self._room - self._nbytes, 0
+        for size in itertools.islice(sizes, at, at + self.chunk_rows - self.rows):
+            if size > budget:
+                break
+            budget -= size
+            take += 1
+        return take
+
+    def _wrong_columns(self, columns: dict, row: dict) -> LogInputError:
+        return LogInputError(f"stream {self.name!r} has columns {sorted(columns)}, row has {sorted(row)}")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"stream {self.name!r} is closed")
+        self._run.check_open()
+
+    def _new_columns(self, sample: dict) -> dict:
+        """Columns for a first row or batch; they become the stream's only once the call is accepted."""
+        if not sample:
             raise LogInputError("a stream row needs at least one column")
-        columns = {name: _new_column(name, value) for name, value in row.items()}
-        self.columns = columns
-        return columns
+        return {name: _new_column(name, value) for name, value in sample.items()}
+
+    def _accept(self, columns: dict, nbytes: int, what: str) -> None:
+        """Refuse a row no chunk can hold; make new columns the stream's (the call is accepted from here on)."""
+        room = self._room
+        if self.columns is None:
+            objects = sum(column.kind == "object" for column in columns.values())
+            room = self._run.largest_chunk() - _ARRAY_HEADER * objects
+        if nbytes > room:
+            raise LogInputError(
+                f"stream {self.name!r}: {what} of {nbytes} bytes is larger than the {room} bytes a chunk may hold "
+                f"(a quarter of the staging pool); raise the config key staging_bytes, or log it with run.tensor")
+        self.columns, self._room = columns, room
 
     def _ship(self) -> None:
         if not self.rows:
@@ -230,22 +347,23 @@ class Stream:
             metas.append(meta)
             segments.append(data)
         meta = {"stream": self.name, "chunk": self.chunks, "rows": self.rows, "time": time.time(), "columns": metas}
-        body = b"".join(segments)
         self.chunks += 1
-        self.rows = 0
-        self.run.accounting.bytes_in += len(body)
-        self.run._stage_chunk(meta, body)
+        self.rows = self._nbytes = 0
+        self._run.ship(meta, b"".join(segments))
 
     def flush(self) -> None:
         """Ship the rows buffered so far as a (short) chunk."""
-        if self.columns is not None:
-            self._ship()
+        with self._lock:
+            if self.columns is not None:
+                self._ship()
 
     def close(self) -> None:
         """Ship the last partial chunk; later appends raise ClosedError. ``Run.close`` does this too."""
-        if not self._closed:
-            self.flush()
-            self._closed = True
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                if self.columns is not None:
+                    self._ship()
 
     def __enter__(self) -> "Stream":
         return self
@@ -260,6 +378,9 @@ class MutedStream:
     __slots__ = ()
 
     def append(self, **row: Any) -> None:
+        return None
+
+    def extend(self, lengths=None, **columns: Any) -> None:
         return None
 
     def flush(self) -> None:
@@ -312,17 +433,45 @@ class _Batch:
             raise LogInputError("extend needs at least one column")
         first = next(iter(columns.values()))
         self.rows = len(first) if not hasattr(first, "shape") else (first.shape[0] if len(first.shape) else -1)
-        self.columns = columns
-        self.lengths = None
-        if lengths is not None:
-            self.lengths = [int(n) for n in (lengths.tolist() if hasattr(lengths, "tolist") else lengths)]
-            if len(self.lengths) != self.rows:
-                raise LogInputError(f"lengths has {len(self.lengths)} entries for {self.rows} rows")
+        self.lengths = None if lengths is None else _row_lengths(lengths, self.rows)
 
-    def first_row(self) -> dict:
-        """A sample row that fixes the columns' kinds and dtypes."""
-        return {name: (values[0] if _dtype_of(values) is not None else (values[0] if len(values) else None))
-                for name, values in self.columns.items()}
+
+def _row_lengths(lengths, rows: int) -> list[int]:
+    """``lengths`` as a list of ints, one per row and none negative; floats and bools are refused."""
+    dtype = _dtype_of(lengths)
+    if dtype is not None:
+        if not _is_integer(dtype):
+            raise LogInputError(f"lengths must be integers, got {_describe(lengths)}")
+        if len(lengths.shape) != 1:
+            raise LogInputError(f"lengths must be one integer per row, got shape {tuple(lengths.shape)}")
+        values = lengths.tolist()
+    else:
+        try:
+            values = list(lengths)
+        except TypeError:
+            raise LogInputError(f"lengths must be one integer per row, got {type(lengths).__name__}") from None
+        bad = [n for n in values if not isinstance(n, numbers.Integral) or isinstance(n, bool)]
+        if bad:
+            raise LogInputError(f"lengths must be integers, got {bad[0]!r}")
+        values = [int(n) for n in values]
+    if len(values) != rows:
+        raise LogInputError(f"lengths has {len(values)} entries for {rows} rows")
+    if values and min(values) < 0:
+        raise LogInputError(f"lengths must not be negative, got {min(values)}")
+    return values
+
+
+def _is_integer(dtype) -> bool:
+    if hasattr(dtype, "kind"):  # numpy
+        return dtype.kind in "iu"
+    return not (dtype.is_floating_point or dtype.is_complex or dtype == sys.modules["torch"].bool)
+
+
+def _numel(shape) -> int:
+    n = 1
+    for dim in shape:
+        n *= dim
+    return n
 
 
 def _keep_mask(rows, kept: list[int]):
@@ -340,10 +489,11 @@ def _keep_mask(rows, kept: list[int]):
 class _Held:
     """A row value taken by the slow path: its bytes (or device clone) and its shape."""
 
-    __slots__ = ("data", "shape")
+    __slots__ = ("data", "shape", "nbytes")
 
     def __init__(self, data, shape):
         self.data, self.shape = data, shape
+        self.nbytes = data.nbytes if type(data) is memoryview else data.numel() * data.element_size()
 
 
 _SCALARS = frozenset({int, float, str, bool, type(None)})
@@ -359,9 +509,28 @@ def _strided():
     return sys.modules["torch"].strided
 
 
+def _in_row_order(parts: list) -> bytearray:
+    """Join host runs (bytearrays) and CUDA parts into one body, in the order given.
+
+    The CUDA parts are gathered on the device and copied to the host in one go; each part's bytes are
+    then taken back from that copy at its own place between the host runs.
+    """
+    device = [part for part in parts if type(part) is not bytearray]
+    copied = memoryview(_gather(device)) if device else memoryview(b"")
+    body, at = bytearray(), 0
+    for part in parts:
+        if type(part) is bytearray:
+            body += part
+        else:
+            nbytes = part.numel() * part.element_size()
+            body += copied[at : at + nbytes]
+            at += nbytes
+    return body
+
+
 def _gather(parts: list) -> bytes:
-    """Concatenate CUDA rows on the device and copy them to the host once per chunk."""
+    """The bytes of CUDA tensors, back to back: one concatenation on the first part's device, one copy."""
     import torch
 
-    flat = torch.cat([p.reshape(-1).view(torch.uint8) for p in parts])
-    return flat.cpu().numpy().tobytes()
+    flat = [part.reshape(-1).view(torch.uint8).to(parts[0].device) for part in parts]
+    return torch.cat(flat).cpu().numpy().tobytes()
