@@ -137,11 +137,12 @@ class Probe:
             _ignore_gone(os.killpg, self.pid, signal.SIGKILL)
         _ignore_gone(os.kill, self.pid, signal.SIGKILL)
         self.process.wait(10)
-        for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
-            try:
-                stream.close()
-            except OSError:
-                pass
+        try:
+            self.process.stdin.close()
+        except OSError:
+            pass
+        # stdout and stderr are left to the reader threads: closing them while a read is pending would wait
+        # for every process still holding the pipe's other end.
 
 
 def _ignore_gone(kill, pid: int, sig: int) -> None:
@@ -210,10 +211,10 @@ class Reaper:
         return pid
 
     def kill_all(self) -> None:
-        for probe in self.probes:
-            probe.kill()
         for pid in self.pids:
             _ignore_gone(os.kill, pid, signal.SIGKILL)
+        for probe in self.probes:
+            probe.kill()
         for pid in self.pids:
             gone(pid, 5.0)
 
