@@ -334,7 +334,7 @@ def _log_until_error(run, stream) -> None:
         if i % 3 == 0:
             run.tensor("big", big)
         if i % 5 == 0:
-            stream.append(row_id=i, tokens=torch.full((1 << 16,), i))
+            stream.append(row_id=i, tokens=torch.full((1 << 14,), i))  # 4 rows: a 512 KiB chunk
         if i % 50 == 0:
             say("logged", i)
 
@@ -344,7 +344,7 @@ def _later_calls(run, stream) -> dict:
     import torch
 
     calls = {"event": lambda: run.event("again"), "tensor": lambda: run.tensor("again", torch.ones(1 << 17)),
-             "append": lambda: stream.append(row_id=-1, tokens=torch.ones(1 << 16, dtype=torch.int64)),
+             "append": lambda: stream.append(row_id=-1, tokens=torch.ones(1 << 14, dtype=torch.int64)),
              "close": run.close}
     outcome = {}
     for name, call in calls.items():
@@ -427,8 +427,10 @@ def _fill(run, other, rows, torch) -> tuple[int, dict]:
     """Log until WriterError, or until 2 s or 50,000 calls pass after the file stopped growing."""
     import asynclog
 
+    run.event("ev", seq=0)
+    run.flush(durable=True)  # something to read back, however soon the disk fills
     size, grew_at, calls_since = -1, time.monotonic(), 0
-    logged = 0
+    logged = 1
     try:
         while True:
             run.event("ev", seq=logged)
