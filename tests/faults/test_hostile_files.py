@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import functools
 import io
 import json
 import random
@@ -242,6 +243,7 @@ def write_log(path, frames: list[Frame], footer: bool = True, edit_index=None) -
     path.write_bytes(bytes(out))
 
 
+@functools.lru_cache(maxsize=None)
 def _zstd_bomb(size: int, content_size: bool = True) -> bytes:
     """A small zstd frame that expands to ``size`` zero bytes, built without holding them."""
     c = zstandard.ZstdCompressor().compressobj(size=size if content_size else -1)
