@@ -14,7 +14,7 @@ import zstandard
 
 from .format import Filter
 
-__all__ = ["Codec", "unfilter"]
+__all__ = ["Codec", "unfilter", "check_body"]
 
 _SAMPLE_SLICE = 16 << 10
 _SAMPLE_FROM = 128 << 10  # bodies smaller than this are compressed without sampling
@@ -85,16 +85,61 @@ def _sample(body, itemsize: int) -> bytes:
 
 
 _decompressor = threading.local()
+_CHECK_BLOCK = 1 << 20
 
 
-def unfilter(filt: Filter, itemsize: int, stored: bytes, raw_len: int) -> bytes:
-    """Undo a frame's filter, returning the raw body."""
-    if filt is Filter.RAW:
-        return stored
+def _dctx() -> zstandard.ZstdDecompressor:
     d = getattr(_decompressor, "d", None)
     if d is None:
         d = _decompressor.d = zstandard.ZstdDecompressor()
-    raw = d.decompress(stored, max_output_size=raw_len)
-    if filt is Filter.SHUFFLE_ZSTD:
-        raw = unshuffle(raw, itemsize)
-    return raw
+    return d
+
+
+def _check_filter(filt: Filter, itemsize: int, raw_len: int) -> None:
+    if filt is Filter.SHUFFLE_ZSTD and (itemsize < 1 or raw_len % itemsize):
+        raise ValueError(f"a shuffle of {itemsize}-byte items cannot give {raw_len} bytes")
+
+
+def unfilter(filt: Filter, itemsize: int, stored: bytes, raw_len: int) -> bytes:
+    """Undo a frame's filter, returning exactly ``raw_len`` bytes; ValueError when the stored body cannot.
+
+    Never holds more than ``raw_len`` bytes of output: zstandard allocates a frame's declared content size
+    whatever ``max_output_size`` says, so that size is checked against ``raw_len`` first. The caller bounds
+    ``raw_len`` itself.
+    """
+    _check_filter(filt, itemsize, raw_len)
+    if filt is Filter.RAW:
+        if len(stored) != raw_len:
+            raise ValueError(f"a raw body of {len(stored)} bytes declares {raw_len}")
+        return stored
+    try:
+        declared = zstandard.frame_content_size(stored)
+        if declared != raw_len and (declared != -1 or raw_len == 0):  # max_output_size=0 means no limit
+            raise ValueError(f"zstd frame holds {declared} bytes, the frame declares {raw_len}")
+        raw = _dctx().decompress(stored, max_output_size=raw_len)
+    except zstandard.ZstdError as exc:
+        raise ValueError(f"zstd body does not decompress ({exc})") from None
+    if len(raw) != raw_len:
+        raise ValueError(f"zstd body gives {len(raw)} bytes, the frame declares {raw_len}")
+    return unshuffle(raw, itemsize) if filt is Filter.SHUFFLE_ZSTD else raw
+
+
+def check_body(filt: Filter, itemsize: int, source, body_len: int, raw_len: int) -> None:
+    """Check that a stored body (read from the file object ``source``) gives exactly ``raw_len`` bytes,
+    decompressing a block at a time so memory stays small whatever the frame declares; ValueError if not."""
+    _check_filter(filt, itemsize, raw_len)
+    if filt is Filter.RAW:
+        if body_len != raw_len:
+            raise ValueError(f"a raw body of {body_len} bytes declares {raw_len}")
+        return
+    total = 0
+    try:
+        with _dctx().stream_reader(source, read_size=_CHECK_BLOCK) as reader:
+            while block := reader.read(_CHECK_BLOCK):
+                total += len(block)
+                if total > raw_len:
+                    raise ValueError(f"zstd body gives more than the {raw_len} bytes the frame declares")
+    except zstandard.ZstdError as exc:
+        raise ValueError(f"zstd body does not decompress ({exc})") from None
+    if total != raw_len:
+        raise ValueError(f"zstd body gives {total} bytes, the frame declares {raw_len}")

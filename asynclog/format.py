@@ -23,8 +23,13 @@ closed, a footer frame followed by a 16-byte trailer::
                8   8  magic  b"ALFOOTER"
 
 Checking the header on its own lets a reader skip a frame without reading its payload, and tells a torn
-length apart from a torn payload. A reader that finds no trailer scans frames from the preamble and stops at
-the first one that fails, which is where the log was cut.
+length apart from a torn payload. A reader that finds no trailer scans frames from the preamble; past a frame
+that fails it searches forward for the next frame magic whose header checksum holds (``walk_frames``).
+
+Reading trusts nothing a checksum does not cover, and checksums are no defence against a crafted file: the
+lengths in a header are checked against the file before anything is read, and meta is decoded into the
+typed structs below (``typed``), so a wrong type or a missing key is a CorruptLogError naming the offset.
+Unknown keys are accepted: newer writers may add them.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import os
 import struct
 import zlib
 from collections.abc import Iterator
-from typing import BinaryIO, NamedTuple
+from typing import Annotated, Any, BinaryIO, NamedTuple
 
 import msgspec
 
@@ -54,7 +59,10 @@ __all__ = [
     "read_preamble",
     "read_header",
     "read_trailer",
+    "read_meta",
     "scan_frames",
+    "walk_frames",
+    "Damage",
 ]
 
 FORMAT_VERSION = 1
@@ -75,7 +83,8 @@ TRAILER_SIZE = _TRAILER.size
 SUFFIX_SIZE = _CRC.size
 
 _meta_encoder = msgspec.msgpack.Encoder()
-_meta_decoder = msgspec.msgpack.Decoder()
+_meta_decoder = msgspec.msgpack.Decoder(dict[str, Any])
+_BLOCK = 1 << 20  # how much of a payload is in memory at once when it is only checked
 
 
 class FrameKind(enum.IntEnum):
@@ -162,6 +171,7 @@ def read_header(f: BinaryIO, offset: int) -> FrameHeader:
     """Read and check the frame header at ``offset``; raise CorruptLogError if it is torn or damaged."""
     from .errors import CorruptLogError
 
+    size = f.seek(0, os.SEEK_END)
     f.seek(offset)
     data = f.read(HEADER_SIZE)
     if len(data) < HEADER_SIZE:
@@ -173,9 +183,12 @@ def read_header(f: BinaryIO, offset: int) -> FrameHeader:
     if kind in _KINDS:
         kind = FrameKind(kind)  # a kind from a newer writer stays an int and is skipped by its lengths
     try:
-        return FrameHeader(offset, kind, Filter(filt), itemsize, meta_len, body_len, raw_len)
+        header = FrameHeader(offset, kind, Filter(filt), itemsize, meta_len, body_len, raw_len)
     except ValueError:
         raise CorruptLogError(f"unknown filter {filt}", offset) from None
+    if header.end > size:  # before anything reads meta_len or body_len bytes
+        raise CorruptLogError("log cut inside a frame payload", offset)
+    return header
 
 
 def read_payload(f: BinaryIO, header: FrameHeader, verify: bool = True) -> tuple[dict, bytes]:
@@ -191,11 +204,56 @@ def read_payload(f: BinaryIO, header: FrameHeader, verify: bool = True) -> tuple
         (crc,) = _CRC.unpack_from(payload, n)
         if crc != zlib.crc32(memoryview(payload)[:n]):
             raise CorruptLogError("frame payload checksum mismatch", header.offset)
+    return _decode_meta_at(payload[: header.meta_len], header.offset), payload[header.meta_len : n]
+
+
+def read_meta(f: BinaryIO, header: FrameHeader) -> dict:
+    """A frame's meta alone, without reading its body (``payload_intact`` is what checks it)."""
+    from .errors import CorruptLogError
+
+    f.seek(header.offset + HEADER_SIZE)
+    data = f.read(header.meta_len)
+    if len(data) < header.meta_len:
+        raise CorruptLogError("log cut inside a frame payload", header.offset)
+    return _decode_meta_at(data, header.offset)
+
+
+def _decode_meta_at(data: bytes, offset: int) -> dict:
+    from .errors import CorruptLogError
+
+    if not data:
+        return {}
     try:
-        meta = decode_meta(payload[: header.meta_len]) if header.meta_len else {}
-    except msgspec.DecodeError:
-        raise CorruptLogError("frame meta is not valid msgpack", header.offset) from None
-    return meta, payload[header.meta_len : n]
+        return decode_meta(data)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        raise CorruptLogError("frame meta is not a msgpack map", offset) from None
+
+
+def payload_intact(f: BinaryIO, header: FrameHeader) -> bool:
+    """Whether the payload checksum holds, reading the payload a block at a time."""
+    f.seek(header.offset + HEADER_SIZE)
+    left, crc = header.meta_len + header.body_len, 0
+    while left:
+        block = f.read(min(left, _BLOCK))
+        if not block:
+            return False
+        crc, left = zlib.crc32(block, crc), left - len(block)
+    stored = f.read(SUFFIX_SIZE)
+    return len(stored) == SUFFIX_SIZE and _CRC.unpack(stored)[0] == crc
+
+
+class BodyReader:
+    """A frame's stored body as a file object of its own, for streaming decompression."""
+
+    def __init__(self, f: BinaryIO, header: FrameHeader):
+        self._f, self._at, self._left = f, header.offset + HEADER_SIZE + header.meta_len, header.body_len
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._left if n < 0 else min(n, self._left)
+        self._f.seek(self._at)
+        data = self._f.read(n)
+        self._at, self._left = self._at + len(data), self._left - len(data)
+        return data
 
 
 def read_trailer(f: BinaryIO) -> int | None:
@@ -218,17 +276,152 @@ def scan_frames(f: BinaryIO, verify: bool = True) -> Iterator[FrameHeader]:
     """
     from .errors import CorruptLogError
 
+    for item in walk_frames(f, verify):
+        if isinstance(item, Damage):
+            raise CorruptLogError(item.reason, item.offset)
+        yield item
+
+
+class Damage(NamedTuple):
+    """A stretch of a file a reader skipped: where it starts, how many bytes, and why."""
+
+    offset: int
+    size: int
+    reason: str
+
+
+def damage(exc, size: int) -> Damage:
+    """The Damage a CorruptLogError describes (its message without the offset it ends with)."""
+    return Damage(exc.offset, size, str(exc).removesuffix(f" at offset {exc.offset}"))
+
+
+def walk_frames(f: BinaryIO, verify: bool = True) -> Iterator[FrameHeader | Damage]:
+    """Like ``scan_frames``, but past a damaged stretch go on with the next intact frame, yielding a Damage.
+
+    A frame whose header holds but whose payload fails is skipped by its (checked) lengths; past a damaged
+    header the next frame is found by searching for the frame magic with a header checksum that holds.
+    """
+    from .errors import CorruptLogError
+
     size = f.seek(0, os.SEEK_END)
     offset = PREAMBLE_SIZE
     while offset < size:
-        if size - offset == TRAILER_SIZE:
-            f.seek(offset)
-            if f.read(TRAILER_SIZE).endswith(TRAILER_MAGIC):
+        if _trailer_at(f, offset, size):
+            return
+        header = None
+        try:
+            header = read_header(f, offset)
+            if verify and not payload_intact(f, header):
+                raise CorruptLogError("frame payload checksum mismatch", offset)
+        except CorruptLogError as exc:
+            following = find_frame(f, header.end if header else offset + 1, size)
+            yield damage(exc, (size if following is None else following) - offset)
+            if following is None:
                 return
-        header = read_header(f, offset)
-        if header.end > size:
-            raise CorruptLogError("log cut inside a frame payload", offset)
-        if verify:
-            read_payload(f, header)
+            offset = following
+            continue
         yield header
         offset = header.end
+
+
+def _trailer_at(f: BinaryIO, offset: int, size: int) -> bool:
+    if size - offset != TRAILER_SIZE:
+        return False
+    f.seek(offset)
+    return f.read(TRAILER_SIZE).endswith(TRAILER_MAGIC)
+
+
+def find_frame(f: BinaryIO, start: int, size: int) -> int | None:
+    """Offset of the first intact frame header at or after ``start`` (its bytes inside the file), or None."""
+    from .errors import CorruptLogError
+
+    at = start
+    while at < size:
+        f.seek(at)
+        block = f.read(_BLOCK + len(FRAME_MAGIC) - 1)
+        hit = block.find(FRAME_MAGIC)
+        while hit >= 0:
+            try:
+                return read_header(f, at + hit).offset
+            except CorruptLogError:
+                hit = block.find(FRAME_MAGIC, hit + 1)
+        at += _BLOCK
+    return None
+
+
+# --- meta, typed -------------------------------------------------------------------------------------------
+# What each frame kind's meta must hold for a reader to use it. Structs accept unknown keys (newer writers).
+Count = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class HeaderMeta(msgspec.Struct):
+    config: dict[str, Any] = {}
+
+
+class RecordsMeta(msgspec.Struct):
+    count: Count
+
+
+class TensorMeta(msgspec.Struct):
+    name: str
+    tid: Count
+    dtype: str
+    shape: list[Count]
+    nbytes: Count
+    piece: Count
+    pieces: Annotated[int, msgspec.Meta(ge=1)]
+    offset: Count
+
+
+class TensorKey(msgspec.Struct):
+    """What a scan needs to group a tensor's pieces."""
+
+    name: str
+    tid: Count
+
+
+class ColumnMeta(msgspec.Struct):
+    name: str
+    kind: str
+    offset: Count
+    nbytes: Count
+    dtype: str | None = None
+    shapes: list[list[Count]] | None = None
+
+
+class ChunkMeta(msgspec.Struct):
+    stream: str
+    chunk: Count
+    rows: Count
+    columns: list[ColumnMeta]
+
+
+class StreamKey(msgspec.Struct):
+    stream: str
+
+
+class Index(msgspec.Struct):
+    records: list[Count]
+    tensors: dict[str, list[list[Count]]]
+    streams: dict[str, list[Count]]
+
+
+class FooterMeta(msgspec.Struct):
+    complete: bool = False
+    reason: str | None = None
+    stats: dict[str, Any] = {}
+    index: Index | None = None
+
+
+META_TYPES = {FrameKind.HEADER: HeaderMeta, FrameKind.RECORDS: RecordsMeta, FrameKind.TENSOR: TensorMeta,
+              FrameKind.CHUNK: ChunkMeta, FrameKind.FOOTER: FooterMeta}
+
+
+def typed(meta: dict, struct_type: type, offset: int):
+    """``meta`` as ``struct_type``; a CorruptLogError naming the offset when a key is missing or mistyped."""
+    from .errors import CorruptLogError
+
+    try:
+        return msgspec.convert(meta, struct_type)
+    except msgspec.ValidationError as exc:
+        raise CorruptLogError(f"frame meta does not fit a {struct_type.__name__} ({exc})", offset) from None

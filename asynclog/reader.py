@@ -1,37 +1,99 @@
 """Reading logs: ``asynclog.open(path)`` -> Log, lazy over records, tensors by name, streams chunk by chunk.
 
 A closed log is opened through its trailer and footer index: finding a tensor reads only its frames. A log
-without a valid footer (the probe crashed, the disk filled) is indexed by scanning frames from the start;
-the scan stops at the first frame that is cut or fails its checksum, and ``Log.cut_at`` says where.
+without a valid footer (the probe crashed, the disk filled), or whose footer index does not hold up, is
+indexed by scanning every frame; past a damaged frame the scan goes on with the next intact one.
+``Log.cut_at`` is where the first damage starts and ``Log.damaged`` lists every stretch skipped so far.
+
+Nothing in a file is trusted to size an allocation: a frame may declare at most what this run's writer
+could have written in one frame (``frame_limits``), a tensor's pieces must add up to its shape before its
+buffer is allocated, and every mistyped or inconsistent meta is a CorruptLogError naming the offset.
+``events``, ``stream`` and ``tensors`` skip a damaged frame with a warning by default (``errors="raise"``
+raises instead); ``tensor`` raises.
 
 torch is imported only when a tensor or a tensor column is decoded, so ``asynclog cat`` starts fast.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import os
+import warnings
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
 from . import format as fmt
 from .errors import CorruptLogError
-from .filters import unfilter
+from .filters import check_body, unfilter
+from .format import Damage, FrameKind
 
-__all__ = ["Log", "Chunk", "open_log", "verify"]
+__all__ = ["Log", "Chunk", "Damage", "Verdict", "open_log", "verify", "check", "frame_limits"]
+
+MAX_FRAME_BYTES = 256 << 20  # the largest frame body a reader accepts when the header's config says nothing
+_MAX_STAGING = 1 << 40  # a staging pool above this is a crafted header, not a machine
+_RECORDS_FRAME_BYTES = 64 << 20  # records frames hold one batch: batch_bytes plus the record that crossed it
 
 _decode = msgspec.msgpack.Decoder().decode
+_decode_records = msgspec.msgpack.Decoder(list[dict[str, Any]]).decode
+
+
+def frame_limits(config: Any) -> dict[int, int]:
+    """The most raw bytes one frame of each kind may declare, from the run header's recorded config.
+
+    Tensor pieces and stream chunks pass through the staging pool, so none is larger than ``staging_bytes``;
+    a records frame is one batch of about ``batch_bytes``. Anything else falls back to ``MAX_FRAME_BYTES``.
+    """
+    config = config if isinstance(config, dict) else {}
+    staging, batch = config.get("staging_bytes"), config.get("batch_bytes")
+    if type(staging) is not int or not 1 << 20 <= staging <= _MAX_STAGING:
+        staging = MAX_FRAME_BYTES
+    records = _RECORDS_FRAME_BYTES
+    if type(batch) is int and 0 < batch <= _MAX_STAGING:
+        records = max(records, 4 * batch)
+    return {FrameKind.RECORDS: records, FrameKind.TENSOR: staging, FrameKind.CHUNK: staging}
+
+
+@functools.lru_cache(maxsize=None)
+def _known_dtype(name: str):
+    import torch
+
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        return None
+    try:
+        torch.empty(0, dtype=torch.uint8).view(dtype)  # quantized dtypes are not plain bytes
+    except (RuntimeError, TypeError):
+        return None
+    return dtype
+
+
+def _dtype(name: str | None, offset: int):
+    """The torch dtype named in a file and its item size; CorruptLogError for anything else."""
+    dtype = _known_dtype(name) if isinstance(name, str) else None
+    if dtype is None:
+        raise CorruptLogError(f"unknown dtype {name!r}", offset)
+    return dtype, dtype.itemsize
+
+
+def _nbytes(shape: list[int], itemsize: int) -> int:
+    return math.prod(shape) * itemsize
 
 
 class Chunk:
-    """One chunk of a stream: ``rows`` rows, ``columns`` mapping each column name to its list of row values."""
+    """One chunk of a stream: ``rows`` rows, ``columns`` mapping each column name to its list of row values.
 
-    def __init__(self, meta: dict, body: bytes):
+    Every column is checked against the chunk's bytes first; a CorruptLogError names ``offset`` if one fails.
+    """
+
+    def __init__(self, meta: dict, body: bytes, offset: int = 0):
+        typed = fmt.typed(meta, fmt.ChunkMeta, offset)
         self.meta = meta
-        self.rows: int = meta["rows"]
-        self.index: int = meta["chunk"]
-        self.columns: dict[str, list] = {c["name"]: _decode_column(c, body) for c in meta["columns"]}
+        self.rows: int = typed.rows
+        self.index: int = typed.chunk
+        self.columns: dict[str, list] = {c.name: _decode_column(c, body, typed.rows, offset) for c in typed.columns}
 
     def __getitem__(self, column: str) -> list:
         return self.columns[column]
@@ -42,20 +104,30 @@ class Chunk:
             yield dict(zip(names, values))
 
 
-def _decode_column(column: dict, body: bytes) -> list:
-    segment = memoryview(body)[column["offset"] : column["offset"] + column["nbytes"]]
-    if column["kind"] == "object":
-        return _decode(segment)
+def _decode_column(column: fmt.ColumnMeta, body: bytes, rows: int, offset: int) -> list:
+    if column.offset + column.nbytes > len(body):
+        raise CorruptLogError(f"column {column.name!r} runs past its chunk", offset)
+    segment = memoryview(body)[column.offset : column.offset + column.nbytes]
+    if column.kind == "object":
+        try:
+            values = _decode(segment)
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            raise CorruptLogError(f"column {column.name!r} is not msgpack", offset) from None
+        if not isinstance(values, list) or len(values) != rows:
+            raise CorruptLogError(f"column {column.name!r} does not hold {rows} values", offset)
+        return values
+    if column.kind != "tensor":
+        raise CorruptLogError(f"column {column.name!r} has unknown kind {column.kind!r}", offset)
+    dtype, itemsize = _dtype(column.dtype, offset)
+    shapes = column.shapes
+    if shapes is None or len(shapes) != rows or sum(_nbytes(s, itemsize) for s in shapes) != len(segment):
+        raise CorruptLogError(f"column {column.name!r}: its shapes disagree with its {len(segment)} bytes", offset)
     import torch
 
-    dtype = getattr(torch, column["dtype"])
-    itemsize = torch.empty((), dtype=dtype).element_size()
     flat = _tensor_from_bytes(segment, torch.uint8, [len(segment)])
     values, at = [], 0
-    for shape in column["shapes"]:
-        n = itemsize
-        for dim in shape:
-            n *= dim
+    for shape in shapes:
+        n = _nbytes(shape, itemsize)
         values.append(flat[at : at + n].view(dtype).reshape(shape))
         at += n
     return values
@@ -70,93 +142,210 @@ def _tensor_from_bytes(data, dtype, shape):
     return torch.frombuffer(buffer, dtype=torch.uint8).view(dtype).reshape(shape)
 
 
+def _records(meta: dict, body: bytes, offset: int) -> list[dict]:
+    count = fmt.typed(meta, fmt.RecordsMeta, offset).count
+    try:
+        records = _decode_records(body)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # ValidationError included: not a list of maps
+        raise CorruptLogError(f"records do not decode ({exc})", offset) from None
+    if len(records) != count:
+        raise CorruptLogError(f"records frame holds {len(records)} records, declares {count}", offset)
+    return records
+
+
+def _check_pieces(name: str, pieces: list[tuple[fmt.FrameHeader, fmt.TensorMeta]], itemsize: int) -> None:
+    """The pieces of one tensor must agree with each other and tile its bytes exactly, in order."""
+    first_offset, first = pieces[0][0].offset, pieces[0][1]
+    at = 0
+    for k, (header, meta) in enumerate(sorted(pieces, key=lambda p: p[1].piece)):
+        same = (meta.name, meta.tid, meta.dtype, meta.shape, meta.nbytes, meta.pieces)
+        if meta.name != name or same != (name, first.tid, first.dtype, first.shape, first.nbytes, first.pieces):
+            raise CorruptLogError(f"tensor {name!r}: piece {meta.piece} disagrees with the first", header.offset)
+        if meta.piece != k or meta.offset != at:
+            raise CorruptLogError(f"tensor {name!r}: pieces do not follow each other", header.offset)
+        at += header.raw_len
+    if len(pieces) != first.pieces or at != first.nbytes or _nbytes(first.shape, itemsize) != first.nbytes:
+        raise CorruptLogError(f"tensor {name!r}: its pieces do not add up to its shape", first_offset)
+
+
 class Log:
     """An asynclog file opened for reading. Use as a context manager or call ``close``."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
         self._file = open(self.path, "rb")
-        self.format_version = fmt.read_preamble(self._file)
-        first = fmt.read_header(self._file, fmt.PREAMBLE_SIZE)
-        if first.kind != fmt.FrameKind.HEADER:
+        try:
+            self.format_version = fmt.read_preamble(self._file)
+            self.size = self._file.seek(0, os.SEEK_END)
+            self.damaged: list[Damage] = []
+            self.header: dict = self._read_header()
+            self._limits = frame_limits(self.header.get("config"))
+            self.footer: dict | None = None
+            self.cut_at: int | None = None
+            self.cut_reason: str | None = None
+            if not self._load_footer():
+                self._scan()
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _read_header(self) -> dict:
+        """The header frame's meta; {} when that frame is damaged (the rest may still be readable)."""
+        try:
+            first = fmt.read_header(self._file, fmt.PREAMBLE_SIZE)
+        except CorruptLogError as exc:
+            self._note(fmt.damage(exc, 0))
+            return {}
+        if first.kind != FrameKind.HEADER:
             raise CorruptLogError("first frame is not a header frame", first.offset)
-        self.header: dict = fmt.read_payload(self._file, first)[0]
-        self.footer: dict | None = None
-        self.cut_at: int | None = None
-        self.cut_reason: str | None = None
-        if not self._load_footer():
-            self._scan()
+        try:
+            meta = fmt.read_payload(self._file, first)[0]
+            fmt.typed(meta, fmt.HeaderMeta, first.offset)
+        except CorruptLogError as exc:
+            self._note(fmt.damage(exc, first.size))
+            return {}
+        return meta
+
+    def _note(self, damage: Damage) -> None:
+        if all(d.offset != damage.offset for d in self.damaged):
+            self.damaged.append(damage)
+
+    def _damage(self, exc: CorruptLogError) -> Damage:
+        """Damage found while reading a frame: the whole frame when its header holds, else nothing more."""
+        try:
+            size = fmt.read_header(self._file, exc.offset).size
+        except CorruptLogError:
+            size = 0
+        return fmt.damage(exc, size)
+
+    def _skip(self, exc: CorruptLogError, errors: str, what: str) -> None:
+        """A damaged frame met while iterating: raise it, or note it and warn (``errors``)."""
+        if errors == "raise":
+            raise exc
+        self._note(self._damage(exc))
+        warnings.warn(f"asynclog: skipped {what} in {self.path}: {exc}", stacklevel=3)
 
     # --- index ----------------------------------------------------------------------------------------
     def _load_footer(self) -> bool:
+        """Index from the footer; False (scan instead) when it is missing, damaged or points outside the file."""
         offset = fmt.read_trailer(self._file)
         if offset is None:
             return False
         try:
             header = fmt.read_header(self._file, offset)
-            if header.kind != fmt.FrameKind.FOOTER:
+            if header.kind != FrameKind.FOOTER or header.end != self.size - fmt.TRAILER_SIZE:
                 return False
-            self.footer = fmt.read_payload(self._file, header)[0]
+            meta = fmt.read_payload(self._file, header)[0]
+            index = fmt.typed(meta, fmt.FooterMeta, offset).index
         except CorruptLogError:
             return False
-        index = self.footer["index"]
-        self._records = index["records"]
-        self._tensors = index["tensors"]
-        self._streams = index["streams"]
+        if index is None or not _index_within(index, offset):
+            return False
+        self.footer = meta
+        self._records, self._tensors, self._streams = index.records, index.tensors, index.streams
         return True
 
     def _scan(self) -> None:
-        """Rebuild the index from the frames themselves, up to the first damaged one."""
+        """Rebuild the index from the frames themselves, going on past damaged ones."""
         self._records, self._tensors, self._streams = [], {}, {}
         groups: dict[str, dict[int, list[int]]] = {}
-        try:
-            for header in fmt.scan_frames(self._file, verify=True):
-                self._index_frame(header, groups)
-        except CorruptLogError as exc:
-            self.cut_at, self.cut_reason = exc.offset, str(exc)
+        for item in fmt.walk_frames(self._file, verify=True):
+            if isinstance(item, Damage):
+                self._note(item)
+                continue
+            try:
+                self._index_frame(item, groups)
+            except CorruptLogError as exc:
+                self._note(fmt.damage(exc, item.size))
         self._tensors = {name: list(by_tid.values()) for name, by_tid in groups.items()}
+        if self.damaged:
+            self.cut_at, self.cut_reason = self.damaged[0].offset, self.damaged[0].reason
 
     def _index_frame(self, header: fmt.FrameHeader, groups: dict) -> None:
-        if header.kind == fmt.FrameKind.RECORDS:
+        if header.kind == FrameKind.RECORDS:
             self._records.append(header.offset)
-        elif header.kind in (fmt.FrameKind.TENSOR, fmt.FrameKind.CHUNK):
-            meta = fmt.read_payload(self._file, header, verify=False)[0]
-            if header.kind == fmt.FrameKind.TENSOR:
-                groups.setdefault(meta["name"], {}).setdefault(meta["tid"], []).append(header.offset)
-            else:
-                self._streams.setdefault(meta["stream"], []).append(header.offset)
-        elif header.kind == fmt.FrameKind.FOOTER:
-            self.footer = fmt.read_payload(self._file, header)[0]
+        elif header.kind == FrameKind.TENSOR:
+            key = fmt.typed(fmt.read_meta(self._file, header), fmt.TensorKey, header.offset)
+            groups.setdefault(key.name, {}).setdefault(key.tid, []).append(header.offset)
+        elif header.kind == FrameKind.CHUNK:
+            key = fmt.typed(fmt.read_meta(self._file, header), fmt.StreamKey, header.offset)
+            self._streams.setdefault(key.stream, []).append(header.offset)
+        elif header.kind == FrameKind.FOOTER:
+            meta = fmt.read_meta(self._file, header)
+            fmt.typed(meta, fmt.FooterMeta, header.offset)
+            self.footer = meta
 
     @property
     def complete(self) -> bool:
         """True when the run was closed normally and the footer says so."""
-        return bool(self.footer and self.footer.get("complete"))
+        return bool(self.footer and self.footer.get("complete") is True)
 
     @property
     def stats(self) -> dict:
-        return (self.footer or {}).get("stats", {})
+        stats = (self.footer or {}).get("stats")
+        return stats if isinstance(stats, dict) else {}
 
     # --- frames ---------------------------------------------------------------------------------------
-    def _frame(self, offset: int) -> tuple[fmt.FrameHeader, dict, bytes]:
+    def _frame(self, offset: int, kind: FrameKind) -> tuple[fmt.FrameHeader, dict, bytes]:
+        """The frame at ``offset``, which must be of ``kind``: header, meta and raw body, all checked."""
+        header = self._header(offset, kind)
+        return header, *self._payload(header)
+
+    def _header(self, offset: int, kind: FrameKind) -> fmt.FrameHeader:
         header = fmt.read_header(self._file, offset)
+        if header.kind != kind:
+            raise CorruptLogError(f"expected a {kind.name.lower()} frame, found kind {int(header.kind)}", offset)
+        return header
+
+    def _payload(self, header: fmt.FrameHeader) -> tuple[dict, bytes]:
+        limit = self._limits.get(header.kind, MAX_FRAME_BYTES)
+        if header.raw_len > limit:
+            raise CorruptLogError(f"frame declares {header.raw_len} bytes, more than this run writes in one "
+                                  f"frame ({limit})", header.offset)
         meta, stored = fmt.read_payload(self._file, header)
-        return header, meta, unfilter(header.filter, header.itemsize, stored, header.raw_len)
+        try:
+            return meta, unfilter(header.filter, header.itemsize, stored, header.raw_len)
+        except ValueError as exc:
+            raise CorruptLogError(f"frame body does not decode: {exc}", header.offset) from None
+
+    def walk(self) -> Iterator[tuple[fmt.FrameHeader, dict] | Damage]:
+        """Every intact frame's header and meta in file order, and a Damage for each stretch skipped
+        (a frame whose meta does not fit its kind counts as damaged)."""
+        for item in fmt.walk_frames(self._file, verify=True):
+            if not isinstance(item, Damage):
+                try:
+                    item = item, _typed_meta(self._file, item)
+                except CorruptLogError as exc:
+                    item = fmt.damage(exc, item.size)
+            if isinstance(item, Damage):
+                self._note(item)
+            yield item
 
     def frames(self) -> Iterator[tuple[fmt.FrameHeader, dict]]:
-        """Every intact frame's header and meta, in file order (the footer's index left out of its meta)."""
-        try:
-            for header in fmt.scan_frames(self._file, verify=False):
-                yield header, fmt.read_payload(self._file, header)[0]
-        except CorruptLogError:
-            return
+        """Every intact frame's header and meta, in file order (damaged ones are noted in ``damaged``)."""
+        for item in self.walk():
+            if not isinstance(item, Damage):
+                yield item
 
     # --- records --------------------------------------------------------------------------------------
-    def events(self, type: str | None = None, name: str | None = None) -> Iterator[dict]:
-        """Records in the order they were logged, one frame in memory at a time; filter by type or name."""
+    def records(self, header: fmt.FrameHeader) -> list[dict]:
+        """The records of one records frame, checked: a CorruptLogError when they are not what it declares."""
+        return _records(*self._payload(header), header.offset)
+
+    def events(self, type: str | None = None, name: str | None = None, errors: str = "warn") -> Iterator[dict]:
+        """Records in the order they were logged, one frame in memory at a time; filter by type or name.
+
+        A damaged records frame is skipped with a warning (and noted in ``damaged``), or raised with
+        ``errors="raise"``.
+        """
+        _check_errors(errors)
         for offset in self._records:
-            _, _, body = self._frame(offset)
-            for record in _decode(body):
+            try:
+                records = _records(*self._frame(offset, FrameKind.RECORDS)[1:], offset)
+            except CorruptLogError as exc:
+                self._skip(exc, errors, f"the records frame at offset {offset}")
+                continue
+            for record in records:
                 if (type is None or record.get("type") == type) and (name is None or record.get("name") == name):
                     yield record
 
@@ -168,41 +357,72 @@ class Log:
         return len(self._tensors.get(name, []))
 
     def tensor(self, name: str, which: int = -1):
-        """The tensor logged as ``name`` (the last one by default; ``which`` picks among repeats)."""
+        """The tensor logged as ``name`` (the last one by default; ``which`` picks among repeats).
+
+        KeyError when there is no such tensor; CorruptLogError when its frames are damaged or disagree.
+        """
         try:
             offsets = self._tensors[name][which]
-        except (KeyError, IndexError):
+        except (KeyError, IndexError, TypeError):
             raise KeyError(f"no tensor {name!r} (occurrence {which}) in {self.path}") from None
-        import torch
+        try:
+            return self._assemble(name, offsets)
+        except CorruptLogError as exc:
+            self._note(self._damage(exc))
+            raise
 
-        data, meta, filled = None, None, 0
-        for offset in offsets:
-            _, meta, body = self._frame(offset)
-            if data is None:
-                data = bytearray(meta["nbytes"])
-            data[meta["offset"] : meta["offset"] + len(body)] = body
-            filled += len(body)
-        if filled != meta["nbytes"] or len(offsets) != meta["pieces"]:
-            raise CorruptLogError(f"tensor {name!r} is missing pieces", offsets[0])
-        return _tensor_from_bytes(data, getattr(torch, meta["dtype"]), meta["shape"])
+    def _assemble(self, name: str, offsets: list[int]):
+        if not offsets:
+            raise CorruptLogError(f"tensor {name!r} has no pieces in the index", self.size)
+        pieces = [self._piece(offset) for offset in offsets]
+        dtype, itemsize = _dtype(pieces[0][1].dtype, offsets[0])
+        _check_pieces(name, pieces, itemsize)
+        data = bytearray(pieces[0][1].nbytes)
+        for header, meta in pieces:
+            body = self._payload(header)[1]
+            data[meta.offset : meta.offset + len(body)] = body
+        return _tensor_from_bytes(data, dtype, pieces[0][1].shape)
 
-    def tensors(self) -> Iterator[tuple[str, Any]]:
-        """Every tensor as (name, tensor), repeats included, in the order first logged."""
+    def _piece(self, offset: int) -> tuple[fmt.FrameHeader, fmt.TensorMeta]:
+        header = self._header(offset, FrameKind.TENSOR)
+        return header, fmt.typed(fmt.read_meta(self._file, header), fmt.TensorMeta, offset)
+
+    def tensors(self, errors: str = "warn") -> Iterator[tuple[str, Any]]:
+        """Every tensor as (name, tensor), repeats included, in the order first logged; a damaged one is
+        skipped with a warning, or raised with ``errors="raise"``."""
+        _check_errors(errors)
         for name, groups in self._tensors.items():
             for which in range(len(groups)):
-                yield name, self.tensor(name, which)
+                try:
+                    tensor = self.tensor(name, which)
+                except CorruptLogError as exc:
+                    self._skip(exc, errors, f"tensor {name!r} (occurrence {which})")
+                    continue
+                yield name, tensor
 
     # --- streams --------------------------------------------------------------------------------------
     def stream_names(self) -> list[str]:
         return list(self._streams)
 
-    def stream(self, name: str) -> Iterator[Chunk]:
-        """The stream's chunks in order; one chunk in memory at a time."""
+    def stream(self, name: str, errors: str = "warn") -> Iterator[Chunk]:
+        """The stream's chunks in order; one chunk in memory at a time.
+
+        A chunk whose frame is damaged or whose columns disagree with its bytes is skipped with a warning
+        naming it (and noted in ``damaged``), or raised with ``errors="raise"``.
+        """
+        _check_errors(errors)
         if name not in self._streams:
             raise KeyError(f"no stream {name!r} in {self.path}")
-        for offset in self._streams[name]:
-            _, meta, body = self._frame(offset)
-            yield Chunk(meta, body)
+        for k, offset in enumerate(self._streams[name]):
+            try:
+                _, meta, body = self._frame(offset, FrameKind.CHUNK)
+                chunk = Chunk(meta, body, offset)
+                if meta["stream"] != name:
+                    raise CorruptLogError(f"the index puts a chunk of {meta['stream']!r} in {name!r}", offset)
+            except CorruptLogError as exc:
+                self._skip(exc, errors, f"chunk {k} of stream {name!r}")
+                continue
+            yield chunk
 
     def rows(self, name: str) -> Iterator[dict]:
         """The stream's rows, one dict per row."""
@@ -234,6 +454,19 @@ class Log:
         return f"<asynclog.Log {self.path!r} {state}>"
 
 
+def _index_within(index: fmt.Index, footer_offset: int) -> bool:
+    """Every offset of a footer index lies between the preamble and the footer, and no tensor is empty."""
+    offsets = [*index.records, *(o for group in index.tensors.values() for piece in group for o in piece),
+               *(o for chunks in index.streams.values() for o in chunks)]
+    groups_whole = all(pieces for group in index.tensors.values() for pieces in group)
+    return groups_whole and all(fmt.PREAMBLE_SIZE <= o < footer_offset for o in offsets)
+
+
+def _check_errors(errors: str) -> None:
+    if errors not in ("warn", "raise"):
+        raise ValueError(f"errors must be 'warn' or 'raise', not {errors!r}")
+
+
 def _import_pandas():
     try:
         import pandas
@@ -247,24 +480,77 @@ def open_log(path: str | os.PathLike) -> Log:
     return Log(path)
 
 
-def verify(path: str | os.PathLike) -> tuple[int, list[str]]:
-    """Check every frame's checksums and filter; return (frames checked, problems). Problems name offsets."""
-    problems: list[str] = []
-    frames = 0
+# --- verify ---------------------------------------------------------------------------------------------
+class Verdict(NamedTuple):
+    """What ``check`` found: intact frames, damaged stretches, and why the run is not known complete
+    (None when its footer says it was closed normally)."""
+
+    frames: int
+    damaged: list[Damage]
+    incomplete: str | None
+
+
+def check(path: str | os.PathLike) -> Verdict:
+    """Check every frame of a log: checksums, typed meta, and that each body decodes to its declared
+    length within this run's frame limits. Bodies are decompressed a block at a time, so memory stays
+    small whatever a frame declares."""
+    frames, damaged, footer, limits = 0, [], None, frame_limits(None)
     with open(path, "rb") as f:
         try:
             fmt.read_preamble(f)
-            for header in fmt.scan_frames(f, verify=True):
-                _, stored = fmt.read_payload(f, header, verify=False)
-                try:
-                    raw = unfilter(header.filter, header.itemsize, stored, header.raw_len)
-                except Exception as exc:  # noqa: BLE001 - any decoder failure is damage
-                    raise CorruptLogError(f"frame body does not decode ({exc})", header.offset) from None
-                if len(raw) != header.raw_len:
-                    raise CorruptLogError("frame body has the wrong length", header.offset)
-                frames += 1
         except CorruptLogError as exc:
-            problems.append(str(exc))
-        if not problems and fmt.read_trailer(f) is None:
-            problems.append("no footer: the run was not closed (readable up to its last frame)")
+            return Verdict(0, [fmt.damage(exc, f.seek(0, os.SEEK_END))], "not an asynclog file")
+        for item in fmt.walk_frames(f, verify=True):
+            try:
+                if isinstance(item, Damage):
+                    raise CorruptLogError(item.reason, item.offset)
+                meta = _check_frame(f, item, limits)
+            except CorruptLogError as exc:
+                damaged.append(item if isinstance(item, Damage) else fmt.damage(exc, item.size))
+                continue
+            frames += 1
+            if item.kind == FrameKind.HEADER and item.offset == fmt.PREAMBLE_SIZE:
+                limits = frame_limits(meta.get("config"))
+            elif item.kind == FrameKind.FOOTER:
+                footer = meta
+        closed = fmt.read_trailer(f) is not None
+    return Verdict(frames, damaged, _incomplete(footer, closed))
+
+
+def _typed_meta(f, header: fmt.FrameHeader) -> dict:
+    """A frame's meta, checked against its kind's struct but returned as the map it is (extra keys kept)."""
+    meta = fmt.read_meta(f, header)
+    if header.kind in fmt.META_TYPES:
+        fmt.typed(meta, fmt.META_TYPES[header.kind], header.offset)
+    return meta
+
+
+def _check_frame(f, header: fmt.FrameHeader, limits: dict) -> dict:
+    meta = _typed_meta(f, header)
+    limit = limits.get(header.kind, MAX_FRAME_BYTES)
+    if header.raw_len > limit:
+        raise CorruptLogError(f"frame declares {header.raw_len} bytes, more than this run writes in one "
+                              f"frame ({limit})", header.offset)
+    try:
+        check_body(header.filter, header.itemsize, fmt.BodyReader(f, header), header.body_len, header.raw_len)
+    except ValueError as exc:
+        raise CorruptLogError(f"frame body does not decode: {exc}", header.offset) from None
+    return meta
+
+
+def _incomplete(footer: dict | None, closed: bool) -> str | None:
+    if footer is None or not closed:
+        return "no footer: the run was not closed (readable up to its last frame)"
+    if footer.get("complete") is not True:
+        return f"incomplete: the footer says the run did not close normally ({footer.get('reason')})"
+    return None
+
+
+def verify(path: str | os.PathLike) -> tuple[int, list[str]]:
+    """Check every frame (see ``check``); return (intact frames, problems). Problems name offsets: each
+    damaged stretch, then a missing footer. A footer marked incomplete is not a problem here (``check``)."""
+    frames, damaged, incomplete = check(path)
+    problems = [f"{d.reason} at offset {d.offset} ({d.size} bytes)" for d in damaged]
+    if incomplete and incomplete.startswith("no footer"):
+        problems.append(incomplete)
     return frames, problems

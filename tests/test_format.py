@@ -201,3 +201,67 @@ def test_not_a_log_is_a_clear_error(tmp_path):
     shutil.copy(__file__, path)
     with pytest.raises(asynclog.CorruptLogError):
         asynclog.open(path)
+
+
+def _damage(path, out, at: int) -> None:
+    data = bytearray(open(path, "rb").read())
+    data[at] ^= 0xFF
+    out.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("where", ["payload", "header"])
+def test_cat_prints_the_frames_after_a_damaged_one_and_says_what_it_skipped(sample_log, tmp_path, where):
+    with open(sample_log, "rb") as f:
+        victim = [h for h in fmt.scan_frames(f) if h.kind == fmt.FrameKind.TENSOR][1]
+    bad = tmp_path / "bad.alog"
+    _damage(sample_log, bad, victim.end - 10 if where == "payload" else victim.offset + 9)
+    cat = subprocess.run([sys.executable, "-m", "asynclog", "cat", str(bad)], capture_output=True, text=True)
+    assert cat.returncode == 1
+    assert f"offset {victim.offset}" in cat.stderr and f"{victim.size} bytes" in cat.stderr
+    types = [msgspec.json.decode(line)["type"] for line in cat.stdout.splitlines()]
+    assert types.count("event") == 30 and types.count("tensor") == 3 and types.count("chunk") == 3
+    assert types[-1] == "footer"
+
+
+def test_scan_indexes_the_frames_after_a_damaged_one(sample_log, tmp_path):
+    ends = _frame_ends(sample_log)
+    with open(sample_log, "rb") as f:
+        victim = [h for h in fmt.scan_frames(f) if h.kind == fmt.FrameKind.TENSOR][1]
+    unclosed = tmp_path / "unclosed.alog"
+    unclosed.write_bytes(open(sample_log, "rb").read()[:ends[-2]])
+    bad = tmp_path / "bad.alog"
+    _damage(unclosed, bad, victim.offset + 40)
+    with asynclog.open(bad) as log:
+        assert log.cut_at == victim.offset and [d.offset for d in log.damaged] == [victim.offset]
+        assert len(list(log.events())) == 30 and len(list(log.stream("tokens"))) == 3
+        assert len(log.tensor_names()) == 3 and log.tensor("bf16").shape == (10, 10)
+
+
+def test_verify_calls_a_log_closed_as_incomplete_incomplete_and_damage_wins(tmp_path):
+    with asynclog.start(tmp_path, name="died") as run:
+        for i in range(10):
+            run.event("step", i=i)
+        run.close(complete=False, reason="probe died")
+    res = subprocess.run([sys.executable, "-m", "asynclog", "verify", run.path], capture_output=True, text=True)
+    assert res.returncode == 2 and "incomplete" in res.stderr and "probe died" in res.stderr
+    bad = tmp_path / "bad.alog"
+    _damage(run.path, bad, _frame_ends(run.path)[0] + 40)
+    res = subprocess.run([sys.executable, "-m", "asynclog", "verify", str(bad)], capture_output=True, text=True)
+    assert res.returncode == 1 and "incomplete" in res.stderr
+
+
+def test_a_damaged_records_frame_does_not_end_events(tmp_path):
+    with asynclog.start(tmp_path, name="records", config={"batch_records": 5}) as run:
+        for i in range(20):
+            run.event("step", i=i)
+    with open(run.path, "rb") as f:
+        victim = [h for h in fmt.scan_frames(f) if h.kind == fmt.FrameKind.RECORDS][1]
+    bad = tmp_path / "bad.alog"
+    _damage(run.path, bad, victim.end - 6)
+    with asynclog.open(bad) as log:
+        with pytest.warns(UserWarning, match=f"offset {victim.offset}"):
+            steps = [r["data"]["i"] for r in log.events()]
+        assert steps == list(range(5)) + list(range(10, 20))
+        assert [d.offset for d in log.damaged] == [victim.offset]
+        with pytest.raises(asynclog.CorruptLogError, match=f"offset {victim.offset}"):
+            list(log.events(errors="raise"))
