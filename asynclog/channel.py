@@ -266,7 +266,7 @@ class Channel:
                     self._data.send_bytes(message)
                 except (OSError, ValueError) as exc:
                     # The writer is gone; the receiver sees its end-of-file and reports the exit code.
-                    self._fail(f"cannot send to the writer process: {exc}")
+                    self._fail(f"cannot send to the writer process: {exc}", self._reap())
                     return
                 if self._waiting_for_space:
                     with self._space:

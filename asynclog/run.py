@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -31,6 +31,7 @@ from .config import LEVELS, Config, level_rank
 from .errors import ClosedError, LogInputError, QueueFullError, WriterError
 from .format import FrameKind, encode_meta, msgpack_array
 from .names import check_key
+from .records import encode_record
 from .snapshot import Stager, check_tensor, device_bytes, host_bytes, shuffle_hint, tensor_meta
 from .stream import Stream, MutedStream
 
@@ -39,70 +40,6 @@ __all__ = ["Run"]
 _clock = time.perf_counter_ns
 _now = time.time  # msgpack array header with a 32-bit count
 _INLINE_BYTES = 64 << 10  # CPU tensors up to this size travel inline with the record batch
-_SMALL_TENSOR_ITEMS = 64  # tensors up to this many elements may appear inside event fields
-
-
-def _enc_hook(obj: Any) -> Any:
-    """Turn the few non-msgpack types a probe passes into plain values; refuse the rest clearly."""
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(obj, torch.Tensor):
-        if obj.layout != torch.strided or obj.device.type == "meta":
-            raise TypeError(f"a {obj.layout} tensor on {obj.device} cannot be logged")
-        if obj.numel() > _SMALL_TENSOR_ITEMS:
-            raise TypeError(f"a tensor of {obj.numel()} elements is too large for an event field; use run.tensor")
-        return obj.detach().cpu().tolist()
-    numpy = sys.modules.get("numpy")
-    if numpy is not None and isinstance(obj, (numpy.generic, numpy.ndarray)):
-        if getattr(obj, "size", 1) > _SMALL_TENSOR_ITEMS:
-            raise TypeError("an array this large is too large for an event field; use run.tensor")
-        return obj.tolist()
-    if hasattr(obj, "__fspath__"):
-        return str(obj)
-    raise TypeError(f"cannot log a value of type {type(obj).__name__}")
-
-
-_encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
-
-
-def encode_value(value: Any, what: str) -> bytes:
-    """Encode one value for the log, or raise LogInputError naming ``what`` was wrong."""
-    try:
-        _check_keys(value)
-        return _encoder.encode(value)
-    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
-        raise LogInputError(f"{what}: {exc}") from None
-    except RecursionError:
-        raise LogInputError(f"{what}: the value is cyclic or nested too deeply") from None
-
-
-def encode_record(record: dict, fields: dict) -> bytes:
-    """Encode a record whose own keys are str and whose ``fields`` came in as keyword arguments (str keys):
-    only containers among the field values need their keys checked."""
-    try:
-        if not _CONTAINERS.isdisjoint(map(type, fields.values())):
-            _check_keys(fields)
-        return _encoder.encode(record)
-    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
-        raise LogInputError(f"cannot log {record['type']} {record['name']!r}: {exc}") from None
-    except RecursionError:
-        raise LogInputError(f"cannot log {record['type']} {record['name']!r}: a value is cyclic or nested "
-                            f"too deeply") from None
-
-
-_CONTAINERS = frozenset({dict, list, tuple})
-
-
-def _check_keys(value: Any) -> None:
-    """Mapping keys must be str everywhere, so every record is also valid JSON for ``asynclog cat``."""
-    kind = type(value)
-    if kind is dict:
-        for key, item in value.items():
-            if type(key) is not str:
-                raise TypeError(f"mapping keys must be str, found {key!r}")
-            _check_keys(item)
-    elif kind is list or kind is tuple:
-        for item in value:
-            _check_keys(item)
 
 
 class Accounting:
@@ -161,7 +98,8 @@ class _Phase:
 class Run:
     """One open log file. Made by ``asynclog.start``; see the module docstring for the contract."""
 
-    def __init__(self, channel: Channel, stager: Stager, run_id: int, path: str, config: Config):
+    def __init__(self, channel: Channel, stager: Stager, run_id: int, path: str, config: Config,
+                 on_close: Callable[["Run"], None] = lambda run: None):
         self.path = path
         self.config = config
         self.id = run_id
@@ -185,6 +123,7 @@ class Run:
         self._fault: WriterError | None = None
         self._muted = False
         self.accounting = Accounting()
+        self._on_close = on_close
         channel.attach(run_id, self._flush_if_due, self._on_fault)
 
     # --- level gating -----------------------------------------------------------------------------------
@@ -301,9 +240,9 @@ class Run:
         ask = self._channel.new_ask()
         self._channel.request(ask, wire.encode(wire.Sync(ask, self.id, durable)), "a flush", timeout)
 
-    def _hand_over_all(self) -> None:
+    def _hand_over_all(self, closing: bool = False) -> None:
         for stream in list(self._streams.values()):
-            stream.flush()
+            stream.close() if closing else stream.flush()
         with self._ship_lock:
             self._ship_locked("block")
         self._stager.wait_copies()
@@ -377,7 +316,7 @@ class Run:
         stream = self._streams.get(name)
         if stream is None:
             check_key("stream", name)
-            stream = self._streams.setdefault(name, Stream(self, name, chunk_rows))
+            stream = self._streams.setdefault(name, Stream(_ChunkSink(self), name, chunk_rows))
         return stream
 
     def _stage_chunk(self, meta: dict, body: bytes) -> bool:
@@ -428,7 +367,7 @@ class Run:
             return self.path
         try:
             if self._fault is None:
-                self._hand_over_all()
+                self._hand_over_all(closing=True)
             footer = {"complete": complete, "reason": reason,
                       "stats": {**self.accounting.as_dict(), "queue_high_water": self._channel.high_water}}
             ask = self._channel.new_ask()
@@ -441,9 +380,7 @@ class Run:
         finally:
             self._closed = True
             self._channel.detach(self.id)
-            from . import session
-
-            session.forget(self)
+            self._on_close(self)
         return self.path
 
     def _forked(self) -> None:
@@ -464,6 +401,33 @@ class Run:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<asynclog.Run {self.path!r} level={self.level} {state}>"
+
+
+class _ChunkSink:
+    """All a Stream sees of its run: whether it may log, where a packed chunk goes, and what it cost."""
+
+    __slots__ = ("_run", "spent")
+
+    def __init__(self, run: Run):
+        self._run = run
+        self.spent = run.accounting.add  # spent(ns): bound once, it runs on every row
+
+    def failed(self) -> bool:
+        """A cheap look on every call: closed, or a fault waiting? ``check_open`` then says what to do."""
+        run = self._run
+        return run._closed or run._fault is not None or run._muted
+
+    def check_open(self) -> bool:
+        """Raise ClosedError or the writer's failure; False when the run was muted after a write error."""
+        return self._run._usable()
+
+    def largest_chunk(self) -> int:
+        """The largest body the staging pool takes in one piece."""
+        return self._run._stager.max_piece()
+
+    def ship(self, meta: dict, body) -> bool:
+        self._run.accounting.bytes_in += len(body)
+        return self._run._stage_chunk(meta, body)
 
 
 def _tensor_spec(meta: dict, itemsize: int) -> wire.FrameSpec:

@@ -26,7 +26,8 @@ from .files import create_exclusive
 from .format import FORMAT_VERSION
 from .kernel import close_on_kernel_shutdown
 from .names import check_run_name
-from .run import Run, encode_value
+from .records import encode_value
+from .run import Run
 from .snapshot import Stager
 
 __all__ = ["start", "shutdown"]
@@ -135,7 +136,7 @@ def start(directory: str | os.PathLike = "logs", name: str | None = None, *, lev
         except BaseException:
             _unlink_quietly(path)  # the reservation, still empty
             raise
-        run = Run(channel, stager, run_id, path, config)
+        run = Run(channel, stager, run_id, path, config, on_close=forget)
         _runs[run_id] = run
         close_on_kernel_shutdown(shutdown)  # a Jupyter kernel kills the writer before atexit runs
         return run

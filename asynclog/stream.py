@@ -32,43 +32,12 @@ from typing import Any
 
 from .errors import ClosedError, LogInputError
 from .format import msgpack_array
+from .records import encode_value
 from .snapshot import host_bytes
 
 __all__ = ["Stream", "MutedStream"]
 
 _ARRAY_HEADER = 5  # bytes msgpack_array puts before an object column's values
-
-
-class _RunView:
-    """The few parts of a Run a Stream uses, in one place (so they can move behind a narrower interface)."""
-
-    __slots__ = ("_run", "spent")
-
-    def __init__(self, run):
-        self._run = run
-        self.spent = run.accounting.add  # spent(ns): time a call took, bound once as it is on every call
-
-    def failed(self) -> bool:
-        """A cheap look: is the run closed or its writer gone? ``check_open`` says why."""
-        run = self._run
-        return run._closed or run._channel.error is not None
-
-    def check_open(self) -> None:
-        self._run._check_open()
-
-    def largest_chunk(self) -> int:
-        """The largest body the staging pool takes in one piece."""
-        return self._run._stager.pool.max_piece()
-
-    def ship(self, meta: dict, body) -> bool:
-        self._run.accounting.bytes_in += len(body)
-        return self._run._stage_chunk(meta, body)
-
-
-def _encode_plain(value: Any, what: str) -> bytes:
-    from .run import encode_value  # the run's encoder, so stream values and event fields agree
-
-    return encode_value(value, what)
 
 
 class _TensorColumn:
@@ -191,7 +160,7 @@ class _ObjectColumn:
             return _encode_scalar(value)
         if _dtype_of(value) is not None:
             raise LogInputError(f"column {self.name!r} holds plain values, got {_describe(value)}")
-        return _encode_plain(value, f"column {self.name!r}")
+        return encode_value(value, f"column {self.name!r}")
 
     def add(self, encoded: bytes) -> None:
         self.parts.append(encoded)
@@ -218,10 +187,12 @@ class Stream:
     Safe to share between threads (see the module docstring).
     """
 
-    def __init__(self, run, name: str, chunk_rows: int):
+    def __init__(self, sink, name: str, chunk_rows: int):
+        """``sink`` is what the stream knows of its run: ``failed()``, ``check_open()``, ``largest_chunk()``,
+        ``ship(meta, body)`` and ``spent(ns)`` (see ``run._ChunkSink``)."""
         if not isinstance(chunk_rows, int) or chunk_rows <= 0:
             raise LogInputError(f"chunk_rows must be a positive int, not {chunk_rows!r}")
-        self._run = _RunView(run)
+        self._sink = sink
         self.name, self.chunk_rows = name, chunk_rows
         self.columns: dict[str, _TensorColumn | _ObjectColumn] | None = None
         self.rows = 0
@@ -236,8 +207,8 @@ class Stream:
         start = time.perf_counter_ns()
         self._lock.acquire()  # not `with`: acquire/release is about 100 ns cheaper per row here
         try:
-            if self._closed or self._run.failed():
-                self._check_open()
+            if (self._closed or self._sink.failed()) and not self._check_open():
+                return
             columns = self.columns or self._new_columns(row)
             if len(row) != len(columns):
                 raise self._wrong_columns(columns, row)
@@ -260,7 +231,7 @@ class Stream:
             self._nbytes += nbytes
             if self.rows >= self.chunk_rows:
                 self._ship()
-            self._run.spent(time.perf_counter_ns() - start)
+            self._sink.spent(time.perf_counter_ns() - start)
         finally:
             self._lock.release()
 
@@ -274,7 +245,8 @@ class Stream:
         """
         start = time.perf_counter_ns()
         with self._lock:
-            self._check_open()
+            if not self._check_open():
+                return
             batch = _Batch(columns, lengths)
             own = self.columns or self._new_columns(columns)
             if columns.keys() != own.keys():
@@ -286,7 +258,7 @@ class Stream:
             biggest = max(sizes, default=0)
             self._accept(own, biggest, f"row {sizes.index(biggest) if sizes else 0}")
             self._buffer_batch(batch, prepared, sizes)
-            self._run.spent(time.perf_counter_ns() - start)
+            self._sink.spent(time.perf_counter_ns() - start)
 
     def _buffer_batch(self, batch: "_Batch", prepared: dict, sizes: list[int]) -> None:
         at = 0
@@ -313,10 +285,11 @@ class Stream:
     def _wrong_columns(self, columns: dict, row: dict) -> LogInputError:
         return LogInputError(f"stream {self.name!r} has columns {sorted(columns)}, row has {sorted(row)}")
 
-    def _check_open(self) -> None:
+    def _check_open(self) -> bool:
+        """Raise ClosedError or the run's failure; False when the run was muted (rows then go nowhere)."""
         if self._closed:
             raise ClosedError(f"stream {self.name!r} is closed")
-        self._run.check_open()
+        return self._sink.check_open()
 
     def _new_columns(self, sample: dict) -> dict:
         """Columns for a first row or batch; they become the stream's only once the call is accepted."""
@@ -329,7 +302,7 @@ class Stream:
         room = self._room
         if self.columns is None:
             objects = sum(column.kind == "object" for column in columns.values())
-            room = self._run.largest_chunk() - _ARRAY_HEADER * objects
+            room = self._sink.largest_chunk() - _ARRAY_HEADER * objects
         if nbytes > room:
             raise LogInputError(
                 f"stream {self.name!r}: {what} of {nbytes} bytes is larger than the {room} bytes a chunk may hold "
@@ -349,7 +322,7 @@ class Stream:
         meta = {"stream": self.name, "chunk": self.chunks, "rows": self.rows, "time": time.time(), "columns": metas}
         self.chunks += 1
         self.rows = self._nbytes = 0
-        self._run.ship(meta, b"".join(segments))
+        self._sink.ship(meta, b"".join(segments))
 
     def flush(self) -> None:
         """Ship the rows buffered so far as a (short) chunk."""
