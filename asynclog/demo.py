@@ -31,7 +31,6 @@ def probe_config(args: argparse.Namespace) -> dict:
             config["asynclog"] = loaded["asynclog"]
     else:
         section = {"level": args.level, "log_sequences": True, "log_tokens": True, "log_raw_tensors": True}
-        config["asynclog"] = {"staging_bytes": 32 << 20}
     section["output_directory"] = args.out
     section["enabled"] = not getattr(args, "no_logging", False)
     config["detailed_logging"] = section

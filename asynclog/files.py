@@ -30,8 +30,13 @@ def open_for_writing(path: str, overwrite: bool) -> int:
     return os.open(path, flags, 0o644)
 
 
-def atomic_write(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename: readers see the old or the new file."""
+def atomic_write(path: str, data: bytes | str, replace: bool = True) -> None:
+    """Write ``data`` to ``path`` through a temporary file: readers see no file, the old one or the whole new one.
+
+    With ``replace=False`` an existing ``path`` is left alone (FileExistsError), race-free between processes.
+    """
+    if isinstance(data, str):
+        data = data.encode("utf-8")
     tmp = f"{path}.{os.getpid()}.tmp"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
     try:
@@ -42,10 +47,12 @@ def atomic_write(path: str, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # fails if anything is there; never overwrites
+    finally:
         try:
             os.unlink(tmp)
         except OSError:
             pass
-        raise

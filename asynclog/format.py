@@ -66,6 +66,7 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
+SUFFIX = ".alog"  # what asynclog names its log files
 FILE_MAGIC = b"ASYNCLOG"
 FRAME_MAGIC = b"ALFR"
 TRAILER_MAGIC = b"ALFOOTER"

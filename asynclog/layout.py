@@ -27,7 +27,8 @@ from datetime import datetime
 from typing import NamedTuple
 
 from .errors import ConfigError, CorruptLogError
-from .format import PREAMBLE_SIZE, FrameKind, read_header, read_payload, read_preamble, read_trailer
+from .files import atomic_write
+from .format import PREAMBLE_SIZE, SUFFIX, FrameKind, read_header, read_payload, read_preamble, read_trailer
 
 __all__ = [
     "RunPaths",
@@ -41,7 +42,6 @@ __all__ = [
     "SUFFIX",
 ]
 
-SUFFIX = ".alog"
 LAYOUT_ID = "asynclog.probe/1"  # the marker's id: bump it if the layout's files change
 SUMMARY_SUFFIX = "_summary.json"
 CONFIG_SUFFIX = "_config.yaml"
@@ -116,6 +116,8 @@ def run_paths(output_directory: str | os.PathLike, template: str, checkpoint_pat
     root = os.path.abspath(os.fspath(output_directory))
     day_dir = os.path.join(root, now.strftime("%Y-%m-%d"))
     os.makedirs(day_dir, exist_ok=True)
+    if os.path.islink(day_dir):  # a link would place the run outside the output directory
+        raise FileExistsError(f"{day_dir} is a symlink; asynclog writes day folders only as real directories")
     values = {"timestamp": now.strftime("%H-%M-%S"), "date": now.strftime("%Y-%m-%d"),
               "checkpoint_name": checkpoint_name(checkpoint_path), "level": level}
     stem = _stem(template, values)
@@ -165,10 +167,10 @@ def ensure_readme(root: str) -> str:
     """Write the logs root's README.md unless one is there already (a user may have edited it)."""
     path = os.path.join(root, "README.md")
     if not os.path.lexists(path):
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(_README)
-        os.replace(tmp, path)
+        try:
+            atomic_write(path, _README, replace=False)
+        except FileExistsError:
+            pass  # another process wrote it first
     return path
 
 

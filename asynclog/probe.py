@@ -48,19 +48,20 @@ from . import __version__, layout
 from .batchstats import BatchView, RowSource, as_float_tensor, batch_statistics, sequence_extras
 from .config import Config, Level, convert_section, level_rank, load_yaml
 from .errors import ConfigError, LogInputError
+from .files import atomic_write
+from .records import SMALL_TENSOR_ITEMS
 from .session import start
+from .snapshot import dtype_name
 
 __all__ = ["DetailedLogger", "DetailedLoggingConfig", "load_settings", "plain", "config_hash"]
 
 _YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml when present: a config dumps 10x faster
 SEQUENCE_CHUNK_ROWS = 256
 TOKEN_CHUNK_ROWS = 64
-SMALL_ITEMS = 64  # lists and tensors up to this size are kept whole in records and the summary
 CORE_KEYS = ("bars_dot", "deltaH1", "deltaH_true", "learning_rate", "B_E", "B_U", "G", "mb_size_prompts",
              "weighting_mode")
 # Probe logs are megabytes; the core's 256 MiB default pool would only cost resident memory. An
 # ``asynclog:`` section in the probe's config overrides this.
-_ENGINE_DEFAULTS = {"staging_bytes": 64 << 20}
 
 
 class DetailedLoggingConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -110,7 +111,7 @@ def load_settings(config: Mapping | str | os.PathLike | None) -> tuple[DetailedL
         raise ConfigError(f"config must be a mapping or a YAML path, not {type(config).__name__}")
     settings = convert_section(_section(data, "detailed_logging"), DetailedLoggingConfig,
                                f"{source} [detailed_logging]")
-    engine = convert_section({**_ENGINE_DEFAULTS, **_section(data, "asynclog")}, Config, f"{source} [asynclog]")
+    engine = convert_section(_section(data, "asynclog"), Config, f"{source} [asynclog]")
     changes = {"level": settings.level}
     if not settings.compress:
         changes["compression"] = "raw"
@@ -223,7 +224,7 @@ class DetailedLogger:
         self.run = start(path=paths.main, config=self.engine_config, metadata=header,
                          summary={"summary_path": paths.summary, "summary": start_summary})
         self._state = _RunState(paths, start_summary)
-        _write_atomic(paths.config, yaml.dump(plain(config), Dumper=_YAML_DUMPER, sort_keys=False, allow_unicode=True))
+        atomic_write(paths.config, yaml.dump(plain(config), Dumper=_YAML_DUMPER, sort_keys=False, allow_unicode=True))
         _OPEN.add(self)
         layout.prune(paths.root, s.max_files, s.filename_template, protect=paths.main)
         self.logger.info("asynclog: detailed log %s (level %s)", paths.main, s.level)
@@ -337,7 +338,7 @@ class DetailedLogger:
         """The ground truth (H_orig, H_upd, deltaH_true, per-token variants, diagnostics): standard and up."""
         if not self.keeps.ground_truth:
             return
-        self._state.ground_truth = plain(results, SMALL_ITEMS)
+        self._state.ground_truth = plain(results, SMALL_TENSOR_ITEMS)
         self.run.event("ground_truth", **plain(results))
         self.run.flush()
 
@@ -382,8 +383,8 @@ class DetailedLogger:
         finally:
             path = run.close(complete=complete, reason=reason)
         close_ns = time.perf_counter_ns() - begin
-        summary = _summary(state, run.result or {}, timing, core, plain(final_results, SMALL_ITEMS), close_ns, total)
-        _write_atomic(state.paths.summary, msgspec.json.format(msgspec.json.encode(summary), indent=2).decode())
+        summary = _summary(state, run.result or {}, timing, core, plain(final_results, SMALL_TENSOR_ITEMS), close_ns, total)
+        atomic_write(state.paths.summary, msgspec.json.format(msgspec.json.encode(summary), indent=2))
         self.last_summary = summary
         if not complete:
             self.logger.warning("asynclog: %s closed incomplete (%s)", path, reason)
@@ -417,13 +418,6 @@ def _summary(state: _RunState, result: dict, timing: dict, core: dict, results, 
     summary["logging_cost"] = cost
     summary["stats"] = stats  # the key the writer uses when it writes this file after a crash
     return summary
-
-
-def _write_atomic(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 # --- run metadata ----------------------------------------------------------------------------------------
@@ -489,7 +483,7 @@ def environment() -> dict:
 def plain(value: Any, max_items: int | None = None, _depth: int = 0) -> Any:
     """``value`` as plain JSON/msgpack data: str keys, numbers, lists; tensors as numbers or lists.
 
-    A tensor or array of more than SMALL_ITEMS elements becomes ``{"tensor_shape", "dtype"}`` (log it with
+    A tensor or array of more than SMALL_TENSOR_ITEMS elements becomes ``{"tensor_shape", "dtype"}`` (log it with
     raw tensors instead); with ``max_items`` a longer list becomes ``{"list_length"}``. Unknown objects
     become their ``repr``.
     """
@@ -498,7 +492,7 @@ def plain(value: Any, max_items: int | None = None, _depth: int = 0) -> Any:
     if _depth > 32:
         return repr(value)
     if isinstance(value, torch.Tensor):
-        return _plain_array(value.detach(), value.numel(), list(value.shape), str(value.dtype).removeprefix("torch."))
+        return _plain_array(value.detach(), value.numel(), list(value.shape), dtype_name(value.dtype))
     numpy = sys.modules.get("numpy")
     if numpy is not None and isinstance(value, (numpy.ndarray, numpy.generic)):
         return _plain_array(value, value.size, list(value.shape), str(value.dtype))
@@ -519,7 +513,7 @@ def plain(value: Any, max_items: int | None = None, _depth: int = 0) -> Any:
 def _plain_array(value, count: int, shape: list, dtype: str):
     if count == 1:
         return value.item()
-    if count <= SMALL_ITEMS:
+    if count <= SMALL_TENSOR_ITEMS:
         return value.cpu().tolist() if isinstance(value, torch.Tensor) else value.tolist()
     return {"tensor_shape": shape, "dtype": dtype}
 

@@ -23,7 +23,7 @@ from .channel import Channel
 from .config import Config, level_rank
 from .errors import ConfigError, LogInputError
 from .files import create_exclusive
-from .format import FORMAT_VERSION
+from .format import FORMAT_VERSION, SUFFIX
 from .kernel import close_on_kernel_shutdown
 from .names import check_run_name
 from .records import encode_value
@@ -36,7 +36,6 @@ _lock = threading.RLock()
 _channels: dict[tuple, tuple[Channel, Stager]] = {}
 _runs: dict[int, Run] = {}
 _run_ids = itertools.count(1)
-EXTENSION = ".alog"
 
 
 _WRITER_KEYS = ("staging_bytes", "queue_batches", "flush_interval_s", "compress_threads", "fsync_interval_s",
@@ -76,7 +75,7 @@ def _reserve_unique(directory: str, name: str) -> str:
     """Create ``<name>.alog`` (or ``<name>-1.alog``, ...) exclusively: race-free between processes, and a
     name taken by anything, a dangling symlink included, is skipped, never followed."""
     for n in itertools.count():
-        path = os.path.join(directory, f"{name}{f'-{n}' if n else ''}{EXTENSION}")
+        path = os.path.join(directory, f"{name}{f'-{n}' if n else ''}{SUFFIX}")
         try:
             create_exclusive(path)
             return path
@@ -102,7 +101,7 @@ def _reserve(directory, name: str | None, path, overwrite: bool) -> tuple[str, s
             create_exclusive(path)
         except FileExistsError:
             raise FileExistsError(f"{path} exists; pass overwrite=True to replace it") from None
-    return path, (check_run_name(name) if name is not None else os.path.basename(path).removesuffix(EXTENSION))
+    return path, (check_run_name(name) if name is not None else os.path.basename(path).removesuffix(SUFFIX))
 
 
 def start(directory: str | os.PathLike = "logs", name: str | None = None, *, level: str | None = None,

@@ -33,7 +33,7 @@ from typing import Any
 from .errors import ClosedError, LogInputError
 from .format import msgpack_array
 from .records import encode_value
-from .snapshot import host_bytes
+from .snapshot import dtype_name, host_bytes
 
 __all__ = ["Stream", "MutedStream"]
 
@@ -140,7 +140,7 @@ class _TensorColumn:
 
     def pack(self) -> tuple[dict, bytes]:
         data = _in_row_order([*self.parts, self.host]) if self.parts else self.host
-        meta = {"name": self.name, "kind": "tensor", "dtype": _dtype_name(self.dtype),
+        meta = {"name": self.name, "kind": "tensor", "dtype": dtype_name(self.dtype),
                 "shapes": [list(shape) for shape in self.shapes]}
         self.host, self.parts, self.shapes = bytearray(), [], []
         return meta, data
@@ -379,11 +379,6 @@ def _dtype_of(value: Any):
     if numpy is not None and isinstance(value, numpy.ndarray):
         return value.dtype
     return None
-
-
-def _dtype_name(dtype) -> str:
-    name = str(dtype).removeprefix("torch.")
-    return {"float": "float32", "double": "float64"}.get(name, name)
 
 
 def _describe(value: Any) -> str:

@@ -322,3 +322,15 @@ def test_max_files_zero_keeps_everything(tmp_path):
     mains = _probe_runs(tmp_path, 2)
     assert layout.prune(str(tmp_path), keep=0, template=TEMPLATE) == []
     assert all(os.path.exists(p) for main in mains for p in _run_files(main))
+
+
+def test_a_symlinked_day_folder_is_refused_not_followed(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    root = tmp_path / "logs"
+    root.mkdir()
+    now = datetime(2026, 1, 2, 3, 4, 5)
+    (root / "2026-01-02").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(FileExistsError, match="symlink"):
+        layout.run_paths(root, "entropy_probe_{timestamp}_{checkpoint_name}.json", "/ckpt/step_1", "debug", now=now)
+    assert list(elsewhere.iterdir()) == []
