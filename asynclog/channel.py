@@ -41,6 +41,10 @@ from .staging import StagingPool
 
 __all__ = ["Channel"]
 
+# ``python -m asynclog.writer``, minus the working directory on sys.path: an ``asynclog`` folder where the probe
+# happens to run (a checkout of another version) must not become the writer. PYTHONPATH points at our package.
+_WRITER_MAIN = ("import sys; del sys.path[0]; import runpy; "
+                "runpy.run_module('asynclog.writer', run_name='__main__', alter_sys=True)")
 _HANDSHAKE_TIMEOUT_S = 30.0
 _POLL_S = 0.05
 _SENDER_POLL_S = 0.005  # the longest a small hand-over waits for the sender
@@ -104,7 +108,7 @@ class Channel:
     def _spawn(self, writer_options: dict) -> None:
         data_r, data_w = os.pipe()
         back_r, back_w = os.pipe()
-        args = [sys.executable, "-m", "asynclog.writer", str(data_r), str(back_w), str(self.pool.fd),
+        args = [sys.executable, "-c", _WRITER_MAIN, str(data_r), str(back_w), str(self.pool.fd),
                 str(self.pool.capacity), wire.encode(writer_options).hex()]
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
@@ -134,9 +138,10 @@ class Channel:
             ready = wire.writer_decoder.decode(self._back.recv_bytes())
         except (EOFError, OSError, msgspec.DecodeError):
             ready = None
-        if not isinstance(ready, wire.Ready):
+        if not isinstance(ready, wire.Ready) or ready.wire_version != wire.WIRE_VERSION:
             self._kill()
-            raise WriterError(f"writer process failed its handshake (exit code {self.process.returncode})",
+            raise WriterError(f"writer process failed its handshake (exit code {self.process.returncode}; "
+                              f"answered {ready!r}, expected wire version {wire.WIRE_VERSION})",
                               self.process.returncode)
 
     # --- probe threads call these ---------------------------------------------------------------------------
@@ -356,6 +361,8 @@ class Channel:
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
+            print(f"asynclog: the writer process (pid {self.process.pid}) did not finish within {timeout} s; "
+                  f"killing it (its open logs are readable up to their last whole frame)", file=sys.stderr)
             self._kill()
         self._receiver.join(timeout)
         self._release()

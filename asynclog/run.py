@@ -117,6 +117,7 @@ class Run:
         self._tids = itertools.count()
         self._keys: set[str] = set()  # tensor names already checked
         self._streams: dict[str, Stream] = {}
+        self._sinks: list[_ChunkSink] = []  # told when the run stops, so a row's check is one attribute
         self._closed = False
         self._closed_why = "run is closed"
         # Set by the channel's threads when the writer fails this run or dies; every call checks it first.
@@ -316,7 +317,10 @@ class Run:
         stream = self._streams.get(name)
         if stream is None:
             check_key("stream", name)
-            stream = self._streams.setdefault(name, Stream(_ChunkSink(self), name, chunk_rows))
+            sink = _ChunkSink(self)
+            stream = self._streams.setdefault(name, Stream(sink, name, chunk_rows))
+            if stream._sink is sink:
+                self._sinks.append(sink)
         return stream
 
     def _stage_chunk(self, meta: dict, body: bytes) -> bool:
@@ -336,6 +340,11 @@ class Run:
         """Called from the channel's threads: the writer failed this run or died."""
         if self._fault is None:
             self._fault = error
+            self._stop_sinks()
+
+    def _stop_sinks(self) -> None:
+        for sink in self._sinks:
+            sink.stopped = True
 
     def _usable(self) -> bool:
         """The slow path of every call: raise ClosedError or the writer's failure, or return False when the
@@ -379,12 +388,14 @@ class Run:
                 raise
         finally:
             self._closed = True
+            self._stop_sinks()
             self._channel.detach(self.id)
             self._on_close(self)
         return self.path
 
     def _forked(self) -> None:
         self._closed = True
+        self._stop_sinks()
         self._closed_why = "run belongs to the parent process; a forked child cannot log to it"
 
     @property
@@ -406,16 +417,14 @@ class Run:
 class _ChunkSink:
     """All a Stream sees of its run: whether it may log, where a packed chunk goes, and what it cost."""
 
-    __slots__ = ("_run", "spent")
+    __slots__ = ("_run", "spent", "stopped")
 
     def __init__(self, run: Run):
         self._run = run
         self.spent = run.accounting.add  # spent(ns): bound once, it runs on every row
-
-    def failed(self) -> bool:
-        """A cheap look on every call: closed, or a fault waiting? ``check_open`` then says what to do."""
-        run = self._run
-        return run._closed or run._fault is not None or run._muted
+        # The cheap look every row takes: set by the run when it closes or a fault arrives;
+        # ``check_open`` then says what to do.
+        self.stopped = run._closed or run._fault is not None
 
     def check_open(self) -> bool:
         """Raise ClosedError or the writer's failure; False when the run was muted after a write error."""

@@ -188,7 +188,7 @@ class Stream:
     """
 
     def __init__(self, sink, name: str, chunk_rows: int):
-        """``sink`` is what the stream knows of its run: ``failed()``, ``check_open()``, ``largest_chunk()``,
+        """``sink`` is what the stream knows of its run: ``stopped``, ``check_open()``, ``largest_chunk()``,
         ``ship(meta, body)`` and ``spent(ns)`` (see ``run._ChunkSink``)."""
         if not isinstance(chunk_rows, int) or chunk_rows <= 0:
             raise LogInputError(f"chunk_rows must be a positive int, not {chunk_rows!r}")
@@ -207,7 +207,7 @@ class Stream:
         start = time.perf_counter_ns()
         self._lock.acquire()  # not `with`: acquire/release is about 100 ns cheaper per row here
         try:
-            if (self._closed or self._sink.failed()) and not self._check_open():
+            if (self._closed or self._sink.stopped) and not self._check_open():
                 return
             columns = self.columns or self._new_columns(row)
             if len(row) != len(columns):

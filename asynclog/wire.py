@@ -15,7 +15,7 @@ Probe -> writer, on the data pipe::
 
 Writer -> probe, on the back pipe::
 
-    Ready(pid, host)                   the handshake
+    Ready(pid, host, wire_version)     the handshake
     Done(ask, value)                   the answer to a request (Open, Sync, Close)
     Failed(run, ask, message, errno)   a run failed (ask > 0: that request) or, with run 0, the writer did
 
@@ -31,9 +31,12 @@ from typing import Any, Union
 import msgspec
 
 __all__ = [
-    "Op", "FrameSpec", "RunOptions", "Open", "Records", "Staged", "Sync", "Close", "Shutdown",
+    "WIRE_VERSION", "Op", "FrameSpec", "RunOptions", "Open", "Records", "Staged", "Sync", "Close", "Shutdown",
     "Ready", "Done", "Failed", "encode", "probe_decoder", "writer_decoder",
 ]
+
+
+WIRE_VERSION = 2  # bumped whenever a message changes; the handshake refuses a writer that speaks another
 
 
 class Op(enum.IntEnum):
@@ -119,6 +122,7 @@ class Shutdown(_Message, tag=int(Op.SHUTDOWN)):
 class Ready(_Message, tag=int(Op.READY)):
     pid: int
     host: str
+    wire_version: int
 
 
 class Done(_Message, tag=int(Op.DONE)):

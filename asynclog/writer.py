@@ -428,7 +428,7 @@ def main(argv: list[str]) -> int:
     writer = Writer(data, back, pool, options)
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, writer.on_signal)
-    back.send_bytes(wire.encode(wire.Ready(os.getpid(), socket.gethostname())))
+    back.send_bytes(wire.encode(wire.Ready(os.getpid(), socket.gethostname(), wire.WIRE_VERSION)))
     try:
         writer.serve()
     except BaseException:

@@ -36,7 +36,7 @@ def test_every_message_round_trips_through_its_decoder():
                 wire.Shutdown()]:
         again = wire.probe_decoder.decode(wire.encode(msg))
         assert type(again) is type(msg) and wire.encode(again) == wire.encode(msg)
-    for msg in [wire.Ready(5, "h"), wire.Done(1, {"a": 1}), wire.Failed(2, 0, "disk full", 28)]:
+    for msg in [wire.Ready(5, "h", wire.WIRE_VERSION), wire.Done(1, {"a": 1}), wire.Failed(2, 0, "disk full", 28)]:
         assert wire.writer_decoder.decode(wire.encode(msg)) == msg
 
 
@@ -155,6 +155,9 @@ def test_a_dead_sender_thread_fails_the_next_call_instead_of_hanging(logdir):
         for i in range(100_000):
             run.event("e", i=i, payload="x" * 1000)
     assert run.close(timeout=5) == run.path
+    deadline = time.monotonic() + 10  # the failing thread releases the channel just after it reports
+    while not run._channel.pool.mmap.closed and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert run._channel.pool.mmap.closed  # the pool mapping went with the channel
 
 
@@ -165,3 +168,16 @@ def test_a_signal_to_the_process_group_leaves_the_writer_serving(logdir):
     run.close()
     with asynclog.open(run.path) as log:
         assert log.complete and [r["name"] for r in log.events()] == ["after_sigterm"]
+
+
+def test_an_asynclog_folder_in_the_working_directory_does_not_become_the_writer(tmp_path):
+    impostor = tmp_path / "asynclog"
+    impostor.mkdir()
+    (impostor / "__init__.py").write_text("raise SystemExit('the wrong asynclog was imported')\n")
+    (impostor / "writer.py").write_text("")
+    code = ("import sys; sys.path.remove(''); import asynclog; run = asynclog.start('logs', name='x'); "
+            "run.event('e'); print(run.close())")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    with asynclog.open(done.stdout.strip()) as log:
+        assert log.complete and [r["name"] for r in log.events()] == ["e"]

@@ -153,14 +153,14 @@ def _ignore_gone(kill, pid: int, sig: int) -> None:
 
 
 def writer_of(probe_pid: int, timeout: float = 10.0) -> int:
-    """The pid of the writer process the probe started (its child running ``python -m asynclog.writer``)."""
+    """The pid of the writer process the probe started (its child running ``asynclog.writer``)."""
     import psutil
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             for child in psutil.Process(probe_pid).children():
-                if WRITER_MODULE in child.cmdline():
+                if any(WRITER_MODULE in part for part in child.cmdline()):
                     return child.pid
         except psutil.NoSuchProcess:
             break
