@@ -111,6 +111,31 @@ def bench_events(tmp: str, n: int) -> dict:
             "ratio_vs_floor": pct(results["asynclog"], 0.5) / pct(results["floor"], 0.5)}
 
 
+def bench_refusal(tmp: str, n: int) -> dict:
+    """Policy ``error`` with the writer stopped (SIGSTOP): what a refused ``event`` costs, against an accepted one."""
+    import signal
+
+    normal = asynclog.start(tmp, name="accepted", config={"policy": "error"})
+    accepted = timed_calls(lambda i: normal.event("core", i=i, **FIELDS), n)
+    normal.close()
+    run = asynclog.start(tmp, name="refusal", config={"policy": "error", "queue_batches": 2, "batch_records": 64})
+    pid = run._channel.process.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        refused = []
+        while len(refused) < n:  # fill the pipe and the queue, then time only refused calls
+            start = time.perf_counter_ns()
+            try:
+                run.event("core", i=-1, payload="x" * 4000, **FIELDS)
+            except asynclog.QueueFullError:
+                refused.append(time.perf_counter_ns() - start)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    run.close()
+    return {"accepted_p50_us": pct(accepted, 0.5), "refused_p50_us": pct(refused, 0.5),
+            "refused_p99_us": pct(refused, 0.99)}
+
+
 def token_row(i: int):
     g = torch.Generator().manual_seed(i)
     return {"sequence_id": i, "tokens": torch.randint(0, 151_000, (150,), generator=g),
@@ -237,10 +262,11 @@ def _fsync_dir_files(directory: str, prefix: str) -> None:
 
 
 def bench_startup(tmp: str) -> dict:
-    """Time for a fresh process's first ``asynclog.start`` (spawn, handshake, open), against ``import torch``."""
+    """Time for a fresh process's ``import asynclog`` and first ``start`` (spawn, handshake, open), against
+    ``import torch``. The import is timed too: asynclog loads its modules on first use."""
     import subprocess
 
-    code = ("import time, asynclog; t = time.perf_counter(); r = asynclog.start({tmp!r}, name='s'); "
+    code = ("import time; t = time.perf_counter(); import asynclog; r = asynclog.start({tmp!r}, name='s'); "
             "print(time.perf_counter() - t); r.close()")
     starts = [float(subprocess.check_output([sys.executable, "-c", code.format(tmp=tmp)])) for _ in range(5)]
     torch_import = [float(subprocess.check_output([sys.executable, "-c",
@@ -273,7 +299,7 @@ def bench_rss(tmp: str, gib: float) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", default="startup,events,stream,tensor,throughput,rss")
+    parser.add_argument("--only", default="startup,events,refusal,stream,tensor,throughput,rss")
     args = parser.parse_args()
     quick = args.quick
     only = set(args.only.split(","))
@@ -283,6 +309,8 @@ def main() -> None:
             results["startup"] = bench_startup(tmp)
         if "events" in only:
             results["events"] = bench_events(tmp, 30_000 if quick else 150_000)
+        if "refusal" in only:
+            results["refusal"] = bench_refusal(tmp, 5_000 if quick else 20_000)
         if "stream" in only:
             results["stream"] = bench_stream(tmp, 6_000 if quick else 30_000)
         if "tensor" in only:
