@@ -455,10 +455,13 @@ def _cuda_fill(stager: Stager, flat, lo: int, hi: int, tensor):
     def fill(offset: int):
         import torch
 
-        stream = torch.cuda.current_stream(tensor.device)
-        stager.pool_tensor()[offset : offset + hi - lo].copy_(flat[lo:hi], non_blocking=True)
-        event = torch.cuda.Event()
-        event.record(stream)
+        # Copy and event on the tensor's own device and its current stream (which may not be the current
+        # device's): later work the caller queues there is ordered after the copy.
+        with torch.cuda.device(tensor.device):
+            stream = torch.cuda.current_stream(tensor.device)
+            stager.pool_tensor()[offset : offset + hi - lo].copy_(flat[lo:hi], non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(stream)
         return event
 
     return fill

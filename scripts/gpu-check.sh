@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The GPU check, in one command (under 8 minutes): the CUDA tests, then the CUDA benchmark, one summary table.
+# Run it first whenever a machine with a GPU is lent; put its table, the GPU's name and the date in
+# benchmarks/RESULTS.md. Extra arguments go to bench_cuda.py (e.g. --max-mib 256).
+#
+# Python: .venv/bin/python when there is one, else $PYTHON or python3 (a lent GPU machine has its own torch
+# and cannot install anything). What it lacks travels as wheels in .whl/ (see scripts/gpu-wheels.sh); they are
+# unpacked into /tmp/asynclog-site and put on PYTHONPATH with this checkout.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
+if ls .whl/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/asynclog-site \
+    .whl/*.whl || exit 4
+  export PYTHONPATH="/tmp/asynclog-site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+$PY -c "import torch, sys; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+'devices', torch.cuda.device_count()); sys.exit(0 if torch.cuda.is_available() else 3)" || {
+  echo "gpu-check: torch sees no CUDA device"; exit 3; }
+$PY -c "import msgspec, zstandard, yaml, psutil, pytest" || { echo "gpu-check: missing packages (scripts/gpu-wheels.sh)"; exit 4; }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+status=0
+timeout 300 $PY -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py tests/test_cuda_stream.py || status=1
+timeout 180 $PY benchmarks/bench_cuda.py "$@" || status=1
+exit $status
