@@ -17,6 +17,8 @@ with their two sidecars; it follows no link and never leaves the output director
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import stat
@@ -27,7 +29,7 @@ from datetime import datetime
 from typing import NamedTuple
 
 from .errors import ConfigError, CorruptLogError
-from .files import atomic_write
+from .files import atomic_write, create_exclusive
 from .format import PREAMBLE_SIZE, SUFFIX, FrameKind, read_header, read_payload, read_preamble, read_trailer
 
 __all__ = [
@@ -107,7 +109,8 @@ def _stem(template: str, values: dict) -> str:
 
 def run_paths(output_directory: str | os.PathLike, template: str, checkpoint_path, level: str,
               now: datetime | None = None) -> RunPaths:
-    """Build (and create the day folder of) a new run's paths; a name already taken gets ``-1``, ``-2``, ...
+    """Build a new run's paths, creating its day folder and reserving its main log (an empty file, created
+    exclusively: race-free between processes sharing the folder); a name already taken gets ``-1``, ``-2``, ...
 
     ``now`` is local time; the day folder is its date and ``{timestamp}`` its ``HH-MM-SS``.
     """
@@ -125,8 +128,13 @@ def run_paths(output_directory: str | os.PathLike, template: str, checkpoint_pat
         candidate = stem if n == 0 else f"{stem}-{n}"
         paths = RunPaths(root, day_dir, *(os.path.join(day_dir, candidate + s)
                                           for s in (SUFFIX, SUMMARY_SUFFIX, CONFIG_SUFFIX)))
-        if not any(os.path.lexists(p) for p in paths[2:]):
+        if any(os.path.lexists(p) for p in paths[3:]):
+            continue
+        try:
+            create_exclusive(paths.main)
             break
+        except FileExistsError:
+            continue  # taken, by this process or another
     else:
         raise FileExistsError(f"no free name for {stem!r} in {day_dir}")
     for path in paths[2:]:
@@ -295,6 +303,32 @@ def prune(root: str, keep: int, template: str, protect: str | None = None) -> li
     """
     if keep <= 0:
         return []
+    with _retention_lock(root):
+        return _prune(root, keep, template, protect)
+
+
+@contextlib.contextmanager
+def _retention_lock(root: str):
+    """One pruning process at a time per output directory: ``flock`` on the directory itself (no lock file).
+
+    On a local file system this is exact. On NFS, flock is emulated with byte-range locks (Linux >= 2.6.12) and
+    holds between clients only where the server supports locking; where it does not, two sweeps may prune at
+    once, which at worst removes a run both consider old — never one still being written (see ``prune``).
+    """
+    fd = None
+    try:
+        fd = os.open(root, _DIR_FLAGS)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:
+        pass  # no lock to be had on this file system: prune unlocked, as the docstring allows
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # releases the lock
+
+
+def _prune(root: str, keep: int, template: str, protect: str | None) -> list[str]:
     base = os.path.abspath(root)
     try:
         root_fd = os.open(os.path.realpath(base), _DIR_FLAGS)

@@ -221,7 +221,8 @@ class DetailedLogger:
                          "level": s.level, "run_metadata": metadata}
         header = {"run_metadata": metadata, "detailed_logging": msgspec.structs.asdict(s),
                   "probe_config": plain(config), "layout": layout.marker(s.filename_template, paths)}
-        self.run = start(path=paths.main, config=self.engine_config, metadata=header,
+        # run_paths reserved paths.main (an empty file), so the run takes it over.
+        self.run = start(path=paths.main, config=self.engine_config, metadata=header, overwrite=True,
                          summary={"summary_path": paths.summary, "summary": start_summary})
         self._state = _RunState(paths, start_summary)
         atomic_write(paths.config, yaml.dump(plain(config), Dumper=_YAML_DUMPER, sort_keys=False, allow_unicode=True))
