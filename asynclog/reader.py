@@ -475,8 +475,13 @@ def _import_pandas():
     return pandas
 
 
-def open_log(path: str | os.PathLike) -> Log:
-    """Open a log for reading (``asynclog.open``)."""
+def open_log(path: str | os.PathLike):
+    """Open a log for reading (``asynclog.open``): a ``Log``, or for the run folder of a job of several ranks
+    a ``shards.ShardedLog`` that reads every rank's shard as one run."""
+    if os.path.isdir(path):
+        from .shards import ShardedLog
+
+        return ShardedLog(path)
     return Log(path)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from . import __version__, wire
+from . import __version__, ranks, wire
 from .channel import Channel
 from .config import Config, level_rank
 from .errors import ConfigError, LogInputError
@@ -106,8 +106,13 @@ def _reserve(directory, name: str | None, path, overwrite: bool) -> tuple[str, s
 
 def start(directory: str | os.PathLike = "logs", name: str | None = None, *, level: str | None = None,
           config: Config | dict | str | os.PathLike | None = None, metadata: dict[str, Any] | None = None,
-          path: str | os.PathLike | None = None, summary: dict | None = None, overwrite: bool = False) -> Run:
+          path: str | os.PathLike | None = None, summary: dict | None = None, overwrite: bool = False,
+          rank: int | None = None, world_size: int | None = None) -> Run:
     """Open a run writing ``<directory>/<name>.alog`` (or exactly ``path``), starting the writer if needed.
+
+    In a job of several ranks (``torch.distributed`` initialised, or ``rank``/``world_size`` given), every rank
+    writes its own shard ``<directory>/<name>/rank-NNNNN.alog`` and rank 0 the folder's ``manifest.json``
+    (``ranks.py``); ``name`` is then required, and ``asynclog.open(<directory>/<name>)`` reads all shards.
 
     ``name`` must be a file name (LogInputError for separators, ``..``, NUL, over 200 bytes); when that
     name is taken the run gets ``<name>-1.alog``, ``-2``, ... — ``run.path`` says which. An explicit ``path``
@@ -123,6 +128,9 @@ def start(directory: str | os.PathLike = "logs", name: str | None = None, *, lev
               "metadata": metadata or {}, "config": _config_dict(config)}
     encode_value(header, "cannot log run metadata")
     options = wire.RunOptions(config.compression, config.zstd_level, config.min_ratio)
+    where = ranks.placement(rank, world_size)
+    if where is not None:
+        path, header["rank"], header["world_size"] = _shard_path(directory, name, path, where), *where
     with _lock:
         path, header["name"] = _reserve(directory, name, path, overwrite)
         try:
@@ -139,6 +147,18 @@ def start(directory: str | os.PathLike = "logs", name: str | None = None, *, lev
         _runs[run_id] = run
         close_on_kernel_shutdown(shutdown)  # a Jupyter kernel kills the writer before atexit runs
         return run
+
+
+def _shard_path(directory, name: str | None, path, where: ranks.Placement) -> str:
+    """This rank's shard in the run folder every rank finds on its own; rank 0 writes the manifest."""
+    if path is not None or name is None:
+        raise LogInputError("in a job of several ranks, pass name= (the same on every rank) and no path=: "
+                            "each rank writes <directory>/<name>/rank-NNNNN.alog")
+    folder = os.path.join(os.path.abspath(os.fspath(directory)), check_run_name(name))
+    os.makedirs(folder, exist_ok=True)
+    if where.rank == 0:
+        ranks.write_manifest(folder, name, where)
+    return os.path.join(folder, ranks.shard_name(where.rank))
 
 
 def _unlink_quietly(path: str) -> None:

@@ -1,0 +1,87 @@
+"""Runs of a ``torch.distributed`` job: one run folder, one shard per rank, no collective call.
+
+Layout of a run whose world has more than one rank::
+
+    <directory>/<name>/
+    ├── rank-00000.alog      each rank's own log, written through that rank's own writer process
+    ├── rank-00001.alog
+    ├── ...
+    └── manifest.json        written by rank 0 at start: world size, the shards to expect
+
+Every rank finds the same folder on its own (``name`` is required: ranks start at different moments, so
+a name made from the time would differ), so asynclog never calls a collective — a logger must not
+deadlock a job whose ranks diverge. Which shards are complete is read from their footers at read time
+(``asynclog.open(folder)``), so a rank that was killed shows as incomplete while the others stay intact.
+Each shard's header holds ``rank`` and ``world_size``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import NamedTuple
+
+import msgspec
+
+from .errors import LogInputError
+from .files import atomic_write
+from .format import SUFFIX
+
+__all__ = ["Placement", "placement", "shard_name", "MANIFEST", "SHARDS_ID", "write_manifest", "read_manifest"]
+
+MANIFEST = "manifest.json"
+SHARDS_ID = "asynclog.shards/1"
+
+
+class Placement(NamedTuple):
+    rank: int
+    world_size: int
+
+
+def placement(rank: int | None, world_size: int | None) -> Placement | None:
+    """This process's rank and world size: as given, else from ``torch.distributed`` when it is initialised;
+    None for a single-process run (no rank given and no initialised process group, or a world of one)."""
+    if rank is None and world_size is None:
+        dist = _initialised_process_group()
+        if dist is None:
+            return None
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+    if rank is None or world_size is None:
+        raise LogInputError("pass both rank= and world_size=, or neither (then torch.distributed's are used)")
+    if not (isinstance(rank, int) and isinstance(world_size, int) and 0 <= rank < world_size):
+        raise LogInputError(f"rank must be an int in 0..world_size-1, got rank={rank!r}, world_size={world_size!r}")
+    return Placement(rank, world_size) if world_size > 1 else None
+
+
+def _initialised_process_group():
+    torch = sys.modules.get("torch")  # a process that never imported torch has no process group
+    if torch is None:
+        return None
+    dist = getattr(torch, "distributed", None)
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return None
+    return dist
+
+
+def shard_name(rank: int) -> str:
+    return f"rank-{rank:05d}{SUFFIX}"
+
+
+def write_manifest(folder: str, name: str, where: Placement) -> None:
+    """Rank 0's note of what the run folder should hold; written once, atomically."""
+    manifest = {"format": SHARDS_ID, "name": name, "world_size": where.world_size, "created": time.time(),
+                "shards": [shard_name(r) for r in range(where.world_size)]}
+    atomic_write(os.path.join(folder, MANIFEST), msgspec.json.format(msgspec.json.encode(manifest), indent=2))
+
+
+def read_manifest(folder: str) -> dict | None:
+    """The manifest, or None when there is none (rank 0 never started) or it is not one of ours."""
+    try:
+        with open(os.path.join(folder, MANIFEST), "rb") as f:
+            manifest = msgspec.json.decode(f.read(1 << 20))
+    except (OSError, msgspec.DecodeError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("format") != SHARDS_ID:
+        return None
+    return manifest
