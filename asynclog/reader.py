@@ -433,11 +433,7 @@ class Log:
     def to_pandas(self, what: str = "events", type: str | None = None, name: str | None = None):
         """A pandas DataFrame: ``"events"`` gives one row per record with its ``data`` fields as columns
         (``data.<field>``); a stream's name gives one row per stream row, tensor cells as numpy arrays."""
-        pd = _import_pandas()
-        if what == "events":
-            return pd.json_normalize(list(self.events(type=type, name=name)))
-        rows = ({k: (v.numpy() if hasattr(v, "numpy") else v) for k, v in row.items()} for row in self.rows(what))
-        return pd.DataFrame(rows)
+        return frame_of(self, what, type, name)
 
     # --- lifecycle ------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -465,6 +461,15 @@ def _index_within(index: fmt.Index, footer_offset: int) -> bool:
 def _check_errors(errors: str) -> None:
     if errors not in ("warn", "raise"):
         raise ValueError(f"errors must be 'warn' or 'raise', not {errors!r}")
+
+
+def frame_of(log, what: str, type: str | None, name: str | None):
+    """``to_pandas`` for anything with ``events`` and ``rows`` (a Log, a ShardedLog)."""
+    pd = _import_pandas()
+    if what == "events":
+        return pd.json_normalize(list(log.events(type=type, name=name)))
+    rows = ({k: (v.numpy() if hasattr(v, "numpy") else v) for k, v in row.items()} for row in log.rows(what))
+    return pd.DataFrame(rows)
 
 
 def _import_pandas():

@@ -15,7 +15,7 @@ from typing import Any
 
 from .errors import CorruptLogError
 from .ranks import read_manifest, shard_name
-from .reader import Chunk, Log
+from .reader import Chunk, Log, frame_of
 
 __all__ = ["ShardedLog", "is_run_folder"]
 
@@ -109,13 +109,8 @@ class ShardedLog:
                 yield {**row, "rank": chunk.rank}
 
     def to_pandas(self, what: str = "events", type: str | None = None, name: str | None = None) -> Any:
-        from .reader import _import_pandas
-
-        pd = _import_pandas()
-        if what == "events":
-            return pd.json_normalize(list(self.events(type=type, name=name)))
-        rows = ({k: (v.numpy() if hasattr(v, "numpy") else v) for k, v in row.items()} for row in self.rows(what))
-        return pd.DataFrame(rows)
+        """As ``Log.to_pandas``, with every rank's rows and a ``rank`` column."""
+        return frame_of(self, what, type, name)
 
     # --- lifecycle --------------------------------------------------------------------------------------
     def close(self) -> None:

@@ -58,6 +58,8 @@ def test_every_rank_writes_its_shard_of_one_run(tmp_path, world):
         assert len(rows) == 70 * world
         assert all(row["sequence_id"] // 1000 == row["rank"] for row in rows)
         assert all(torch.equal(row["tokens"], torch.full((3,), row["sequence_id"])) for row in rows)
+        frame = log.to_pandas("tokens")
+        assert sorted(frame["rank"].unique()) == list(range(world)) and len(frame) == 70 * world
 
 
 def test_a_killed_rank_leaves_the_run_incomplete_and_the_others_intact(tmp_path):
@@ -77,3 +79,4 @@ def test_ranks_need_a_shared_name(tmp_path):
         asynclog.start(tmp_path, rank=1, world_size=2)
     with pytest.raises(asynclog.LogInputError, match="rank must be"):
         asynclog.start(tmp_path, name="x", rank=2, world_size=2)
+
