@@ -201,27 +201,28 @@ def _accept_debug_after_the_command(sub: argparse._SubParsersAction) -> None:
                        help="show the full traceback when something fails")
 
 
+# The mistakes a user can fix: the first matching type gives the exit status and the line ({0} is the error).
+_MISTAKES = (
+    (FileNotFoundError, NOT_FOUND, "{0.filename}: no such file or folder; check the path"),
+    (IsADirectoryError, USAGE, "{0.filename} is a folder; give one .alog file (ls {0.filename}/*/*.alog lists them)"),
+    (NotADirectoryError, USAGE, "{0.filename}: a file is in the way of this folder; choose another path"),
+    (OSError, CANNOT_ACCESS, "cannot access {0.filename}: {0.strerror}; check its permissions and free space"),
+    (WriterError, CANNOT_ACCESS, "the writer failed: {0}"),
+    (ConfigError, USAGE, "bad config: {0} (the keys are listed in asynclog/config.py and docs/PROBE.md)"),
+    (CorruptLogError, DAMAGED, "damaged log: {0}"),
+    (AsyncLogError, USAGE, "{0}"),
+)
+
+
 def explain(exc: BaseException) -> tuple[int, str] | None:
     """The exit status and one line for a mistake a user can fix; None for a bug (its traceback is shown)."""
     if isinstance(exc, Failure):
         return exc.status, str(exc)
-    if isinstance(exc, FileNotFoundError):
-        return NOT_FOUND, f"{exc.filename}: no such file or folder; check the path"
-    if isinstance(exc, IsADirectoryError):
-        return USAGE, f"{exc.filename} is a folder; give one .alog file (ls {exc.filename}/*/*.alog lists them)"
-    if isinstance(exc, NotADirectoryError):
-        return USAGE, f"{exc.filename}: a file is in the way of this folder; choose another path"
-    if isinstance(exc, OSError):
-        where = exc.filename or "a file"
-        return CANNOT_ACCESS, f"cannot access {where}: {exc.strerror or exc}; check its permissions and free space"
-    if isinstance(exc, WriterError):
-        return CANNOT_ACCESS, f"the writer failed: {exc}"
-    if isinstance(exc, ConfigError):
-        return USAGE, f"bad config: {exc} (the keys are listed in asynclog/config.py and docs/PROBE.md)"
-    if isinstance(exc, CorruptLogError):
-        return DAMAGED, f"damaged log: {exc}"
-    if isinstance(exc, AsyncLogError):
-        return USAGE, str(exc)
+    if isinstance(exc, OSError) and exc.filename is None:
+        return CANNOT_ACCESS, f"{exc}; check permissions and free space"
+    for kind, status, line in _MISTAKES:
+        if isinstance(exc, kind):
+            return status, line.format(exc)
     return None
 
 
