@@ -1,32 +1,63 @@
-"""The ``asynclog`` console script: verify, cat, demo, bench."""
+"""The ``asynclog`` console script: verify, cat, demo, bench, and the commands other modules register.
+
+Adding a command: list its module in ``COMMAND_MODULES``; the module defines ``register(subparsers)``, which
+calls ``subparsers.add_parser(name, help=...)``, adds arguments (each with ``help=``) and sets
+``func=<callable taking the parsed args and returning an exit status>`` with ``set_defaults``. A listed
+module that is not installed is skipped; any other error while importing it is raised. A command reports a
+mistake by raising ``Failure(status, "one line: what, which file, what to do")`` or by letting an OSError,
+ConfigError or other AsyncLogError through: ``main`` prints it as one line (the traceback only with
+``--debug``) and exits with the documented status (``EXIT_STATUSES``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import math
+import os
 import sys
+import traceback
 
 import msgspec
 
+from . import __version__
 from . import format as fmt
-from .errors import CorruptLogError
+from .errors import AsyncLogError, ConfigError, CorruptLogError, WriterError
 from .format import Damage
 from .reader import Log, check
 
 _json = msgspec.json.Encoder()
 
-# Exit statuses of `verify` and `cat`.
-OK, DAMAGED, INCOMPLETE = 0, 1, 2
+# Modules that add subcommands through register(subparsers), in the order their commands are listed.
+COMMAND_MODULES = ("asynclog.analysis", "asynclog.export")
+
+# Exit statuses. cat and verify: 1 when anything is damaged; verify: 2 when intact but incomplete.
+OK, DAMAGED, INCOMPLETE, USAGE, NOT_FOUND, CANNOT_ACCESS = 0, 1, 2, 3, 4, 5
+INTERRUPTED = 130
+EXIT_STATUSES = {
+    OK: "success",
+    DAMAGED: "a log is damaged, or is not an asynclog log (cat prints what is intact)",
+    INCOMPLETE: "verify: every frame is intact but the run was not closed normally",
+    USAGE: "a usage mistake or bad input: a wrong argument, a folder given for a file, a bad config",
+    NOT_FOUND: "a file or folder named on the command line does not exist",
+    CANNOT_ACCESS: "a file cannot be read or written (permissions, a full disk, the writer failed)",
+    INTERRUPTED: "interrupted (Ctrl-C)",
+}
+
+
+class Failure(Exception):
+    """A mistake a command reports as one line on stderr and an exit status."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Check every frame of a log. Exit 0 when every frame is intact and the footer says the run closed
     normally; 1 when anything is damaged (each stretch is named on stderr); 2 when nothing is damaged but the
     run is incomplete (no footer, or a footer marked incomplete). Damage wins over incomplete."""
-    try:
-        frames, damaged, incomplete = check(args.path)
-    except OSError as exc:
-        print(f"{args.path}: cannot read: {exc}", file=sys.stderr)
-        return DAMAGED
+    frames, damaged, incomplete = check(args.path)
     for d in damaged:
         print(f"{args.path}: damaged at offset {d.offset} ({d.size} bytes): {d.reason}", file=sys.stderr)
     if incomplete:
@@ -42,6 +73,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_cat(args: argparse.Namespace) -> int:
     """Print every record as one JSON line; tensors and chunks appear as their metadata.
 
+    JSON has no NaN or infinities: those floats are printed as the strings "NaN", "Infinity" and
+    "-Infinity", so they stay apart from null (``jq 'select(.data.x == "NaN")'`` finds them).
     Damaged stretches are skipped, each named on stderr (offset, bytes, why), and printing goes on with the
     next intact frame. Exit 0 when every frame was printed, 1 when something was skipped or the file is
     not an asynclog log.
@@ -49,9 +82,8 @@ def cmd_cat(args: argparse.Namespace) -> int:
     out = sys.stdout.buffer
     try:
         log = Log(args.path)
-    except (CorruptLogError, OSError) as exc:
-        print(f"asynclog: {args.path}: {exc}", file=sys.stderr)
-        return DAMAGED
+    except CorruptLogError as exc:
+        raise Failure(DAMAGED, f"{args.path} is not a readable asynclog log: {exc}") from exc
     skipped = 0
     with log:
         for item in log.walk():
@@ -69,9 +101,24 @@ def cmd_cat(args: argparse.Namespace) -> int:
 def _json_lines(log: Log, header: fmt.FrameHeader, meta: dict) -> bytes:
     lines = _lines(log, header, meta)
     try:
-        return b"".join(_json.encode(line) + b"\n" for line in lines)
+        return b"".join(_json.encode(json_safe(line)) + b"\n" for line in lines)
     except (TypeError, msgspec.EncodeError) as exc:  # e.g. a map keyed by an array: msgpack has it, JSON not
         raise CorruptLogError(f"frame cannot be printed as JSON ({exc})", header.offset) from None
+
+
+_NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
+
+
+def json_safe(value):
+    """``value`` with every NaN and ±inf float replaced by "NaN", "Infinity" or "-Infinity" (JSON has no
+    such numbers, and msgspec would print null, the same as None)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else _NON_FINITE.get(value, "NaN")
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def _lines(log: Log, header: fmt.FrameHeader, meta: dict) -> list[dict]:
@@ -91,6 +138,8 @@ def _lines(log: Log, header: fmt.FrameHeader, meta: dict) -> list[dict]:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import main as demo_main
 
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise Failure(USAGE, f"--out {args.out} is a file; give a folder (it is created if missing)")
     return demo_main(args)
 
 
@@ -101,35 +150,108 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="asynclog", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="asynclog", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Read, check and demonstrate asynclog logs (.alog files).",
+        epilog="exit status:\n" + "\n".join(f"  {code:<3} {what}" for code, what in EXIT_STATUSES.items()))
+    parser.add_argument("--version", action="version", version=f"asynclog {__version__}",
+                        help="print the version and exit")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback when something fails")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of:")
     p = sub.add_parser("verify", help="check every frame of a log (exit 0 OK, 1 damaged, 2 incomplete)")
-    p.add_argument("path")
+    p.add_argument("path", help="the .alog file to check")
     p.set_defaults(func=cmd_verify)
     p = sub.add_parser("cat", help="print every record as a JSON line (pipe into jq); skips damage, exit 1 if any")
-    p.add_argument("path")
+    p.add_argument("path", help="the .alog file to print")
     p.set_defaults(func=cmd_cat)
     p = sub.add_parser("demo", help="run the demo entropy probe and write a real log")
-    p.add_argument("--level", default="debug", choices=["minimal", "standard", "detailed", "debug"])
+    p.add_argument("--level", default="debug", choices=["minimal", "standard", "detailed", "debug"],
+                   help="what the run keeps (default: debug)")
     p.add_argument("--checkpoints", type=int, default=1, help="sweep over N perturbed copies of the model")
-    p.add_argument("--out", default="logs", help="output directory")
-    p.add_argument("--config", default=None, help="YAML with a detailed_logging section")
-    p.add_argument("--size", default="small", choices=["tiny", "small", "medium"])
+    p.add_argument("--out", default="logs", help="output folder (default: logs)")
+    p.add_argument("--config", default=None, help="YAML with a detailed_logging section (then --level is ignored)")
+    p.add_argument("--size", default="small", choices=["tiny", "small", "medium"],
+                   help="model and batch size (default: small; tiny runs in seconds)")
     p.add_argument("--no-logging", action="store_true", help="run the probe with logging disabled")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("bench", help="compare asynclog with the usual alternatives on this machine")
     p.add_argument("--full", action="store_true", help="run the whole set (minutes), not the short one")
     p.add_argument("--only", default=None, help="comma-separated workloads to run")
     p.set_defaults(func=cmd_bench)
+    for name in COMMAND_MODULES:
+        _command_module(name).register(sub)
+    _accept_debug_after_the_command(sub)
     return parser
 
 
+def _command_module(name: str):
+    """The module, or an object whose register does nothing when the module itself is not installed."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name != name:  # the module is there but something it imports is not: that is its bug
+            raise
+    return argparse.Namespace(register=lambda subparsers: None)
+
+
+def _accept_debug_after_the_command(sub: argparse._SubParsersAction) -> None:
+    """``asynclog cat x --debug`` as well as ``asynclog --debug cat x``; SUPPRESS keeps the first one's value."""
+    for p in {id(p): p for p in sub.choices.values()}.values():
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the full traceback when something fails")
+
+
+# The mistakes a user can fix: the first matching type gives the exit status and the line ({0} is the error).
+_MISTAKES = (
+    (FileNotFoundError, NOT_FOUND, "{0.filename}: no such file or folder; check the path"),
+    (IsADirectoryError, USAGE, "{0.filename} is a folder; give one .alog file (ls {0.filename}/*/*.alog lists them)"),
+    (NotADirectoryError, USAGE, "{0.filename}: a file is in the way of this folder; choose another path"),
+    (OSError, CANNOT_ACCESS, "cannot access {0.filename}: {0.strerror}; check its permissions and free space"),
+    (WriterError, CANNOT_ACCESS, "the writer failed: {0}"),
+    (ConfigError, USAGE, "bad config: {0} (the keys are listed in asynclog/config.py and docs/PROBE.md)"),
+    (CorruptLogError, DAMAGED, "damaged log: {0}"),
+    (AsyncLogError, USAGE, "{0}"),
+)
+
+
+def explain(exc: BaseException) -> tuple[int, str] | None:
+    """The exit status and one line for a mistake a user can fix; None for a bug (its traceback is shown)."""
+    if isinstance(exc, Failure):
+        return exc.status, str(exc)
+    if isinstance(exc, OSError) and exc.filename is None:
+        return CANNOT_ACCESS, f"{exc}; check permissions and free space"
+    for kind, status, line in _MISTAKES:
+        if isinstance(exc, kind):
+            return status, line.format(exc)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
     try:
         return args.func(args)
     except BrokenPipeError:  # `asynclog cat x | head`
-        return 0
+        return OK
+    except KeyboardInterrupt:
+        return INTERRUPTED
+    except Exception as exc:
+        failure = explain(exc)
+        if failure is None:
+            raise
+        if args.debug:
+            traceback.print_exc()
+        print(f"asynclog {args.command}: {failure[1]}", file=sys.stderr)
+        return failure[0]
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """Parsed arguments; a usage mistake exits USAGE (argparse's own 2 is verify's 'incomplete')."""
+    try:
+        return build_parser().parse_args(argv)
+    except SystemExit as exc:
+        if exc.code == 2:
+            raise SystemExit(USAGE) from None
+        raise
 
 
 if __name__ == "__main__":

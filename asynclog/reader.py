@@ -16,11 +16,12 @@ torch is imported only when a tensor or a tensor column is decoded, so ``asynclo
 
 from __future__ import annotations
 
+import difflib
 import functools
 import math
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
 import msgspec
@@ -82,10 +83,13 @@ def _nbytes(shape: list[int], itemsize: int) -> int:
     return math.prod(shape) * itemsize
 
 
-class Chunk:
+class Chunk(Mapping):
     """One chunk of a stream: ``rows`` rows, ``columns`` mapping each column name to its list of row values.
 
-    Every column is checked against the chunk's bytes first; a CorruptLogError names ``offset`` if one fails.
+    A chunk is a read-only mapping of column names to columns, as a DataFrame is: ``chunk["logprobs"]``,
+    ``list(chunk)`` (the column names), ``len(chunk)`` (the number of columns), ``chunk.items()``;
+    ``iter_rows()`` gives one dict per row. Every column is checked against the chunk's bytes first; a
+    CorruptLogError names ``offset`` if one fails.
     """
 
     def __init__(self, meta: dict, body: bytes, offset: int = 0):
@@ -96,12 +100,33 @@ class Chunk:
         self.columns: dict[str, list] = {c.name: _decode_column(c, body, typed.rows, offset) for c in typed.columns}
 
     def __getitem__(self, column: str) -> list:
-        return self.columns[column]
+        try:
+            return self.columns[column]
+        except KeyError:
+            raise KeyError(missing("column", column, self.columns, f"chunk {self.index}")) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.columns)
+
+    def __len__(self) -> int:
+        return len(self.columns)
+
+    # Compared and hashed by identity: Mapping's value equality would compare tensor cells, which is ambiguous.
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
 
     def iter_rows(self) -> Iterator[dict]:
         names = list(self.columns)
         for values in zip(*self.columns.values()):
             yield dict(zip(names, values))
+
+
+def missing(what: str, name: Any, names, where: str) -> str:
+    """Why ``name`` was not found, listing the names there are, the closest first."""
+    names = [n for n in names if isinstance(n, str)]
+    close = difflib.get_close_matches(str(name), names, n=len(names), cutoff=0) if names else []
+    shown = ", ".join(map(repr, close[:10])) + (f", ... ({len(close)} in all)" if len(close) > 10 else "")
+    return f"no {what} {name!r} in {where}; " + (f"there are: {shown}" if close else f"it has no {what}s")
 
 
 def _decode_column(column: fmt.ColumnMeta, body: bytes, rows: int, offset: int) -> list:
@@ -336,18 +361,24 @@ class Log:
         """Records in the order they were logged, one frame in memory at a time; filter by type or name.
 
         A damaged records frame is skipped with a warning (and noted in ``damaged``), or raised with
-        ``errors="raise"``.
+        ``errors="raise"``. When ``name`` occurs in no record, the pass ends with a warning listing the
+        names that do, closest first (a misspelt name would otherwise just yield nothing).
         """
         _check_errors(errors)
+        seen: set[str] | None = None if name is None else set()
         for offset in self._records:
             try:
                 records = _records(*self._frame(offset, FrameKind.RECORDS)[1:], offset)
             except CorruptLogError as exc:
                 self._skip(exc, errors, f"the records frame at offset {offset}")
                 continue
+            if seen is not None:
+                seen.update(r.get("name") for r in records if isinstance(r.get("name"), str))
             for record in records:
                 if (type is None or record.get("type") == type) and (name is None or record.get("name") == name):
                     yield record
+        if seen is not None and name not in seen:
+            warnings.warn(missing("event name", name, seen, self.path), stacklevel=2)
 
     # --- tensors --------------------------------------------------------------------------------------
     def tensor_names(self) -> list[str]:
@@ -361,10 +392,14 @@ class Log:
 
         KeyError when there is no such tensor; CorruptLogError when its frames are damaged or disagree.
         """
+        if name not in self._tensors:
+            raise KeyError(missing("tensor", name, self._tensors, self.path))
         try:
             offsets = self._tensors[name][which]
-        except (KeyError, IndexError, TypeError):
-            raise KeyError(f"no tensor {name!r} (occurrence {which}) in {self.path}") from None
+        except (IndexError, TypeError):
+            count = len(self._tensors[name])
+            raise KeyError(f"tensor {name!r} was logged {count} time(s) in {self.path}; which={which!r} "
+                           f"is not among them") from None
         try:
             return self._assemble(name, offsets)
         except CorruptLogError as exc:
@@ -412,7 +447,7 @@ class Log:
         """
         _check_errors(errors)
         if name not in self._streams:
-            raise KeyError(f"no stream {name!r} in {self.path}")
+            raise KeyError(missing("stream", name, self._streams, self.path))
         for k, offset in enumerate(self._streams[name]):
             try:
                 _, meta, body = self._frame(offset, FrameKind.CHUNK)

@@ -14,6 +14,7 @@ import os
 import socket
 import threading
 import time
+import warnings
 from typing import Any
 
 import msgspec
@@ -30,12 +31,16 @@ from .records import encode_value
 from .run import Run
 from .snapshot import Stager
 
-__all__ = ["start", "shutdown"]
+__all__ = ["start", "shutdown", "NameTakenWarning"]
 
 _lock = threading.RLock()
 _channels: dict[tuple, tuple[Channel, Stager]] = {}
 _runs: dict[int, Run] = {}
 _run_ids = itertools.count(1)
+
+
+class NameTakenWarning(UserWarning):
+    """A run's name was taken in its folder, so the run writes ``<name>-1.alog`` (or ``-2``, ...) instead."""
 
 
 _WRITER_KEYS = ("staging_bytes", "queue_batches", "flush_interval_s", "compress_threads", "fsync_interval_s",
@@ -78,9 +83,12 @@ def _reserve_unique(directory: str, name: str) -> str:
         path = os.path.join(directory, f"{name}{f'-{n}' if n else ''}{SUFFIX}")
         try:
             create_exclusive(path)
-            return path
         except FileExistsError:
             continue
+        if n:  # stacklevel 4: the caller of start()
+            warnings.warn(f"run name {name!r} is taken: {os.path.join(directory, name + SUFFIX)} exists, so this "
+                          f"run writes {path}", NameTakenWarning, stacklevel=4)
+        return path
     raise AssertionError("unreachable")
 
 
@@ -115,8 +123,10 @@ def start(directory: str | os.PathLike = "logs", name: str | None = None, *, lev
     (``ranks.py``); ``name`` is then required, and ``asynclog.open(<directory>/<name>)`` reads all shards.
 
     ``name`` must be a file name (LogInputError for separators, ``..``, NUL, over 200 bytes); when that
-    name is taken the run gets ``<name>-1.alog``, ``-2``, ... — ``run.path`` says which. An explicit ``path``
-    that exists is an error (FileExistsError) unless ``overwrite=True``. Symlinks are never followed.
+    name is taken the run gets ``<name>-1.alog``, ``-2``, ... — ``run.path`` says which, and a
+    NameTakenWarning names both paths (silence it with ``warnings.simplefilter("ignore", NameTakenWarning)``
+    where numbered names are wanted). An explicit ``path`` that exists is an error (FileExistsError)
+    unless ``overwrite=True``. Symlinks are never followed.
 
     ``level`` overrides ``config.level``. ``metadata`` goes into the file's header frame. With ``summary``
     (a dict naming ``summary_path``), the writer also writes a small JSON summary beside the log when the

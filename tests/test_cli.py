@@ -1,0 +1,168 @@
+"""The console script as a user meets it: one clear line and a documented exit code for each mistake,
+``--debug`` for the traceback, ``--version``, help for every argument, and commands that plug in."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import asynclog
+from asynclog import cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def asynclog_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "asynclog", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def one_clear_line(done: subprocess.CompletedProcess, *words: str) -> str:
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+def test_cat_of_a_missing_file_says_so_in_one_line_and_exits_not_found(tmp_path):
+    done = asynclog_cli("cat", tmp_path / "nosuch.alog")
+    one_clear_line(done, "nosuch.alog", "no such file")
+    assert done.returncode == cli.NOT_FOUND
+
+
+def test_verify_of_a_missing_file_exits_not_found(tmp_path):
+    done = asynclog_cli("verify", tmp_path / "nosuch.alog")
+    one_clear_line(done, "nosuch.alog")
+    assert done.returncode == cli.NOT_FOUND
+
+
+def test_cat_of_a_directory_asks_for_a_log_file(tmp_path):
+    done = asynclog_cli("cat", tmp_path)
+    one_clear_line(done, str(tmp_path), "folder")
+    assert done.returncode == cli.USAGE
+
+
+def test_demo_out_a_file_is_a_usage_error_naming_it(tmp_path):
+    (tmp_path / "afile").write_text("")
+    done = asynclog_cli("demo", "--size", "tiny", "--out", tmp_path / "afile")
+    one_clear_line(done, "afile", "--out")
+    assert done.returncode == cli.USAGE
+
+
+def test_demo_with_a_misspelt_yaml_key_names_the_key_in_one_line(tmp_path):
+    config = tmp_path / "typo.yaml"
+    config.write_text("detailed_logging:\n  levl: debug\n")
+    done = asynclog_cli("demo", "--size", "tiny", "--config", config, "--out", tmp_path / "logs")
+    one_clear_line(done, "levl")
+    assert done.returncode == cli.USAGE
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
+def test_demo_into_a_read_only_folder_is_one_line_and_cannot_access(tmp_path):
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o555)
+    done = asynclog_cli("demo", "--size", "tiny", "--out", out)
+    one_clear_line(done, "ro")
+    assert done.returncode == cli.CANNOT_ACCESS
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys"), reason="needs /sys, where even root cannot make a folder")
+def test_an_unwritable_path_is_one_line_and_cannot_access():
+    done = asynclog_cli("demo", "--size", "tiny", "--out", "/sys/asynclog-test/logs")
+    one_clear_line(done, "/sys/asynclog-test")
+    assert done.returncode == cli.CANNOT_ACCESS
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    done = asynclog_cli("--debug", "cat", tmp_path / "nosuch.alog")
+    assert "Traceback" in done.stderr and done.returncode == cli.NOT_FOUND
+    done = asynclog_cli("cat", tmp_path / "nosuch.alog", "--debug")
+    assert "Traceback" in done.stderr and done.returncode == cli.NOT_FOUND
+
+
+def test_a_usage_mistake_exits_usage_not_verify_incomplete():
+    done = asynclog_cli("verify")
+    assert done.returncode == cli.USAGE and done.returncode != cli.INCOMPLETE
+
+
+def test_version_prints_the_package_version():
+    done = asynclog_cli("--version")
+    assert done.returncode == 0 and asynclog.__version__ in done.stdout
+
+
+def parsers(parser: argparse.ArgumentParser):
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in set(action.choices.values()):
+                yield from parsers(child)
+
+
+def test_every_argument_has_help_and_no_markup():
+    for parser in parsers(cli.build_parser()):
+        for action in parser._actions:
+            assert action.help, f"{parser.prog}: {action.option_strings or action.dest} has no help"
+        assert "``" not in parser.format_help(), parser.prog
+
+
+def test_help_lists_the_exit_codes():
+    text = cli.build_parser().format_help()
+    for code in (cli.OK, cli.DAMAGED, cli.INCOMPLETE, cli.USAGE, cli.NOT_FOUND, cli.CANNOT_ACCESS):
+        assert f"{code} " in text
+
+
+@pytest.fixture
+def plugin(tmp_path, monkeypatch):
+    """A command module on sys.path, listed in COMMAND_MODULES; write its body with the returned function."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def write(name: str, body: str) -> str:
+        (tmp_path / f"{name}.py").write_text(textwrap.dedent(body))
+        monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, name))
+        return name
+
+    return write
+
+
+def test_a_listed_module_adds_its_command(plugin, capsys):
+    plugin("asynclog_test_hello", """
+        def register(subparsers):
+            p = subparsers.add_parser("hello", help="say hello")
+            p.add_argument("who", help="whom to greet")
+            p.set_defaults(func=lambda args: print("hello", args.who) or 0)
+    """)
+    assert cli.main(["hello", "world"]) == 0
+    assert capsys.readouterr().out == "hello world\n"
+
+
+def test_a_listed_module_that_is_not_installed_is_skipped(monkeypatch):
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("asynclog_test_not_there",))
+    assert "cat" in cli.build_parser().format_help()
+
+
+def test_an_import_error_inside_a_listed_module_is_raised(plugin):
+    plugin("asynclog_test_broken", "import asynclog_test_missing_dependency\n")
+    with pytest.raises(ModuleNotFoundError, match="asynclog_test_missing_dependency"):
+        cli.build_parser()
+
+
+def log_with_nan(logdir) -> str:
+    with asynclog.start(logdir, name="nan") as run:
+        run.event("values", nan=float("nan"), inf=float("inf"), ninf=float("-inf"), none=None, nested=[float("nan")])
+    return run.path
+
+
+def test_cat_keeps_nan_and_infinities_apart_from_none(logdir):
+    done = asynclog_cli("cat", log_with_nan(logdir))
+    assert done.returncode == 0, done.stderr
+    [data] = [line["data"] for line in map(json.loads, done.stdout.splitlines()) if line.get("name") == "values"]
+    assert data == {"nan": "NaN", "inf": "Infinity", "ninf": "-Infinity", "none": None, "nested": ["NaN"]}
