@@ -12,7 +12,8 @@ _HOMES = {
     "start": "session", "shutdown": "session", "Config": "config", "LEVELS": "config",
     "open": "reader", "verify": "reader", "Log": "reader", "Chunk": "reader", "DetailedLogger": "probe",
     "AsyncLogError": "errors", "ClosedError": "errors", "ConfigError": "errors", "CorruptLogError": "errors",
-    "LogInputError": "errors", "QueueFullError": "errors", "WriterError": "errors",
+    "LogInputError": "errors", "QueueFullError": "errors", "WriterError": "errors", "NameTakenWarning": "session",
+    "ShardedLog": "shards",
 }
 _RENAMED = {"open": "open_log"}
 
@@ -34,6 +35,8 @@ __all__ = [
     "LogInputError",
     "QueueFullError",
     "WriterError",
+    "NameTakenWarning",
+    "ShardedLog",
 ]
 
 

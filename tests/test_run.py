@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -96,10 +97,13 @@ def test_many_runs_in_one_process_share_one_writer_and_leak_no_fds(logdir, full)
 
 def test_same_name_gets_a_new_file_not_an_overwrite(logdir):
     paths = []
-    for _ in range(3):
-        with asynclog.start(logdir, name="same") as run:
-            run.event("x")
+    for n in range(3):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            with asynclog.start(logdir, name="same") as run:
+                run.event("x")
         paths.append(run.path)
+        assert [type(w.message) for w in seen] == ([asynclog.NameTakenWarning] if n else [])  # it says so
     assert len(set(paths)) == 3 and all(os.path.exists(p) for p in paths)
 
 
