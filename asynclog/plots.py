@@ -1,0 +1,5 @@
+"""Plots (placeholder until written)."""
+
+
+def register(subparsers) -> None:
+    pass
