@@ -22,7 +22,7 @@ from .errors import AsyncLogError
 __all__ = ["plot", "sweep_points", "register", "SWEEP_PIXELS", "RUN_PIXELS", "RUN_PLOTS"]
 
 DPI = 100
-SWEEP_PIXELS = (1000, 750)
+SWEEP_PIXELS = (900, 675)
 RUN_PIXELS = (640, 480)
 RUN_PLOTS = ("token_entropy", "token_logprob", "sequence_length", "importance_weight")
 
@@ -92,6 +92,7 @@ def plot_sweep(folder: str, out: str) -> list[str]:
     _deltas(deltas, points)
     ess.plot(names, [p["ESS"] for p in points], "o-")
     ess.set(title="effective sample size", ylabel="ESS")
+    ess.ticklabel_format(axis="y", useOffset=False)  # ESS near B_E: an offset axis hides the value
     wmax.plot(names, [p["w_max"] for p in points], "o-", color="tab:red")
     wmax.set(title="largest importance weight", ylabel="w_max")
     _timing(timing, points)
