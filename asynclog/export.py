@@ -325,19 +325,25 @@ def _per_token(columns: dict) -> dict:
 
 
 # --- the console script ---------------------------------------------------------------------------------
-def cmd_export(args: argparse.Namespace) -> int:
-    """Exit 0 when every file was written; 2 with one line on stderr when nothing could be."""
+def command(name: str, target: str, write: Callable[[], list[str]], mistakes: tuple = ()) -> int:
+    """Run one subcommand that writes files: print each path written and return 0, or print one line on
+    stderr (what, which file) and return 2 when nothing could be written."""
     try:
-        paths = export(args.run, args.to, args.what, args.out)
-    except (ExportError, ImportError, KeyError) as exc:
-        print(f"asynclog export: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        paths = write()
+    except (*mistakes, ImportError, KeyError) as exc:
+        print(f"asynclog {name}: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
     except (AsyncLogError, OSError) as exc:
-        print(f"asynclog export: {args.run}: {exc}", file=sys.stderr)
+        print(f"asynclog {name}: {target}: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
         return 2
     for path in paths:
         print(path)
     return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Exit 0 when every file was written (their paths on stdout); 2 with one line on stderr when not."""
+    return command("export", args.run, lambda: export(args.run, args.to, args.what, args.out), (ExportError,))
 
 
 def register(subparsers) -> None:

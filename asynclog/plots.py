@@ -200,17 +200,9 @@ def plot(target: str, out: str) -> list[str]:
 # --- the console script ---------------------------------------------------------------------------------
 def cmd_plot(args: argparse.Namespace) -> int:
     """Exit 0 when PNGs were written (their paths on stdout); 2 with one line on stderr when none could be."""
-    try:
-        paths = plot(args.target, args.out)
-    except (PlotError, ImportError) as exc:
-        print(f"asynclog plot: {exc}", file=sys.stderr)
-        return 2
-    except (AsyncLogError, OSError) as exc:
-        print(f"asynclog plot: {args.target}: {exc}", file=sys.stderr)
-        return 2
-    for path in paths:
-        print(path)
-    return 0
+    from .export import command
+
+    return command("plot", args.target, lambda: plot(args.target, args.out), (PlotError,))
 
 
 def register(subparsers) -> None:
