@@ -1,0 +1,375 @@
+"""Exports and table views: a run's events, streams and tensors as Parquet, CSV, JSON lines or npz.
+
+``asynclog export RUN --to parquet|csv|jsonl|npz [--what WHAT] [-o OUT]``; ``WHAT`` is ``events``,
+``tensors``, a stream kind (``sequences``, ``tokens``, ``importance``: every batch of it, one file each) or
+one stream's name (``tokens/E_batch``). Files are named ``<run>_<what>.<ext>`` in ``OUT`` (a folder, the
+run's own by default), or ``OUT`` itself when it names a file and one table is written.
+
+What each table holds:
+
+- events: one row per record, ``type``, ``name``, ``time`` and ``data`` as JSON text (DuckDB: ``data->>'x'``).
+- a stream: one row per stream row, its columns as they are; a tensor column becomes a list column of its
+  dtype (a row's tensor flattened; bfloat16 and float8 as float32), a column of 0-d tensors a plain column.
+- tensors (parquet): one row per tensor logged, ``name``, ``occurrence``, ``dtype``, ``shape`` and
+  ``values`` (flattened, as float64). npz holds each tensor exactly (bfloat16/float8 as float32), keyed by
+  its name (``name#k`` for the k-th repeat of a name logged more than once).
+
+In JSON (events' ``data``, jsonl, CSV cells holding lists) NaN and ±inf are the strings "NaN", "Infinity",
+"-Infinity": JSON has no such numbers, and null would hide them.
+
+Memory: a stream is read and written one chunk at a time (one Parquet row group per chunk), events 4096
+records at a time, tensors one at a time; a file appears under its name only when it is whole.
+
+``register(subparsers)`` adds ``export`` and ``plot`` to the ``asynclog`` console script; ``sequences`` and
+``tokens`` are the DataFrame views behind ``Log.sequences`` and ``Log.tokens``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import itertools
+import math
+import os
+import sys
+import zipfile
+from collections.abc import Callable, Iterable, Iterator
+
+import msgspec
+
+from .errors import AsyncLogError
+
+__all__ = ["export", "sequences", "tokens", "register", "main", "ExportError", "FORMATS", "STREAM_KINDS"]
+
+FORMATS = ("parquet", "csv", "jsonl", "npz")
+STREAM_KINDS = ("sequences", "tokens", "importance")
+EVENT_BATCH = 4096
+_EXT = {"parquet": ".parquet", "csv": ".csv", "jsonl": ".jsonl", "npz": ".npz"}
+_json = msgspec.json.Encoder()
+
+
+class ExportError(AsyncLogError, ValueError):
+    """What was asked cannot be exported (a format that does not hold it, a stream that is not there)."""
+
+
+def need(module: str, extra: str):
+    """Import an optional dependency, or an ImportError naming the extra that brings it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ImportError(f"this needs {module.split('.')[0]}: pip install 'asynclog[{extra}]' "
+                          f"(in a checkout: bash scripts/setup.sh --extras {extra})") from None
+
+
+# --- values --------------------------------------------------------------------------------------------
+def is_tensor(value) -> bool:
+    return type(value).__name__ == "Tensor" and hasattr(value, "dtype")
+
+
+def to_numpy(tensor):
+    """A CPU numpy array of a tensor; dtypes numpy lacks (bfloat16, float8) become float32."""
+    tensor = tensor.detach().cpu()
+    try:
+        return tensor.numpy()
+    except TypeError:
+        return tensor.float().numpy() if tensor.is_floating_point() else tensor.long().numpy()
+
+
+def plain(value):
+    """A value JSON can hold: tensors as lists, NaN and ±inf as strings, maps and lists walked."""
+    if is_tensor(value):
+        value = value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def event_row(record: dict) -> dict:
+    rest = {k: v for k, v in record.items() if k not in ("type", "name", "time")}
+    data = rest["data"] if rest.keys() == {"data"} else rest
+    return {"type": record.get("type"), "name": record.get("name"), "time": record.get("time"),
+            "data": _json.encode(plain(data)).decode()}
+
+
+# --- what to export -------------------------------------------------------------------------------------
+class Table:
+    """One table of a run: its label (for file names) and how to read its rows or Arrow batches."""
+
+    def __init__(self, log, what: str):
+        self.log, self.what = log, what
+
+    @property
+    def label(self) -> str:
+        return self.what.replace("/", "_")
+
+    def rows(self) -> Iterator[dict]:
+        if self.what == "events":
+            return (event_row(r) for r in self.log.events())
+        return self.log.rows(self.what)
+
+    def batches(self) -> Iterator:
+        if self.what == "events":
+            return (_arrow_batch(dict(zip(("type", "name", "time", "data"), zip(*(event_row(r).values()
+                    for r in group))))) for group in _groups(self.log.events(), EVENT_BATCH))
+        if self.what == "tensors":
+            return (_tensor_batch(name, k, t) for name, k, t in _tensors(self.log))
+        return (_arrow_batch(chunk.columns) for chunk in self.log.stream(self.what))
+
+
+def tables(log, what: str, to: str) -> list[Table]:
+    if to == "npz" and what != "tensors":
+        raise ExportError(f"npz holds tensors only (--what tensors), not {what!r}")
+    if what == "tensors" and to in ("csv", "jsonl"):
+        raise ExportError(f"tensors export to parquet or npz, not {to}")
+    if what in ("events", "tensors"):
+        return [Table(log, what)]
+    names = log.stream_names()
+    chosen = [n for n in names if n == what or n.startswith(what + "/")] if what else []
+    if not chosen:
+        raise ExportError(f"{log.path} has no stream {what!r}; it has: events, tensors, "
+                          + (", ".join(names) or "no streams"))
+    return [Table(log, name) for name in chosen]
+
+
+def _groups(items: Iterable, size: int) -> Iterator[list]:
+    it = iter(items)
+    while group := list(itertools.islice(it, size)):
+        yield group
+
+
+def _tensors(log) -> Iterator[tuple[str, int, object]]:
+    for name in log.tensor_names():
+        for k in range(log.tensor_count(name)):
+            yield name, k, log.tensor(name, k)
+
+
+# --- Arrow ----------------------------------------------------------------------------------------------
+def _arrow_column(values: list):
+    pa = need("pyarrow", "export")
+    import numpy as np
+
+    if not values or not all(is_tensor(v) for v in values):
+        return pa.array(values)
+    arrays = [to_numpy(v) for v in values]
+    if all(a.ndim == 0 for a in arrays):
+        return pa.array(np.stack(arrays))
+    flat = [a.reshape(-1) for a in arrays]
+    offsets = np.concatenate([[0], np.cumsum([len(a) for a in flat])])
+    list_type = pa.LargeListArray if offsets[-1] >= 2**31 else pa.ListArray
+    return list_type.from_arrays(pa.array(offsets), pa.array(np.concatenate(flat)))
+
+
+def _arrow_batch(columns: dict):
+    pa = need("pyarrow", "export")
+    return pa.RecordBatch.from_pydict({name: _arrow_column(list(values)) for name, values in columns.items()})
+
+
+def _tensor_batch(name: str, occurrence: int, tensor):
+    pa = need("pyarrow", "export")
+    values = to_numpy(tensor).reshape(-1).astype("float64")
+    return pa.RecordBatch.from_pydict({
+        "name": [name], "occurrence": [occurrence], "dtype": [str(tensor.dtype).removeprefix("torch.")],
+        "shape": pa.array([list(tensor.shape)], pa.list_(pa.int64())),
+        "values": pa.ListArray.from_arrays(pa.array([0, len(values)], pa.int32()), pa.array(values))})
+
+
+def _schema(first, rest: Callable[[], Iterator]):
+    """The schema to write: the first batch's, unless a column is all null there; then every batch is read
+    once to find its type (a Parquet file has one schema, fixed when it is opened)."""
+    pa = need("pyarrow", "export")
+    if not any(pa.types.is_null(f.type) for f in first.schema):
+        return first.schema
+    return pa.unify_schemas([first.schema, *(b.schema for b in rest())], promote_options="permissive")
+
+
+def write_parquet(table: Table, path: str) -> None:
+    pq = need("pyarrow.parquet", "export")
+    batches = table.batches()
+    first = next(batches, None)
+    if first is None:
+        first = _arrow_batch({})
+    schema = _schema(first, lambda: itertools.islice(table.batches(), 1, None))
+    with _writing(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for k, batch in enumerate(itertools.chain([first], batches)):
+            if batch.schema != schema:
+                try:
+                    batch = batch.cast(schema)
+                except (ValueError, TypeError, NotImplementedError) as exc:
+                    raise ExportError(f"{table.what}: batch {k} does not fit the columns of the first ({exc})") from None
+            writer.write_batch(batch)
+
+
+# --- text and npz ---------------------------------------------------------------------------------------
+def write_jsonl(table: Table, path: str) -> None:
+    with _writing(path) as tmp, open(tmp, "wb") as f:
+        for row in table.rows():
+            f.write(_json.encode(plain(row)) + b"\n")
+
+
+def _csv_cell(value):
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    return _json.encode(plain(value)).decode()
+
+
+def write_csv(table: Table, path: str) -> None:
+    with _writing(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = None
+        for row in table.rows():
+            if writer is None:
+                writer = csv.DictWriter(f, fieldnames=list(row), restval="")
+                writer.writeheader()
+            writer.writerow({k: _csv_cell(v) for k, v in row.items()})
+
+
+def write_npz(table: Table, path: str) -> None:
+    import numpy as np
+
+    log = table.log
+    with _writing(path) as tmp, zipfile.ZipFile(tmp, "w", allowZip64=True) as npz:
+        for name, k, tensor in _tensors(log):
+            key = name if log.tensor_count(name) == 1 else f"{name}#{k}"
+            with npz.open(key + ".npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, to_numpy(tensor), allow_pickle=False)
+
+
+_WRITERS = {"parquet": write_parquet, "csv": write_csv, "jsonl": write_jsonl, "npz": write_npz}
+
+
+@contextlib.contextmanager
+def _writing(path: str) -> Iterator[str]:
+    """A temporary name beside ``path``, renamed to it once written whole; removed on failure."""
+    tmp = f"{path}.{os.getpid()}.part"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def export(path: str | os.PathLike, to: str, what: str | None = None, out: str | os.PathLike | None = None) -> list[str]:
+    """Export a run (see the module docstring); return the paths written."""
+    from .reader import open_log
+
+    if to not in FORMATS:
+        raise ExportError(f"unknown format {to!r}; choose one of {', '.join(FORMATS)}")
+    what = what or ("tensors" if to == "npz" else "events")
+    with open_log(path) as log:
+        chosen = tables(log, what, to)
+        targets = _targets(os.fspath(path), chosen, to, out)
+        for table, target in zip(chosen, targets):
+            _WRITERS[to](table, target)
+    return targets
+
+
+def _targets(path: str, chosen: list[Table], to: str, out) -> list[str]:
+    out = os.fspath(out) if out is not None else None
+    if out and len(chosen) == 1 and not os.path.isdir(out) and os.path.splitext(out)[1]:
+        return [out]
+    folder = out or os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return [os.path.join(folder, f"{stem}_{t.label}{_EXT[to]}") for t in chosen]
+
+
+# --- table views ----------------------------------------------------------------------------------------
+def _stream_of(log, kind: str, batch: str) -> str:
+    name = f"{kind}/{batch}"
+    if name not in log.stream_names():
+        raise KeyError(f"no stream {name!r} in {log.path}; it has: {', '.join(log.stream_names()) or 'none'}")
+    return name
+
+
+def sequences(log, batch: str = "E_batch"):
+    """``sequences/<batch>`` as a pandas DataFrame, one row per sequence (``Log.sequences``)."""
+    need("pandas", "pandas")
+    return log.to_pandas(_stream_of(log, "sequences", batch))
+
+
+def tokens(log, batch: str = "E_batch"):
+    """``tokens/<batch>`` as a pandas DataFrame, one row per token: ``sequence_id``, ``position`` (within the
+    row) and each per-token column (``tokens``, ``attention_mask``, ``token_texts``, ``token_logprobs``,
+    ``rb_entropies``) as a plain column (``Log.tokens``)."""
+    pd = need("pandas", "pandas")
+    frames = [pd.DataFrame(_per_token(chunk.columns)) for chunk in log.stream(_stream_of(log, "tokens", batch))]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _per_token(columns: dict) -> dict:
+    import numpy as np
+
+    ragged = [n for n, v in columns.items() if v and (is_tensor(v[0]) or isinstance(v[0], list))]
+    if not ragged:
+        return dict(columns)
+    lengths = np.array([len(v) for v in columns[ragged[0]]], dtype=np.int64)
+    out = {}
+    for name, values in columns.items():
+        if name not in ragged:
+            out[name] = np.repeat(np.asarray(values), lengths)
+            if name == "sequence_id":
+                out["position"] = np.concatenate([np.arange(n) for n in lengths]) if len(lengths) else lengths
+            continue
+        if [len(v) for v in values] != lengths.tolist():
+            raise ValueError(f"column {name!r} is not aligned with {ragged[0]!r} position by position")
+        parts = [to_numpy(v).reshape(-1) if is_tensor(v) else np.asarray(v, dtype=object) for v in values]
+        out[name] = np.concatenate(parts) if parts else []
+    return out
+
+
+# --- the console script ---------------------------------------------------------------------------------
+def command(name: str, target: str, write: Callable[[], list[str]], mistakes: tuple = ()) -> int:
+    """Run one subcommand that writes files: print each path written and return 0, or print one line on
+    stderr (what, which file) and return 2 when nothing could be written."""
+    try:
+        paths = write()
+    except (*mistakes, ImportError, KeyError) as exc:
+        print(f"asynclog {name}: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 2
+    except (AsyncLogError, OSError) as exc:
+        print(f"asynclog {name}: {target}: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(path)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Exit 0 when every file was written (their paths on stdout); 2 with one line on stderr when not."""
+    return command("export", args.run, lambda: export(args.run, args.to, args.what, args.out), (ExportError,))
+
+
+def register(subparsers) -> None:
+    """Add ``export`` and ``plot`` to the console script's subcommands."""
+    p = subparsers.add_parser("export", help="write a run's events, streams or tensors as parquet, csv, jsonl or npz",
+                              description=cmd_export.__doc__)
+    p.add_argument("run", help="the run's .alog file")
+    p.add_argument("--to", required=True, choices=FORMATS, help="output format")
+    p.add_argument("--what", default=None,
+                   help="events (default), tensors (default for npz), a stream kind (sequences, tokens, importance) "
+                        "or one stream's name (tokens/E_batch)")
+    p.add_argument("-o", "--out", default=None,
+                   help="output folder (default: the run's folder), or a file name when one table is written")
+    p.set_defaults(func=cmd_export)
+    from .plots import register as register_plot
+
+    register_plot(subparsers)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m asynclog.export export|plot ...``: the two subcommands without the rest of the CLI."""
+    parser = argparse.ArgumentParser(prog="asynclog")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""``asynclog plot RUN|DIR -o FOLDER``: PNGs of a sweep or of one run, drawn with matplotlib (Agg).
+
+A folder is a sweep: every ``*_summary.json`` below it is one checkpoint, and ``sweep.png`` shows δH₁
+against δH_true with the y = x line, ESS and w_max per checkpoint, and per-phase timing (summaries only:
+fast for many runs). A ``.alog`` file is one run: ``token_entropy.png`` and ``token_logprob.png`` (real
+response tokens of every ``tokens/*`` stream), ``sequence_length.png`` (``generation_length`` of every
+``sequences/*`` stream) and ``importance_weight.png`` (the ``E_batch/importance_weights`` tensor, else the
+``importance/*`` streams). A plot whose data the run's level did not log is skipped with a note on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import sys
+
+from .errors import AsyncLogError
+
+__all__ = ["plot", "sweep_points", "register", "SWEEP_PIXELS", "RUN_PIXELS", "RUN_PLOTS"]
+
+DPI = 100
+SWEEP_PIXELS = (900, 675)
+RUN_PIXELS = (640, 480)
+RUN_PLOTS = ("token_entropy", "token_logprob", "sequence_length", "importance_weight")
+
+
+class PlotError(AsyncLogError, ValueError):
+    """Nothing to plot where the user pointed."""
+
+
+def _pyplot():
+    from .export import need
+
+    matplotlib = need("matplotlib", "plot")
+    matplotlib.use("Agg")  # files only: no display on a cluster node
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _figure(plt, pixels, **kwargs):
+    return plt.subplots(figsize=(pixels[0] / DPI, pixels[1] / DPI), dpi=DPI, **kwargs)
+
+
+def _save(plt, fig, path: str) -> str:
+    fig.savefig(path, dpi=DPI)  # no bbox_inches="tight": the size stays what was asked
+    plt.close(fig)
+    return path
+
+
+# --- a sweep --------------------------------------------------------------------------------------------
+def _number(value) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
+def _point(path: str, summary: dict) -> dict:
+    core = summary.get("core_results") or {}
+    diagnostics = (summary.get("ground_truth") or {}).get("diagnostics") or {}
+    checkpoint = ((summary.get("run_metadata") or {}).get("checkpoint_path") or "").rstrip("/")
+    stem = os.path.basename(path).removesuffix("_summary.json")
+    timing = {k: _number(v) for k, v in (summary.get("timing") or {}).items() if k != "total_time"}
+    return {"checkpoint": os.path.basename(checkpoint) or stem, "deltaH1": _number(core.get("deltaH1")),
+            "deltaH_true": _number(core.get("deltaH_true")), "ESS": _number(diagnostics.get("ESS")),
+            "w_max": _number(diagnostics.get("w_max")), "timing": timing}
+
+
+def sweep_points(folder: str) -> list[dict]:
+    """One point per ``*_summary.json`` below ``folder`` (unreadable ones skipped), ordered by checkpoint."""
+    points = []
+    for path in glob.glob(os.path.join(glob.escape(folder), "**", "*_summary.json"), recursive=True):
+        try:
+            with open(path, encoding="utf-8") as f:
+                summary = json.load(f)
+        except (OSError, ValueError) as exc:
+            print(f"asynclog plot: skipped {path}: {exc}", file=sys.stderr)
+            continue
+        if isinstance(summary, dict):
+            points.append(_point(path, summary))
+    return sorted(points, key=lambda p: p["checkpoint"])
+
+
+def plot_sweep(folder: str, out: str) -> list[str]:
+    points = sweep_points(folder)
+    if not points:
+        raise PlotError(f"no *_summary.json below {folder}: point plot at a run's .alog or a sweep's folder")
+    plt = _pyplot()
+    fig, ((deltas, ess), (wmax, timing)) = _figure(plt, SWEEP_PIXELS, nrows=2, ncols=2)
+    names = [p["checkpoint"] for p in points]
+    _deltas(deltas, points)
+    ess.plot(names, [p["ESS"] for p in points], "o-")
+    ess.set(title="effective sample size", ylabel="ESS")
+    ess.ticklabel_format(axis="y", useOffset=False)  # ESS near B_E: an offset axis hides the value
+    wmax.plot(names, [p["w_max"] for p in points], "o-", color="tab:red")
+    wmax.set(title="largest importance weight", ylabel="w_max")
+    _timing(timing, points)
+    for ax in (ess, wmax, timing):
+        ax.tick_params(axis="x", labelrotation=30)
+    fig.tight_layout()
+    return [_save(plt, fig, os.path.join(out, "sweep.png"))]
+
+
+def _deltas(ax, points: list[dict]) -> None:
+    x, y = [p["deltaH_true"] for p in points], [p["deltaH1"] for p in points]
+    ax.scatter(x, y)
+    for p in points:
+        ax.annotate(p["checkpoint"], (p["deltaH_true"], p["deltaH1"]), fontsize=7, alpha=0.7)
+    finite = [v for v in x + y if math.isfinite(v)] or [0.0, 1.0]
+    low, high = min(finite), max(finite)
+    ax.plot([low, high], [low, high], "k--", linewidth=0.8, label="y = x")
+    ax.set(title="first-order prediction vs truth", xlabel="δH_true", ylabel="δH₁")
+    ax.legend(loc="best", fontsize=8)
+
+
+def _timing(ax, points: list[dict]) -> None:
+    phases = list(dict.fromkeys(k for p in points for k in p["timing"]))
+    names, bottom = [p["checkpoint"] for p in points], [0.0] * len(points)
+    for phase in phases:
+        heights = [p["timing"].get(phase, 0.0) if math.isfinite(p["timing"].get(phase, 0.0)) else 0.0 for p in points]
+        ax.bar(names, heights, bottom=bottom, label=phase)
+        bottom = [b + h for b, h in zip(bottom, heights)]
+    ax.set(title="time per phase", ylabel="seconds")
+    ax.legend(loc="best", fontsize=7)
+
+
+# --- one run --------------------------------------------------------------------------------------------
+def _token_values(log, column: str):
+    import numpy as np
+
+    from .export import to_numpy
+
+    parts = []
+    for name in (n for n in log.stream_names() if n.startswith("tokens/")):
+        for chunk in log.stream(name):
+            if column not in chunk.columns:
+                break
+            masks = chunk.columns.get("attention_mask") or [None] * chunk.rows
+            for values, mask in zip(chunk[column], masks):
+                values = to_numpy(values)
+                parts.append(values if mask is None else values[to_numpy(mask).astype(bool)[: len(values)]])
+    return np.concatenate(parts) if parts else None
+
+
+def _column_values(log, prefix: str, column: str):
+    values = [row[column] for name in log.stream_names() if name.startswith(prefix)
+              for row in log.rows(name) if row.get(column) is not None]
+    return values or None
+
+
+def _importance_weights(log):
+    from .export import to_numpy
+
+    if "E_batch/importance_weights" in log.tensor_names():
+        return to_numpy(log.tensor("E_batch/importance_weights")).reshape(-1)
+    return _column_values(log, "importance/", "importance_weight")
+
+
+_RUN_DATA = {
+    "token_entropy": (lambda log: _token_values(log, "rb_entropies"), "token entropy (real response tokens)", "nats"),
+    "token_logprob": (lambda log: _token_values(log, "token_logprobs"), "token log-probability", "log p"),
+    "sequence_length": (lambda log: _column_values(log, "sequences/", "generation_length"),
+                        "generated sequence length", "tokens"),
+    "importance_weight": (_importance_weights, "importance weight (E batch)", "w"),
+}
+
+
+def plot_run(path: str, out: str) -> list[str]:
+    from .reader import open_log
+
+    written = []
+    with open_log(path) as log:
+        for name in RUN_PLOTS:
+            load, title, xlabel = _RUN_DATA[name]
+            values = load(log)
+            if values is None or len(values) == 0:
+                print(f"asynclog plot: no data for {name} in {path} (not logged at level "
+                      f"{log.header.get('level')!r})", file=sys.stderr)
+                continue
+            plt = _pyplot()
+            fig, ax = _figure(plt, RUN_PIXELS)
+            ax.hist(values, bins=min(50, max(5, int(len(values) ** 0.5))))
+            ax.set(title=f"{title}, n = {len(values)}", xlabel=xlabel, ylabel="count")
+            fig.tight_layout()
+            written.append(_save(plt, fig, os.path.join(out, f"{name}.png")))
+    if not written:
+        raise PlotError(f"nothing to plot in {path}: its level logs no streams or tensors (use detailed or debug)")
+    return written
+
+
+def plot(target: str, out: str) -> list[str]:
+    """Plot a sweep (a folder) or one run (a .alog file) into ``out``; return the PNGs written."""
+    if not os.path.exists(target):
+        raise PlotError(f"{target}: no such file or folder")
+    os.makedirs(out, exist_ok=True)
+    return plot_sweep(target, out) if os.path.isdir(target) else plot_run(target, out)
+
+
+# --- the console script ---------------------------------------------------------------------------------
+def cmd_plot(args: argparse.Namespace) -> int:
+    """Exit 0 when PNGs were written (their paths on stdout); 2 with one line on stderr when none could be."""
+    from .export import command
+
+    return command("plot", args.target, lambda: plot(args.target, args.out), (PlotError,))
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("plot", help="PNG plots of one run (a .alog) or of a sweep (a folder of runs)",
+                              description=cmd_plot.__doc__)
+    p.add_argument("target", help="a run's .alog file, or a folder with runs' *_summary.json below it")
+    p.add_argument("-o", "--out", required=True, help="folder for the PNGs (created if missing)")
+    p.set_defaults(func=cmd_plot)

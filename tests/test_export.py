@@ -1,0 +1,173 @@
+"""``asynclog export``: a run's events, streams and tensors as Parquet, CSV, JSON lines or npz, opened by
+pyarrow and DuckDB with the values ``asynclog.open`` reads; and the table views ``sequences``/``tokens``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import asynclog
+from asynclog import export
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+duckdb = pytest.importorskip("duckdb")
+
+ROWS = 150  # three chunks of 64 token rows, the last one short
+
+
+@pytest.fixture(scope="module")
+def run_path(tmp_path_factory):
+    """A real run: events, a sequences stream, a ragged token stream and tensors of several dtypes."""
+    g = torch.Generator().manual_seed(8)
+    with asynclog.start(tmp_path_factory.mktemp("logs"), name="exported") as run:
+        run.event("core_results", deltaH1=6.7e-5, deltaH_true=float("nan"), G=4)
+        run.event("phase_end", phase="phase1", duration=0.25)
+        sequences = run.stream("sequences/E_batch", chunk_rows=32)
+        tokens = run.stream("tokens/E_batch", chunk_rows=64)
+        for i in range(ROWS):
+            n = 1 + (i * 7) % 23
+            sequences.append(sequence_id=i, response_text=f"answer {i} é", generation_length=n,
+                             reward=None if i < 40 else i / 10)
+            tokens.append(sequence_id=i, tokens=torch.randint(0, 151_000, (n,), generator=g),
+                          token_logprobs=-torch.rand(n, generator=g), rb_entropies=torch.rand(n, generator=g),
+                          token_texts=[f"t{j}" for j in range(n)])
+        run.tensor("E_batch/S_orig", torch.randn(16, generator=g))
+        run.tensor("E_batch/importance_weights", torch.rand(16, generator=g, dtype=torch.float64))
+        run.tensor("U_batch/rewards", torch.randn(4, 4, generator=g).to(torch.bfloat16))
+    return run.path
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    """The console script in a fresh interpreter, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "asynclog.export", "export", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.fixture
+def here(capsys):
+    """The same command in this process (``cli`` covers the console script itself)."""
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        code = export.main(["export", *args])
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return run
+
+
+def exported(run_path, tmp_path, what: str, to: str, via=cli) -> str:
+    out = tmp_path / f"{what.replace('/', '_')}.{to}"
+    done = via(run_path, "--to", to, "--what", what, "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    assert str(out) in done.stdout
+    return str(out)
+
+
+def stream_rows(run_path, name):
+    with asynclog.open(run_path) as log:
+        return list(log.rows(name))
+
+
+def test_token_stream_to_parquet_keeps_ragged_tensors_as_list_columns(run_path, tmp_path):
+    path = exported(run_path, tmp_path, "tokens/E_batch", "parquet")
+    table = pq.read_table(path)
+    assert table.schema.field("tokens").type == pa.list_(pa.int64())
+    assert table.schema.field("token_logprobs").type == pa.list_(pa.float32())
+    assert table.schema.field("token_texts").type == pa.list_(pa.string())
+    assert pq.ParquetFile(path).metadata.num_row_groups == 3  # one per chunk: written a chunk at a time
+    got, want = table.to_pylist(), stream_rows(run_path, "tokens/E_batch")
+    assert len(got) == len(want) == ROWS
+    for g, w in zip(got, want):
+        assert g["sequence_id"] == w["sequence_id"] and g["token_texts"] == w["token_texts"]
+        assert g["tokens"] == w["tokens"].tolist() and g["rb_entropies"] == w["rb_entropies"].tolist()
+
+
+def test_duckdb_reads_the_parquet_export_directly(run_path, tmp_path, here):
+    tokens = exported(run_path, tmp_path, "tokens/E_batch", "parquet", here)
+    sequences = exported(run_path, tmp_path, "sequences/E_batch", "parquet", here)
+    want = stream_rows(run_path, "tokens/E_batch")
+    total = sum(float(r["token_logprobs"].double().sum()) for r in want)
+    (count, got_total), = duckdb.sql(f"select count(*), sum(list_sum(token_logprobs)) from '{tokens}'").fetchall()
+    assert count == ROWS and math.isclose(got_total, total, rel_tol=1e-6)
+    rows = duckdb.sql(f"select sequence_id, response_text, reward from '{sequences}' order by sequence_id").fetchall()
+    assert rows == [(r["sequence_id"], r["response_text"], r["reward"]) for r in stream_rows(run_path, "sequences/E_batch")]
+
+
+def test_events_to_parquet_keep_name_time_and_data_as_json(run_path, tmp_path, here):
+    path = exported(run_path, tmp_path, "events", "parquet", here)
+    with asynclog.open(run_path) as log:
+        want = list(log.events())
+    got = duckdb.sql(f"select type, name, time, data from '{path}'").fetchall()
+    assert [(t, n, tm) for t, n, tm, _ in got] == [(e["type"], e["name"], e["time"]) for e in want]
+    core = json.loads(got[[g[1] for g in got].index("core_results")][3])
+    assert core["deltaH1"] == 6.7e-5 and core["G"] == 4 and core["deltaH_true"] == "NaN"  # NaN survives as text
+    (duration,), = duckdb.sql(f"select (data->>'duration')::double from '{path}' where name='phase_end'").fetchall()
+    assert duration == 0.25
+
+
+def test_tensors_to_parquet_one_row_per_tensor_with_shape_and_values(run_path, tmp_path, here):
+    path = exported(run_path, tmp_path, "tensors", "parquet", here)
+    table = {row["name"]: row for row in pq.read_table(path).to_pylist()}
+    with asynclog.open(run_path) as log:
+        for name, tensor in log.tensors():
+            row = table[name]
+            assert row["shape"] == list(tensor.shape) and row["dtype"] == str(tensor.dtype).removeprefix("torch.")
+            assert row["values"] == tensor.double().reshape(-1).tolist()
+
+
+def test_tensors_to_npz_load_with_numpy(run_path, tmp_path, here):
+    path = exported(run_path, tmp_path, "tensors", "npz", here)
+    with np.load(path) as npz, asynclog.open(run_path) as log:
+        assert sorted(npz.files) == sorted(log.tensor_names())
+        for name, tensor in log.tensors():
+            assert np.array_equal(npz[name], tensor.float().numpy() if tensor.dtype == torch.bfloat16
+                                  else tensor.numpy())
+
+
+def test_sequences_to_csv_and_jsonl_round_trip(run_path, tmp_path, here):
+    want = stream_rows(run_path, "sequences/E_batch")
+    with open(exported(run_path, tmp_path, "sequences/E_batch", "csv", here), newline="", encoding="utf-8") as f:
+        got = list(csv.DictReader(f))
+    assert [(int(g["sequence_id"]), g["response_text"]) for g in got] == [(w["sequence_id"], w["response_text"]) for w in want]
+    assert got[0]["reward"] == "" and float(got[-1]["reward"]) == want[-1]["reward"]
+    with open(exported(run_path, tmp_path, "sequences/E_batch", "jsonl", here), encoding="utf-8") as f:
+        assert [json.loads(line) for line in f] == want
+
+
+def test_a_stream_kind_exports_every_batch_of_that_kind(run_path, tmp_path, here):
+    done = here(run_path, "--to", "parquet", "--what", "sequences", "-o", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    [path] = done.stdout.split()
+    assert path.endswith("sequences_E_batch.parquet") and pq.read_table(path).num_rows == ROWS
+
+
+def test_mistakes_are_one_clear_line_and_exit_2(run_path, tmp_path, here):
+    for args, says in [(("--to", "npz", "--what", "events"), "npz holds tensors"),
+                       (("--to", "parquet", "--what", "tokens/X_batch"), "tokens/E_batch"),
+                       ]:
+        done = here(run_path, *args, "-o", str(tmp_path / "x"))
+        assert done.returncode == 2 and says in done.stderr and "Traceback" not in done.stderr, done.stderr
+    done = cli(str(tmp_path / "nosuch.alog"), "--to", "parquet")
+    assert done.returncode == 2 and "nosuch.alog" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_table_views_give_one_row_per_sequence_and_per_token(run_path):
+    pd = pytest.importorskip("pandas")
+    with asynclog.open(run_path) as log:
+        seqs = export.sequences(log, "E_batch")
+        toks = export.tokens(log, "E_batch")
+    want = stream_rows(run_path, "tokens/E_batch")
+    assert isinstance(seqs, pd.DataFrame) and len(seqs) == ROWS and seqs["sequence_id"].tolist() == list(range(ROWS))
+    assert len(toks) == sum(len(r["tokens"]) for r in want)
+    first = toks[toks["sequence_id"] == 3]
+    assert first["position"].tolist() == list(range(len(want[3]["tokens"])))
+    assert first["tokens"].tolist() == want[3]["tokens"].tolist()
+    assert first["token_texts"].tolist() == want[3]["token_texts"]
