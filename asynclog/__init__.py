@@ -13,7 +13,7 @@ _HOMES = {
     "open": "reader", "verify": "reader", "Log": "reader", "Chunk": "reader", "DetailedLogger": "probe",
     "AsyncLogError": "errors", "ClosedError": "errors", "ConfigError": "errors", "CorruptLogError": "errors",
     "LogInputError": "errors", "QueueFullError": "errors", "WriterError": "errors", "NameTakenWarning": "session",
-    "ShardedLog": "shards",
+    "ShardedLog": "shards", "LoggingHandler": "bridge",
 }
 _RENAMED = {"open": "open_log"}
 
@@ -37,6 +37,7 @@ __all__ = [
     "WriterError",
     "NameTakenWarning",
     "ShardedLog",
+    "LoggingHandler",
 ]
 
 

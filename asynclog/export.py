@@ -361,15 +361,3 @@ def register(subparsers) -> None:
     from .plots import register as register_plot
 
     register_plot(subparsers)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m asynclog.export export|plot ...``: the two subcommands without the rest of the CLI."""
-    parser = argparse.ArgumentParser(prog="asynclog")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -470,6 +470,18 @@ class Log:
         (``data.<field>``); a stream's name gives one row per stream row, tensor cells as numpy arrays."""
         return frame_of(self, what, type, name)
 
+    def sequences(self, batch: str = "E_batch"):
+        """One row per sequence of ``batch`` as a pandas DataFrame (``export.sequences``)."""
+        from .export import sequences
+
+        return sequences(self, batch)
+
+    def tokens(self, batch: str = "E_batch"):
+        """One row per token of ``batch`` as a pandas DataFrame (``export.tokens``)."""
+        from .export import tokens
+
+        return tokens(self, batch)
+
     # --- lifecycle ------------------------------------------------------------------------------------
     def close(self) -> None:
         self._file.close()

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import asynclog
+from asynclog.cli import main as cli_main
 from asynclog import export
 
 pa = pytest.importorskip("pyarrow")
@@ -47,7 +48,7 @@ def run_path(tmp_path_factory):
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     """The console script in a fresh interpreter, as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "asynclog.export", "export", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "asynclog", "export", *args], capture_output=True,
                           text=True, timeout=120)
 
 
@@ -56,7 +57,7 @@ def here(capsys):
     """The same command in this process (``cli`` covers the console script itself)."""
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        code = export.main(["export", *args])
+        code = cli_main(["export", *args])
         out, err = capsys.readouterr()
         return subprocess.CompletedProcess(args, code, out, err)
 

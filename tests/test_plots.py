@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from asynclog.cli import main as cli_main
 from asynclog import export, plots
 
 pytest.importorskip("matplotlib")
@@ -35,7 +36,7 @@ def sweep(tmp_path_factory):
 
 
 def plot(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "asynclog.export", "plot", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "asynclog", "plot", *args], capture_output=True, text=True,
                           timeout=120)
 
 
@@ -49,7 +50,7 @@ def test_a_sweep_folder_gives_one_png_of_the_checkpoints(sweep, tmp_path):
 
 def test_one_run_gives_token_length_and_weight_histograms(sweep, tmp_path, capsys):
     run = sorted(glob.glob(str(sweep / "*" / "*.alog")))[0]
-    assert export.main(["plot", run, "-o", str(tmp_path)]) == 0
+    assert cli_main(["plot", run, "-o", str(tmp_path)]) == 0
     written = capsys.readouterr().out.split()
     assert [p.rsplit("/", 1)[1] for p in written] == [f"{name}.png" for name in plots.RUN_PLOTS]
     assert all(png_size(p) == plots.RUN_PIXELS for p in written)
