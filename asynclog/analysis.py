@@ -373,6 +373,10 @@ def _csv(rows: list[dict]) -> str:
 def cmd_show(args: argparse.Namespace) -> int:
     """What a person wants to see first about one run."""
     path = args.run.removesuffix(SUMMARY_SUFFIX) + fmt.SUFFIX if args.run.endswith(SUMMARY_SUFFIX) else args.run
+    if os.path.isdir(path):
+        print(f"asynclog: {args.run}: is a folder (give one run's .alog file; `asynclog ls {args.run}` lists them)",
+              file=sys.stderr)
+        return 1
     if not os.path.exists(path) or not stat.S_ISREG(os.stat(path).st_mode):
         print(f"asynclog: {args.run}: no such run (give a .alog file; `asynclog ls DIR` lists them)", file=sys.stderr)
         return 1

@@ -314,3 +314,5 @@ def test_show_accepts_the_summary_path_and_refuses_a_missing_run(runs, tmp_path)
     assert json.loads(by_summary.stdout)["path"] == paths["step_10"]
     missing = cli("show", str(tmp_path / "nosuch.alog"))
     assert missing.returncode == 1 and "no such run" in missing.stderr and missing.stderr.count("\n") == 1
+    folder = cli("show", str(tmp_path))
+    assert folder.returncode == 1 and "is a folder" in folder.stderr and "asynclog ls" in folder.stderr
