@@ -1,0 +1,520 @@
+"""Looking at runs on disk: ``asynclog ls``, ``show`` and ``sweep``, and ``asynclog.scan``.
+
+Everything here reads what a run leaves around its frames, never the frames themselves: the
+``_summary.json`` sidecar a DetailedLogger run writes, the log's header frame, and its footer, found through
+the trailer. That is a handful of small reads per run, so a sweep of thousands of runs lists in about a
+second. Only the preamble, the header frame and the footer are checked; ``asynclog verify`` checks every frame.
+
+A run's status:
+
+- ``complete``: the footer says the run closed normally;
+- ``incomplete``: a footer marked incomplete (with its reason: e.g. the probe was killed), or no footer at
+  all (the writer was killed, or the run is still being written);
+- ``damaged``: the file cannot be read, or its preamble, header frame or footer fails its checks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import os
+import re
+import stat
+import sys
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from . import format as fmt
+from ._table import cell, human_size, render
+from .errors import CorruptLogError
+from .format import FrameKind
+from .layout import SUMMARY_SUFFIX, checkpoint_name
+
+__all__ = ["COLUMNS", "RunFacts", "find_logs", "read_run", "row", "scan", "warnings_for", "describe", "register", "main"]
+
+# One row per run, in this order, for `sweep --csv/--json` and `scan`.
+COLUMNS = ("path", "date", "time", "checkpoint", "level", "status", "reason", "size", "deltaH1", "deltaH_true",
+           "ESS", "w_max", "bars_dot", "learning_rate", "total_time", "logging_fraction", "dropped",
+           "config_hash")
+_NUMBERS = frozenset({"size", "deltaH1", "deltaH_true", "ESS", "w_max", "bars_dot", "learning_rate", "total_time",
+                      "logging_fraction", "dropped"})
+_MAX_META = 16 << 20  # a header or footer frame larger than this is not read: runs write a few KiB
+_MAX_SUMMARY = 64 << 20
+_summary_decoder = msgspec.json.Decoder()
+_json = msgspec.json.Encoder()
+
+
+# --- one run, from its summary, header and footer ----------------------------------------------------------
+class RunFacts:
+    """What ``read_run`` found about one log: its status and the small maps that describe it."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.size: int | None = None
+        self.status = "complete"
+        self.reason: str | None = None
+        self.header: dict = {}
+        self.footer: dict | None = None  # without its index
+        self.summary: dict | None = None
+        self.problems: list[str] = []  # with the sidecar, not the log
+
+    @property
+    def stats(self) -> dict:
+        stats = (self.footer or {}).get("stats") or (self.summary or {}).get("stats")
+        return stats if isinstance(stats, dict) else {}
+
+    @property
+    def metadata(self) -> dict:
+        """The probe's ``run_metadata``: from the summary, else from the header frame; {} for a plain run."""
+        found = _get(self.summary, "run_metadata") or _get(self.header, "metadata", "run_metadata")
+        return found if isinstance(found, dict) else {}
+
+
+def _get(mapping, *keys):
+    """``mapping[k1][k2]...``, or None where a level is missing or not a map."""
+    for key in keys:
+        if not isinstance(mapping, dict):
+            return None
+        mapping = mapping.get(key)
+    return mapping
+
+
+def find_logs(directory: str | os.PathLike) -> list[str]:
+    """Every regular ``.alog`` file below ``directory``, in natural order; links are not followed."""
+    found, todo = [], [os.fspath(directory)]
+    while todo:
+        with os.scandir(todo.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    todo.append(entry.path)
+                elif entry.name.endswith(fmt.SUFFIX) and entry.is_file(follow_symlinks=False):
+                    found.append(entry.path)
+    return sorted(found, key=natural_key)
+
+
+def natural_key(text: str) -> tuple:
+    """``step_9`` before ``step_60``: digits compare as numbers."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text) if part)
+
+
+def read_run(path: str) -> RunFacts:
+    """The run at ``path`` from its summary sidecar, header frame and footer (no other frame is read)."""
+    facts = RunFacts(path)
+    facts.summary = _read_summary(path.removesuffix(fmt.SUFFIX) + SUMMARY_SUFFIX, facts.problems)
+    try:
+        with open(path, "rb") as f:
+            facts.size = os.fstat(f.fileno()).st_size
+            fmt.read_preamble(f)
+            facts.header = _frame_meta(f, fmt.PREAMBLE_SIZE, FrameKind.HEADER)
+            facts.footer = _footer(f, facts.size)
+    except CorruptLogError as exc:
+        facts.status, facts.reason = "damaged", str(exc)
+        return facts
+    except OSError as exc:
+        facts.status, facts.reason = "damaged", f"cannot read: {exc.strerror or exc}"
+        return facts
+    if facts.footer is None:
+        facts.status, facts.reason = "incomplete", "no footer: the run was not closed (writer killed, or still writing)"
+    elif facts.footer.get("complete") is not True:
+        facts.status, facts.reason = "incomplete", str(facts.footer.get("reason") or "footer marked incomplete")
+    return facts
+
+
+def _read_summary(path: str, problems: list[str]) -> dict | None:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_MAX_SUMMARY + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        problems.append(f"summary {os.path.basename(path)} cannot be read: {exc.strerror or exc}")
+        return None
+    try:
+        summary = _summary_decoder.decode(data) if len(data) <= _MAX_SUMMARY else None
+    except msgspec.DecodeError:
+        summary = None
+    if not isinstance(summary, dict):
+        problems.append(f"summary {os.path.basename(path)} is not a JSON object; the log's footer is used")
+        return None
+    return summary
+
+
+def _frame_meta(f, offset: int, kind: FrameKind) -> dict:
+    header = fmt.read_header(f, offset)
+    if header.kind != kind:
+        raise CorruptLogError(f"expected a {kind.name.lower()} frame", offset)
+    if header.meta_len + header.body_len > _MAX_META:
+        raise CorruptLogError(f"{kind.name.lower()} frame of {header.size} bytes is too large to be real", offset)
+    meta, _ = fmt.read_payload(f, header)
+    return meta
+
+
+def _footer(f, size: int) -> dict | None:
+    """The footer's meta without its index; None when there is no trailer (the run was not closed)."""
+    offset = fmt.read_trailer(f)
+    if offset is None:
+        return None
+    header = fmt.read_header(f, offset)
+    if header.end != size - fmt.TRAILER_SIZE:
+        raise CorruptLogError("the trailer does not point at the last frame", offset)
+    meta = _frame_meta(f, offset, FrameKind.FOOTER)
+    fmt.typed(meta, fmt.FooterMeta, offset)
+    meta.pop("index", None)
+    return meta
+
+
+# --- one row per run -----------------------------------------------------------------------------------------
+def row(facts: RunFacts) -> dict:
+    """The run as one flat row of ``COLUMNS``: numbers are numbers (or None), the rest text (or None)."""
+    s, meta = facts.summary or {}, facts.metadata
+    core, truth = s.get("core_results") or {}, s.get("ground_truth") or {}
+    date, time_ = _when(meta, facts.header)
+    values = {
+        "path": facts.path, "date": date, "time": time_, "checkpoint": _checkpoint(facts, meta),
+        "level": s.get("level") or _get(facts.header, "metadata", "detailed_logging", "level")
+        or facts.header.get("level"),
+        "status": facts.status, "reason": facts.reason, "size": facts.size,
+        "deltaH1": _get(core, "deltaH1"),
+        "deltaH_true": _first(_get(truth, "deltaH_true"), _get(core, "deltaH_true")),
+        "ESS": _get(truth, "diagnostics", "ESS"), "w_max": _get(truth, "diagnostics", "w_max"),
+        "bars_dot": _get(core, "bars_dot"), "learning_rate": _get(core, "learning_rate"),
+        "total_time": _get(s, "timing", "total_time"),
+        "logging_fraction": _get(s, "logging_cost", "fraction_of_run"),
+        "dropped": dropped(facts.stats) if facts.stats else None, "config_hash": meta.get("config_hash"),
+    }
+    return {k: (_number(v) if k in _NUMBERS else _text(v)) for k, v in values.items()}
+
+
+def _first(*values):
+    return next((v for v in values if v is not None), None)
+
+
+def _number(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value
+
+
+def _text(value):
+    return None if value is None else str(value)
+
+
+def _when(meta: dict, header: dict) -> tuple[str | None, str | None]:
+    """Local date and time the run started: the probe's ``local_time``, else the header's ``created``."""
+    local = meta.get("local_time")
+    if isinstance(local, str) and "T" in local:
+        date, _, time_ = local.partition("T")
+        return date, time_
+    created = header.get("created")
+    if isinstance(created, (int, float)) and not isinstance(created, bool):
+        stamp = datetime.fromtimestamp(created)
+        return stamp.strftime("%Y-%m-%d"), stamp.strftime("%H:%M:%S")
+    return None, None
+
+
+def _checkpoint(facts: RunFacts, meta: dict) -> str:
+    if meta.get("checkpoint_path") is not None:
+        return checkpoint_name(meta["checkpoint_path"])
+    name = facts.header.get("name")
+    return name if isinstance(name, str) else os.path.basename(facts.path).removesuffix(fmt.SUFFIX)
+
+
+def dropped(stats: dict) -> int:
+    """Records, tensors and chunks the run dropped under the ``drop`` queue policy."""
+    return sum(v for k, v in stats.items() if k.startswith("dropped_") and isinstance(v, int))
+
+
+def scan(directory: str | os.PathLike, as_frame: bool = True):
+    """One row per run below ``directory`` (see ``COLUMNS``; ``asynclog sweep`` prints the same table).
+
+    A pandas DataFrame when pandas is installed (``pip install 'asynclog[pandas]'``), else a list of
+    dicts; ``as_frame=False`` always gives the list. Paths are ``directory`` joined with the run's place.
+    """
+    if not os.path.isdir(directory):
+        raise NotADirectoryError(f"{os.fspath(directory)!r} is not a directory")
+    rows = [row(read_run(path)) for path in find_logs(directory)]
+    if not as_frame:
+        return rows
+    try:
+        import pandas
+    except ImportError:
+        return rows
+    return pandas.DataFrame(rows, columns=list(COLUMNS))
+
+
+# --- warnings for one run ------------------------------------------------------------------------------------
+def warnings_for(facts: RunFacts, min_ess: float | None = None, min_ess_fraction: float = 0.1) -> list[str]:
+    """What a person should know before trusting the run's numbers, one sentence each."""
+    found = []
+    if facts.status == "damaged":
+        found.append(f"damaged: {facts.reason} (`asynclog verify {facts.path}` checks every frame)")
+    elif facts.status == "incomplete":
+        found.append(f"incomplete: {facts.reason}")
+    found += facts.problems
+    if facts.summary is None and _get(facts.header, "metadata", "layout"):
+        found.append("no summary sidecar: results are in the log (`asynclog cat`)")
+    s = facts.summary or {}
+    found += _ess_warning(s, min_ess, min_ess_fraction)
+    for section in ("core_results", "ground_truth", "batch_statistics"):
+        for where in _not_finite(s.get(section), section):
+            found.append(f"{where} is NaN or infinite (null in the summary)")
+    lost = dropped(facts.stats)
+    if lost:
+        parts = ", ".join(f"{facts.stats.get('dropped_' + k, 0)} {k}" for k in ("records", "tensors", "chunks"))
+        found.append(f"dropped {parts} (queue policy 'drop': the queue was full)")
+    return found
+
+
+def _ess_warning(summary: dict, min_ess: float | None, fraction: float) -> list[str]:
+    ess = _number(_get(summary, "ground_truth", "diagnostics", "ESS"))
+    if ess is None:
+        return []
+    if min_ess is not None:
+        floor, how = min_ess, f"--min-ess {min_ess:g}"
+    else:
+        n = _number(_first(_get(summary, "batch_statistics", "E_batch", "num_sequences"),
+                           _get(summary, "core_results", "B_E")))
+        if not n:
+            return []
+        floor, how = fraction * n, f"{fraction:g} of the {n} E-batch sequences; --min-ess-fraction"
+    return [f"ESS {ess:.4g} is below {floor:.4g} ({how})"] if ess < floor else []
+
+
+def _not_finite(value, where: str) -> list[str]:
+    """Places in a summary section holding null or a non-finite number (NaN and inf are null in JSON)."""
+    if isinstance(value, dict):
+        return [w for k, v in value.items() for w in _not_finite(v, f"{where}.{k}")]
+    if isinstance(value, list):
+        return [w for i, v in enumerate(value) for w in _not_finite(v, f"{where}[{i}]")]
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return [where]
+    return []
+
+
+# --- the commands ----------------------------------------------------------------------------------------------
+def _rows_or_complain(directory: str) -> list[dict] | None:
+    if not os.path.isdir(directory):
+        print(f"asynclog: {directory}: not a directory (give the folder that holds the runs)", file=sys.stderr)
+        return None
+    return [row(read_run(path)) for path in find_logs(directory)]
+
+
+_LS = [("date", "date"), ("time", "time"), ("checkpoint", "checkpoint"), ("level", "level"),
+       ("status", "status"), ("size", "size"), ("δH₁", "deltaH1"), ("δH_true", "deltaH_true"), ("ESS", "ESS"),
+       ("path", "path"), ("why", "reason")]
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    """List the runs below a folder, one line each."""
+    rows = _rows_or_complain(args.directory)
+    if rows is None:
+        return 1
+    if args.json:
+        sys.stdout.buffer.write(_json.encode(rows) + b"\n")
+        return 0
+    if not rows:
+        print(f"no runs (.alog files) below {args.directory}")
+        return 0
+    table = [[human_size(r[k]) if k == "size" else r[k] for _, k in _LS] for r in rows]
+    for line in table:
+        line[-1] = line[-1] or ""  # no reason: the run is complete
+    print(render([h for h, _ in _LS], table))
+    return 0
+
+
+_SWEEP = ["checkpoint", "date", "time", "level", "status", "deltaH1", "deltaH_true", "ESS", "w_max", "bars_dot",
+          "learning_rate", "total_time", "logging_fraction", "dropped", "path"]
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """One table across all runs below a folder: sortable, as text, CSV or JSON."""
+    key = args.sort
+    if key not in COLUMNS:
+        print(f"asynclog: cannot sort by {key!r}; use one of {', '.join(COLUMNS)}", file=sys.stderr)
+        return 2
+    rows = _rows_or_complain(args.directory)
+    if rows is None:
+        return 1
+    rows = sort_rows(rows, key, args.reverse)
+    if args.csv:
+        text = _csv(rows)
+    elif args.json:
+        text = _json.encode(rows).decode() + "\n"
+    else:
+        text = render(_SWEEP, [[r[k] for k in _SWEEP] for r in rows]) + "\n"
+    if args.output:
+        with open(args.output, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def sort_rows(rows: list[dict], key: str, reverse: bool = False) -> list[dict]:
+    """Rows ordered by ``key`` (text in natural order); rows without a value come last either way."""
+    present = [r for r in rows if r[key] is not None]
+    missing = [r for r in rows if r[key] is None]
+    order = (lambda r: r[key]) if key in _NUMBERS else (lambda r: natural_key(r[key]))
+    return sorted(present, key=order, reverse=reverse) + missing
+
+
+def _csv(rows: list[dict]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """What a person wants to see first about one run."""
+    path = args.run.removesuffix(SUMMARY_SUFFIX) + fmt.SUFFIX if args.run.endswith(SUMMARY_SUFFIX) else args.run
+    if os.path.isdir(path):
+        print(f"asynclog: {args.run}: is a folder (give one run's .alog file; `asynclog ls {args.run}` lists them)",
+              file=sys.stderr)
+        return 1
+    if not os.path.exists(path) or not stat.S_ISREG(os.stat(path).st_mode):
+        print(f"asynclog: {args.run}: no such run (give a .alog file; `asynclog ls DIR` lists them)", file=sys.stderr)
+        return 1
+    facts = read_run(path)
+    warnings = warnings_for(facts, args.min_ess, args.min_ess_fraction)
+    if args.json:
+        report = {"path": path, "status": facts.status, "reason": facts.reason, "size": facts.size,
+                  "warnings": warnings, "row": row(facts), "summary": facts.summary, "header": facts.header,
+                  "footer": facts.footer}
+        sys.stdout.buffer.write(_json.encode(report) + b"\n")
+    else:
+        print(describe(facts, warnings))
+    return 0
+
+
+def describe(facts: RunFacts, warnings: list[str]) -> str:
+    """The text ``asynclog show`` prints: the run, its results, timing, diagnostics, cost and warnings."""
+    s = facts.summary or {}
+    truth = dict(s.get("ground_truth") or {})
+    diagnostics = truth.pop("diagnostics", None)
+    sections = [_about(facts), _section("core results", s.get("core_results")),
+                _section("timing (seconds)", s.get("timing")), _section("ground truth", truth),
+                _section("importance sampling diagnostics", diagnostics), _batches(s.get("batch_statistics")),
+                _cost(facts), "\n".join(["warnings", *(f"  ! {w}" for w in warnings)]) if warnings else "warnings: none"]
+    return "\n\n".join(part for part in sections if part)
+
+
+def _about(facts: RunFacts) -> str:
+    r, meta = row(facts), facts.metadata
+    env = meta.get("environment") or {}
+    status = r["status"] + (f" ({r['reason']})" if r["reason"] else "")
+    lines = [("run", facts.path), ("status", status), ("checkpoint", meta.get("checkpoint_path") or r["checkpoint"]),
+             ("level", r["level"]), ("started", " ".join(v for v in (r["date"], r["time"]) if v)),
+             ("size", human_size(facts.size)), ("git commit", meta.get("git_commit")),
+             ("config hash", meta.get("config_hash")), ("command", " ".join(map(str, meta.get("command") or [])) or None),
+             ("host", _host(env, facts.header))]
+    return _pairs([(k, v) for k, v in lines if v])
+
+
+def _host(env: dict, header: dict) -> str | None:
+    if not env:
+        return header.get("host")
+    gpu = f"{env.get('gpu_count')} x {env.get('gpu_name')}" if env.get("cuda_available") else "no CUDA"
+    return (f"{env.get('hostname')}, python {env.get('python_version')}, torch {env.get('torch_version')}, {gpu}")
+
+
+def _pairs(items: list[tuple[str, Any]], indent: str = "") -> str:
+    width = max((len(k) for k, _ in items), default=0)
+    return "\n".join(f"{indent}{k.ljust(width)}  {cell(v)}" for k, v in items)
+
+
+def _section(title: str, values) -> str | None:
+    if not isinstance(values, dict) or not values:
+        return None
+    return f"{title}\n" + _pairs([(str(k), _brief(v)) for k, v in values.items()], "  ")
+
+
+def _brief(value):
+    """A value on one line: nested maps and long lists are shortened."""
+    if isinstance(value, (dict, list)):
+        text = _json.encode(value).decode()
+        return text if len(text) <= 80 else text[:77] + "..."
+    return value
+
+
+_BATCH_KEYS = ("num_sequences", "avg_generation_length", "max_generation_length", "avg_advantages", "avg_reward",
+               "reward_std")
+
+
+def _batches(stats) -> str | None:
+    if not isinstance(stats, dict) or not stats:
+        return None
+    keys = [k for k in _BATCH_KEYS if any(isinstance(b, dict) and k in b for b in stats.values())]
+    table = [[name, *(_get(b, k) for k in keys)] for name, b in stats.items()]
+    return "batch statistics\n" + "\n".join("  " + line for line in render(["batch", *keys], table).splitlines())
+
+
+def _cost(facts: RunFacts) -> str | None:
+    cost, stats = (facts.summary or {}).get("logging_cost") or {}, facts.stats
+    if not cost and not stats:
+        return None
+    items = []
+    if cost.get("probe_seconds") is not None:
+        share = cost.get("fraction_of_run")
+        of_run = f" ({100 * share:.3g}% of the run)" if isinstance(share, (int, float)) else ""
+        items.append(("probe time in logging", f"{cost['probe_seconds']:.4g} s{of_run}"))
+        items.append(("opening, closing", f"{cost.get('start_seconds', 0):.3g} s, {cost.get('close_seconds', 0):.3g} s"))
+    for label, key in (("calls", "calls"), ("records", "records"), ("frames", "frames"),
+                       ("producer p50 / p99 (us)", None), ("bytes handed over", "bytes_in"),
+                       ("bytes on disk", "bytes_on_disk"), ("compression ratio", "compression_ratio"),
+                       ("queue high water", "queue_high_water")):
+        if key is None and "producer_p50_us" in stats:
+            items.append((label, f"{cell(stats['producer_p50_us'])} / {cell(stats.get('producer_p99_us'))}"))
+        elif key in stats:
+            items.append((label, stats[key]))
+    items.append(("dropped", dropped(stats) or "none"))
+    return "logging cost\n" + _pairs(items, "  ")
+
+
+# --- the parser --------------------------------------------------------------------------------------------------
+def register(subparsers) -> None:
+    """Add ``ls``, ``show`` and ``sweep`` to the ``asynclog`` console script's subcommands."""
+    p = subparsers.add_parser("ls", help="list the runs below a folder, one line each (from summaries and footers)",
+                              description=cmd_ls.__doc__)
+    p.add_argument("directory", help="folder holding runs (searched recursively for .alog files)")
+    p.add_argument("--json", action="store_true", help="print the rows as one JSON array")
+    p.set_defaults(func=cmd_ls)
+    p = subparsers.add_parser("show", help="summary of one run: results, timing, diagnostics, warnings, cost",
+                              description=cmd_show.__doc__)
+    p.add_argument("run", help="the run's .alog file (or its _summary.json)")
+    p.add_argument("--json", action="store_true", help="print everything as one JSON object")
+    p.add_argument("--min-ess", type=float, default=None, metavar="N",
+                   help="warn when ESS is below N (default: a fraction of the E batch, see --min-ess-fraction)")
+    p.add_argument("--min-ess-fraction", type=float, default=0.1, metavar="F",
+                   help="warn when ESS is below F times the E batch's sequence count (default 0.1)")
+    p.set_defaults(func=cmd_show)
+    p = subparsers.add_parser("sweep", help="one table across all runs below a folder (sortable; text, CSV, JSON)",
+                              description=cmd_sweep.__doc__)
+    p.add_argument("directory", help="folder holding the runs of the sweep (searched recursively)")
+    p.add_argument("--sort", default="path", metavar="KEY",
+                   help=f"column to sort by (default: path), one of: {', '.join(COLUMNS)}")
+    p.add_argument("--reverse", action="store_true", help="sort in descending order")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--csv", action="store_true", help="print CSV with every column")
+    out.add_argument("--json", action="store_true", help="print a JSON array of rows with every column")
+    p.add_argument("-o", "--output", default=None, metavar="FILE", help="write to FILE instead of standard output")
+    p.set_defaults(func=cmd_sweep)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="asynclog", description=__doc__.split("\n\n")[0])
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # `asynclog ls DIR | head`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
