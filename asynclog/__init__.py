@@ -14,6 +14,7 @@ _HOMES = {
     "AsyncLogError": "errors", "ClosedError": "errors", "ConfigError": "errors", "CorruptLogError": "errors",
     "LogInputError": "errors", "QueueFullError": "errors", "WriterError": "errors", "NameTakenWarning": "session",
     "ShardedLog": "shards", "LoggingHandler": "bridge",
+    "scan": "analysis",
 }
 _RENAMED = {"open": "open_log"}
 
@@ -38,6 +39,7 @@ __all__ = [
     "NameTakenWarning",
     "ShardedLog",
     "LoggingHandler",
+    "scan",
 ]
 
 

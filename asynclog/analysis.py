@@ -504,17 +504,3 @@ def register(subparsers) -> None:
     out.add_argument("--json", action="store_true", help="print a JSON array of rows with every column")
     p.add_argument("-o", "--output", default=None, metavar="FILE", help="write to FILE instead of standard output")
     p.set_defaults(func=cmd_sweep)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="asynclog", description=__doc__.split("\n\n")[0])
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except BrokenPipeError:  # `asynclog ls DIR | head`
-        return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -27,7 +27,7 @@ PROBE_RUNS = {"step_10": (3e-4, 2e-4, 12.0), "step_2": (1e-4, 1.5e-4, 1.0), "ste
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "asynclog.analysis", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "asynclog", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
 
 
