@@ -35,7 +35,12 @@ def bash_blocks() -> list[list[str]]:
 
 def as_here(line: str) -> str:
     """The line with the checkout's console script replaced by this interpreter running this checkout."""
-    return line.replace(".venv/bin/asynclog", f"{shlex.quote(sys.executable)} -m asynclog")
+    python = shlex.quote(sys.executable)
+    here = {"asynclog": f"{python} -m asynclog", "python": python}
+    return _VENV_TOOL.sub(lambda m: here[m.group(1)], line)
+
+
+_VENV_TOOL = re.compile(r"(?<![\w/.])\.venv/bin/(asynclog|python)\b")
 
 
 def demo_part(first_line: str) -> str:
