@@ -55,3 +55,21 @@ def test_the_wheel_declares_the_tested_pythons(wheel):
     for version in TESTED:
         assert f"Classifier: Programming Language :: Python :: {version}" in lines
     assert f"{sys.version_info.major}.{sys.version_info.minor}" in TESTED
+
+
+def _setup(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", os.path.join(ROOT, "scripts", "setup.sh"), *args], capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_setup_documents_its_extras_flag():
+    done = _setup("--help")
+    assert done.returncode == 0
+    assert "--extras bench" in done.stdout and ".[test,bench]" in done.stdout
+    assert "bench" in done.stdout.splitlines()[-1].split(": ")[1].split(",")
+
+
+def test_setup_refuses_an_unknown_extra_before_installing_anything():
+    done = _setup("--extras", "bench,benhc")
+    assert done.returncode == 2
+    assert "'benhc'" in done.stderr and "bench" in done.stderr
