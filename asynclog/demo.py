@@ -42,6 +42,7 @@ def probe_config(args: argparse.Namespace) -> dict:
 def main(args: argparse.Namespace) -> int:
     """Run the probe over ``args.checkpoints`` checkpoints; print where each log is and a short summary."""
     from .probe import DetailedLogger
+    from .progress import Status
     from .toyprobe import SIZES, build, perturbed, run_probe
 
     config = probe_config(args)
@@ -51,12 +52,19 @@ def main(args: argparse.Namespace) -> int:
     what = "logging disabled" if not logger.enabled else f"level {logger.level}"
     print(f"asynclog demo: toy entropy probe, size {args.size} (B_E={size.B_E}, B_U={size.B_U}, G={size.G}), "
           f"{args.checkpoints} checkpoint(s), {what}")
-    for index in range(max(1, args.checkpoints)):
-        checkpoint = model if index == 0 else perturbed(model, index)
-        began = time.perf_counter()
-        results = run_probe(checkpoint, tokenizer, prompts, size, logger=logger,
-                            checkpoint_path=f"toy/{args.size}/step_{index:03d}", config=config, seed=index)
-        _report(index, results, time.perf_counter() - began, logger)
+    count = max(1, args.checkpoints)
+    with Status() as status:
+        for index in range(count):
+            checkpoint = model if index == 0 else perturbed(model, index)
+            began = time.perf_counter()
+
+            def on_phase(name: str, index: int = index) -> None:
+                status.show(f"checkpoint step_{index:03d} ({index + 1}/{count}): {name}")
+
+            results = run_probe(checkpoint, tokenizer, prompts, size, logger=logger, on_phase=on_phase,
+                                checkpoint_path=f"toy/{args.size}/step_{index:03d}", config=config, seed=index)
+            status.clear()
+            _report(index, results, time.perf_counter() - began, logger)
     return 0
 
 

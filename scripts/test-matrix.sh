@@ -33,7 +33,11 @@ for version in ${PYTHONS:-3.10 3.11 3.12 3.13}; do
         results+=("python$version: install failed"); status=1; continue
     fi
     echo "=== python$version ==="
-    if "$venv/bin/python" -m pytest -q "$@"; then
+    # SIGINT back to Python's default: a background job (`... &`) starts with it ignored, every child
+    # inherits that, and the suite's Ctrl-C tests would then wait for an interrupt that never comes.
+    if "$venv/bin/python" -c 'import signal, sys, pytest
+signal.signal(signal.SIGINT, signal.default_int_handler)
+sys.exit(pytest.main(sys.argv[1:]))' -q "$@"; then
         results+=("python$version: passed")
     else
         results+=("python$version: FAILED"); status=1
