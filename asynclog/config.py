@@ -1,20 +1,31 @@
-"""Config: the writer's knobs, as a msgspec Struct loadable from YAML with errors that name the key and file."""
+"""Config: the writer's knobs and the probe's ``detailed_logging`` section, and the one reader of config files.
+
+``read_config`` is how every entry point (``Config.from_yaml``, ``start(config=...)``, ``DetailedLogger``)
+reads a config, so one file means one thing wherever it is passed. Errors name the file, the key, the
+choices, and the key most likely meant.
+"""
 
 from __future__ import annotations
 
+import difflib
 import os
-from typing import Any, Literal
+import typing
+from collections.abc import Mapping
+from typing import Any, Literal, NamedTuple
 
 import msgspec
 import yaml
 
 from .errors import ConfigError
+from .layout import check_template
 
-__all__ = ["Config", "LEVELS", "level_rank", "load_yaml", "convert_section"]
+__all__ = ["Config", "DetailedLoggingConfig", "Settings", "LEVELS", "SECTIONS", "level_rank", "read_config",
+           "level_config_path", "load_yaml", "convert_section"]
 
 LEVELS = ("minimal", "standard", "detailed", "debug")
 Level = Literal["minimal", "standard", "detailed", "debug"]
 Policy = Literal["block", "drop", "error"]
+SECTIONS = ("detailed_logging", "asynclog")  # the probe's logging plan; asynclog's engine
 
 
 def level_rank(level: str) -> int:
@@ -76,19 +87,126 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise ConfigError(f"config key 'zstd_level' must be in 1..22, got {self.zstd_level}")
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike, section: str | None = "asynclog") -> "Config":
-        """Load from a YAML file: its ``section`` mapping when present (and ``section`` is set), else the top level."""
-        data = load_yaml(path)
-        if section is not None and section in data:
-            data = data[section]
-            where = f"{os.fspath(path)} [{section}]"
-        else:
-            where = os.fspath(path)
-        return convert_section(data, cls, where)
+    def from_yaml(cls, path: str | os.PathLike) -> "Config":
+        """The engine settings of a YAML file, read as ``read_config`` reads it (a level name loads that level)."""
+        return read_config(path).engine
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> "Config":
-        return convert_section(data, cls, source)
+        """The engine settings of a mapping, read as ``read_config`` reads it."""
+        return read_config(data, source).engine
+
+    @classmethod
+    def for_level(cls, level: str) -> "Config":
+        """The level config asynclog ships (``asynclog/configs/<level>.yaml``)."""
+        return cls.from_yaml(level_config_path(level))
+
+
+class DetailedLoggingConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The probe's ``detailed_logging`` section (the plan's DetailedLogger settings).
+
+    enabled:           master switch; off, every call returns at once and nothing is started.
+    level:             minimal < standard < detailed < debug (docs/PROBE.md lists what each adds).
+    log_sequences:     per-sequence rows (needs level detailed); false switches them off.
+    log_tokens:        per-token rows (needs level debug); false switches them off.
+    log_raw_tensors:   raw tensors (needs level debug); false switches them off.
+    output_directory:  root of the day folders.
+    filename_template: fields {timestamp}, {checkpoint_name}, {date}, {level}; a .json/.json.gz suffix
+                       becomes .alog.
+    compress:          false writes frames uncompressed (asynclog ``compression: raw``).
+    max_files:         keep the newest this many runs under output_directory (0 keeps all).
+    """
+
+    enabled: bool = False
+    level: Level = "standard"
+    log_sequences: bool = True
+    log_tokens: bool = True
+    log_raw_tensors: bool = True
+    output_directory: str = "entropy_experiments/logs"
+    filename_template: str = "entropy_probe_{timestamp}_{checkpoint_name}.json"
+    compress: bool = True
+    max_files: int = 50
+
+    def __post_init__(self) -> None:
+        if self.max_files < 0:
+            raise ConfigError(f"config key 'max_files' must be >= 0 (0 keeps every run), got {self.max_files}")
+        check_template(self.filename_template)
+
+
+class Settings(NamedTuple):
+    """A config as every entry point reads it: the probe's section, the engine's, and the mapping given."""
+
+    probe: DetailedLoggingConfig
+    engine: Config
+    data: dict
+
+
+def read_config(config: Mapping | str | os.PathLike | None, source: str = "<config>") -> Settings:
+    """The one reader behind ``Config.from_yaml``, ``start(config=...)`` and ``DetailedLogger(config=...)``.
+
+    ``config`` is a YAML path, a level name (the shipped config of that level), a mapping, or None. A mapping
+    with a ``detailed_logging`` and/or an ``asynclog`` section uses those (other top-level keys are the probe's
+    own); one with neither is a flat mapping of ``Config`` keys. The level may be set in either section (or
+    flat); set differently in both, it is an error. ``compress: false`` means ``compression: raw``. Misspelt
+    sections and keys are ConfigErrors with a suggestion, naming the file.
+    """
+    data, source = _mapping(config, source)
+    probe_data, engine_data, engine_where = _split(data, source)
+    probe = convert_section(probe_data, DetailedLoggingConfig, f"{source} [detailed_logging]")
+    engine = convert_section(engine_data, Config, engine_where)
+    levels = {probe_data.get("level"), engine_data.get("level")} - {None}
+    if len(levels) > 1:
+        raise ConfigError(f"{source}: key 'level' is {probe.level!r} in detailed_logging but {engine.level!r} "
+                          "in asynclog; set it in one place")
+    level = levels.pop() if levels else probe.level
+    changes = {"level": level}
+    if not probe.compress:
+        changes["compression"] = "raw"
+    return Settings(msgspec.structs.replace(probe, level=level), msgspec.structs.replace(engine, **changes), data)
+
+
+def level_config_path(level: str) -> str:
+    """Where the shipped config of ``level`` lies (a file inside the installed package)."""
+    level_rank(level)
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", f"{level}.yaml")
+
+
+def _mapping(config: Any, source: str) -> tuple[dict, str]:
+    if config is None:
+        return {}, source
+    if isinstance(config, str) and config in LEVELS and not os.path.exists(config):
+        config = level_config_path(config)
+    if isinstance(config, (str, os.PathLike)):
+        return load_yaml(config), os.fspath(config)
+    if isinstance(config, Mapping):
+        return dict(config), source
+    raise ConfigError(f"config must be a mapping, a YAML path or a level name, not {type(config).__name__}")
+
+
+def _split(data: dict, source: str) -> tuple[dict, dict, str]:
+    """(detailed_logging section, engine keys, where the engine keys came from) of a config mapping."""
+    present = [name for name in SECTIONS if name in data]
+    if not present:
+        return {}, data, source
+    loose = set(Config.__struct_fields__) | set(DetailedLoggingConfig.__struct_fields__)
+    for key in data:
+        if key in SECTIONS:
+            continue
+        if isinstance(key, str) and difflib.get_close_matches(key, SECTIONS, n=1, cutoff=0.8):
+            raise ConfigError(f"{source}: unknown section {key!r}{_suggestion(key, SECTIONS)}")
+        if key in loose:
+            raise ConfigError(f"{source}: key {key!r} is outside the {' and '.join(map(repr, present))} "
+                              "section(s); move it into one of them")
+    return _section(data, "detailed_logging", source), _section(data, "asynclog", source), f"{source} [asynclog]"
+
+
+def _section(data: dict, key: str, source: str) -> dict:
+    section = data.get(key)
+    if section is None:
+        return {}
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"{source}: config key {key!r} must be a mapping, not {type(section).__name__}")
+    return dict(section)
 
 
 def load_yaml(path: str | os.PathLike) -> dict:
@@ -110,17 +228,29 @@ def convert_section(data: Any, struct_type: type, source: str):
     try:
         return msgspec.convert(data, struct_type, strict=True)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{source}: {_explain(exc)}") from None
+        raise ConfigError(f"{source}: {_explain(exc, struct_type)}") from None
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
 
 
-def _explain(exc: msgspec.ValidationError) -> str:
-    """msgspec says "... - at `$.key`"; say "key 'key': ..." instead."""
+def _explain(exc: msgspec.ValidationError, struct_type: type) -> str:
+    """msgspec says "... - at `$.key`"; say "key 'key': ...", with the choices or the key meant."""
     text = str(exc)
+    fields = struct_type.__struct_fields__
     if " - at `$." in text:
         message, _, path = text.rpartition(" - at `$.")
-        return f"key {path.rstrip('`')!r}: {message}"
+        key = path.rstrip("`")
+        choices = typing.get_args(typing.get_type_hints(struct_type).get(key)) if key in fields else ()
+        if choices and all(isinstance(choice, str) for choice in choices):
+            message += f"; {key} must be one of {', '.join(choices)}"
+        return f"key {key!r}: {message}"
     if text.startswith("Object contains unknown field"):
-        return "unknown key " + text.split("`")[1].join("''")
+        key = text.split("`")[1]
+        candidates = fields + SECTIONS if struct_type is Config else fields
+        return f"unknown key {key!r}{_suggestion(key, candidates)}"
     return text
+
+
+def _suggestion(key: str, candidates) -> str:
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""

@@ -2,9 +2,10 @@
 
 Options (``asynclog.cli`` defines them): ``--level`` (default debug), ``--size`` tiny|small|medium,
 ``--checkpoints N`` (a sweep over N perturbed copies of the model, one log each, one writer process for
-all), ``--out`` (the logs' root), ``--config`` (a YAML file whose ``detailed_logging`` and ``asynclog``
-sections are used as they are, except that ``--out`` sets the output directory and ``--no-logging`` the
-switch; ``--level`` is then ignored), ``--no-logging`` (the same probe with logging disabled).
+all), ``--out`` (the logs' root), ``--config`` (a YAML file or a level name, read as
+``asynclog.config.read_config`` reads it and used as it is, except that ``--out`` sets the output directory
+and ``--no-logging`` the switch; ``--level`` is then ignored), ``--no-logging`` (the same probe with
+logging disabled).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ __all__ = ["main", "probe_config"]
 
 def probe_config(args: argparse.Namespace) -> dict:
     """The probe's config dict: its batch settings plus the ``detailed_logging`` (and ``asynclog``) sections."""
-    from .config import load_yaml
+    import msgspec
+
+    from .config import read_config
     from .toyprobe import SIZES
 
     size = SIZES[args.size]
@@ -25,10 +28,9 @@ def probe_config(args: argparse.Namespace) -> dict:
               "batch_config": {"B_E": size.B_E, "B_U": size.B_U, "G": size.G},
               "learning_rate": size.learning_rate, "temperature": size.temperature}
     if getattr(args, "config", None):
-        loaded = load_yaml(args.config)
-        section = dict(loaded.get("detailed_logging") or {})
-        if "asynclog" in loaded:
-            config["asynclog"] = loaded["asynclog"]
+        settings = read_config(args.config)  # here, so that its errors name the file
+        section = msgspec.structs.asdict(settings.probe)
+        config["asynclog"] = msgspec.structs.asdict(settings.engine)
     else:
         section = {"level": args.level, "log_sequences": True, "log_tokens": True, "log_raw_tensors": True}
     section["output_directory"] = args.out
@@ -40,6 +42,7 @@ def probe_config(args: argparse.Namespace) -> dict:
 def main(args: argparse.Namespace) -> int:
     """Run the probe over ``args.checkpoints`` checkpoints; print where each log is and a short summary."""
     from .probe import DetailedLogger
+    from .progress import Status
     from .toyprobe import SIZES, build, perturbed, run_probe
 
     config = probe_config(args)
@@ -49,12 +52,19 @@ def main(args: argparse.Namespace) -> int:
     what = "logging disabled" if not logger.enabled else f"level {logger.level}"
     print(f"asynclog demo: toy entropy probe, size {args.size} (B_E={size.B_E}, B_U={size.B_U}, G={size.G}), "
           f"{args.checkpoints} checkpoint(s), {what}")
-    for index in range(max(1, args.checkpoints)):
-        checkpoint = model if index == 0 else perturbed(model, index)
-        began = time.perf_counter()
-        results = run_probe(checkpoint, tokenizer, prompts, size, logger=logger,
-                            checkpoint_path=f"toy/{args.size}/step_{index:03d}", config=config, seed=index)
-        _report(index, results, time.perf_counter() - began, logger)
+    count = max(1, args.checkpoints)
+    with Status() as status:
+        for index in range(count):
+            checkpoint = model if index == 0 else perturbed(model, index)
+            began = time.perf_counter()
+
+            def on_phase(name: str, index: int = index) -> None:
+                status.show(f"checkpoint step_{index:03d} ({index + 1}/{count}): {name}")
+
+            results = run_probe(checkpoint, tokenizer, prompts, size, logger=logger, on_phase=on_phase,
+                                checkpoint_path=f"toy/{args.size}/step_{index:03d}", config=config, seed=index)
+            status.clear()
+            _report(index, results, time.perf_counter() - began, logger)
     return 0
 
 

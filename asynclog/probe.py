@@ -46,8 +46,8 @@ import yaml
 
 from . import __version__, layout
 from .batchstats import BatchView, RowSource, as_float_tensor, batch_statistics, sequence_extras
-from .config import Config, Level, convert_section, level_rank, load_yaml
-from .errors import ConfigError, LogInputError
+from .config import Config, DetailedLoggingConfig, level_rank, read_config
+from .errors import LogInputError
 from .files import atomic_write
 from .records import SMALL_TENSOR_ITEMS
 from .session import start
@@ -64,67 +64,10 @@ CORE_KEYS = ("bars_dot", "deltaH1", "deltaH_true", "learning_rate", "B_E", "B_U"
 # ``asynclog:`` section in the probe's config overrides this.
 
 
-class DetailedLoggingConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """The plan's ``detailed_logging`` section.
-
-    enabled:           master switch; off, every call returns at once and nothing is started.
-    level:             minimal < standard < detailed < debug (docs/PROBE.md lists what each adds).
-    log_sequences:     per-sequence rows (needs level detailed); false switches them off.
-    log_tokens:        per-token rows (needs level debug); false switches them off.
-    log_raw_tensors:   raw tensors (needs level debug); false switches them off.
-    output_directory:  root of the day folders.
-    filename_template: fields {timestamp}, {checkpoint_name}, {date}, {level}; a .json/.json.gz suffix
-                       becomes .alog.
-    compress:          false writes frames uncompressed (asynclog ``compression: raw``).
-    max_files:         keep the newest this many runs under output_directory (0 keeps all).
-    """
-
-    enabled: bool = False
-    level: Level = "standard"
-    log_sequences: bool = True
-    log_tokens: bool = True
-    log_raw_tensors: bool = True
-    output_directory: str = "entropy_experiments/logs"
-    filename_template: str = "entropy_probe_{timestamp}_{checkpoint_name}.json"
-    compress: bool = True
-    max_files: int = 50
-
-    def __post_init__(self) -> None:
-        if self.max_files < 0:
-            raise ConfigError(f"config key 'max_files' must be >= 0 (0 keeps every run), got {self.max_files}")
-        layout.check_template(self.filename_template)
-
-
 def load_settings(config: Mapping | str | os.PathLike | None) -> tuple[DetailedLoggingConfig, Config, dict]:
-    """(detailed_logging settings, asynclog engine config, the config as a dict) from the probe's config.
-
-    Errors are ConfigErrors naming the section and key. The engine's level is the section's level, and
-    ``compress: false`` means ``compression: raw``.
-    """
-    if config is None:
-        data, source = {}, "<config>"
-    elif isinstance(config, (str, os.PathLike)):
-        data, source = load_yaml(config), os.fspath(config)
-    elif isinstance(config, Mapping):
-        data, source = dict(config), "<config>"
-    else:
-        raise ConfigError(f"config must be a mapping or a YAML path, not {type(config).__name__}")
-    settings = convert_section(_section(data, "detailed_logging"), DetailedLoggingConfig,
-                               f"{source} [detailed_logging]")
-    engine = convert_section(_section(data, "asynclog"), Config, f"{source} [asynclog]")
-    changes = {"level": settings.level}
-    if not settings.compress:
-        changes["compression"] = "raw"
-    return settings, msgspec.structs.replace(engine, **changes), data
-
-
-def _section(data: dict, key: str) -> dict:
-    section = data.get(key)
-    if section is None:
-        return {}
-    if not isinstance(section, Mapping):
-        raise ConfigError(f"config key {key!r} must be a mapping, not {type(section).__name__}")
-    return dict(section)
+    """(detailed_logging settings, asynclog engine config, the config as a dict), read by
+    ``asynclog.config.read_config`` as every entry point reads a config (a path, a level name or a mapping)."""
+    return tuple(read_config(config))
 
 
 class _Keeps(NamedTuple):
@@ -179,8 +122,9 @@ def _logging_call(method):
 class DetailedLogger:
     """The plan's DetailedLogger; see the module docstring for the lifecycle and docs/PROBE.md for content.
 
-    ``config``: the probe's whole config (a dict or a YAML path) holding a ``detailed_logging`` section and,
-    optionally, an ``asynclog`` section of engine settings (``asynclog.Config``). ``base_logger`` gets one
+    ``config``: the probe's whole config (a dict, a YAML path, or a level name for the shipped config) holding a
+    ``detailed_logging`` section and/or an ``asynclog`` section of engine settings (``asynclog.Config``), read
+    as ``asynclog.config.read_config`` says. ``base_logger`` gets one
     info line per run (where the log is). ``tokenizer`` (anything with ``decode(ids)``) turns token ids into
     text when the batch carries no ``_debug_info`` texts.
 

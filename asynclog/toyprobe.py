@@ -268,8 +268,12 @@ class _NullLogger:
 
 
 def run_probe(model: TinyCausalLM, tokenizer: ToyTokenizer, prompts: list[torch.Tensor], size: ProbeSize,
-              logger=None, checkpoint_path: str = "toy/step_0", config: dict | None = None, seed: int = 0) -> dict:
-    """Run phases 0-5 on ``model`` (its weights are restored), logging through ``logger``; return the results."""
+              logger=None, checkpoint_path: str = "toy/step_0", config: dict | None = None, seed: int = 0,
+              on_phase=None) -> dict:
+    """Run phases 0-5 on ``model`` (its weights are restored), logging through ``logger``; return the results.
+
+    ``on_phase``, when given, is called with each phase's name as the phase begins (the demo's status line).
+    """
     log = logger if logger is not None else _NullLogger()
     g = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
@@ -277,6 +281,8 @@ def run_probe(model: TinyCausalLM, tokenizer: ToyTokenizer, prompts: list[torch.
     timing: dict[str, float] = {}
 
     def phase(name: str):
+        if on_phase is not None:
+            on_phase(name)
         return _Phase(log, timing, name)
 
     with phase("phase0_sampling"):

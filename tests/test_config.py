@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 import asynclog
@@ -35,3 +39,98 @@ def test_start_rejects_a_bad_level_before_starting_anything(tmp_path):
     with pytest.raises(asynclog.ConfigError, match="level"):
         asynclog.start(tmp_path, level="loud")
     assert not list(tmp_path.iterdir())
+
+
+# --- one config file means one thing wherever it is passed --------------------------------------------------
+
+SECTIONED = "detailed_logging:\n  enabled: true\n  level: debug\nasynclog:\n  zstd_level: 5\n"
+PROBE_ONLY = "detailed_logging:\n  enabled: true\n  level: detailed\n"
+FLAT = "level: minimal\nzstd_level: 7\n"
+
+
+def _everywhere(path, tmp_path):
+    """(level, zstd_level) as Config.from_yaml, start(config=path) and DetailedLogger(config=path) see them."""
+    from asynclog.probe import DetailedLogger
+
+    config = Config.from_yaml(path)
+    with asynclog.start(tmp_path / "logs", name="seen", config=str(path)) as run:
+        started = run.config
+    engine = DetailedLogger(str(path)).engine_config
+    return [(c.level, c.zstd_level) for c in (config, started, engine)]
+
+
+@pytest.mark.parametrize("text, expected", [
+    (SECTIONED, ("debug", 5)),
+    (PROBE_ONLY, ("detailed", 3)),
+    (FLAT, ("minimal", 7)),
+    ("asynclog:\n  level: detailed\n", ("detailed", 3)),
+])
+def test_a_config_file_gives_the_same_level_and_settings_everywhere(tmp_path, text, expected):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    assert _everywhere(path, tmp_path) == [expected] * 3
+
+
+@pytest.mark.parametrize("text, words", [
+    ("detailed_loging:\n  level: debug\n", ["detailed_loging", "did you mean 'detailed_logging'"]),
+    ("asynclg:\n  level: debug\n", ["asynclg", "did you mean 'asynclog'"]),
+    ("asynclog:\n  levle: debug\n", ["levle", "did you mean 'level'"]),
+    ("detailed_logging:\n  levle: debug\n", ["levle", "did you mean 'level'"]),
+    ("levle: debug\n", ["levle", "did you mean 'level'"]),
+    ("compresion: raw\n", ["compresion", "did you mean 'compression'"]),
+    ("asynclog:\n  level: verbose\n", ["verbose", "minimal, standard, detailed, debug"]),
+    ("detailed_logging:\n  level: verbose\n", ["verbose", "minimal, standard, detailed, debug"]),
+    ("asynclog:\n  policy: wait\n", ["wait", "block, drop, error"]),
+    ("detailed_logging:\n  level: debug\nasynclog:\n  level: minimal\n", ["debug", "minimal", "level"]),
+    ("asynclog:\n  policy: drop\nlevel: debug\n", ["level", "asynclog"]),
+])
+def test_a_misspelt_section_or_key_is_an_error_with_a_suggestion(tmp_path, text, words):
+    from asynclog.probe import DetailedLogger
+
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    for load in (Config.from_yaml, lambda p: asynclog.start(tmp_path / "logs", config=p), DetailedLogger):
+        with pytest.raises(asynclog.ConfigError) as info:
+            load(str(path))
+        for word in words + [str(path)]:
+            assert word in str(info.value)
+    assert not (tmp_path / "logs").exists()
+
+
+def test_a_probe_config_keeps_its_own_keys_beside_the_sections(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("learning_rate: 0.1\nbatch_config: {B_E: 4}\n" + SECTIONED)
+    assert Config.from_yaml(path).level == "debug"
+
+
+@pytest.mark.parametrize("level", asynclog.LEVELS)
+def test_level_configs_load_by_name(level, tmp_path):
+    from asynclog.probe import DetailedLogger
+
+    assert Config.for_level(level).level == level
+    assert Config.from_yaml(level).level == level
+    assert DetailedLogger(level).level == level
+    with asynclog.start(tmp_path, name="named", config=level) as run:
+        assert run.config.level == level
+
+
+def test_an_unknown_level_name_lists_the_levels():
+    with pytest.raises(asynclog.ConfigError, match="minimal, standard, detailed, debug"):
+        Config.for_level("verbose")
+
+
+def test_the_repo_configs_are_the_shipped_level_configs():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for level in asynclog.LEVELS:
+        with open(os.path.join(root, "configs", f"{level}.yaml"), "rb") as mine:
+            with open(os.path.join(root, "asynclog", "configs", f"{level}.yaml"), "rb") as shipped:
+                assert mine.read() == shipped.read()
+
+
+def test_demo_config_errors_name_the_file(tmp_path):
+    path = tmp_path / "probe.yaml"
+    path.write_text("detailed_logging:\n  level: loud\n")
+    done = subprocess.run([sys.executable, "-m", "asynclog", "demo", "--size", "tiny", "--config", str(path),
+                           "--out", str(tmp_path / "logs")], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert str(path) in done.stderr and "<config>" not in done.stderr and "loud" in done.stderr

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
+from ..progress import Status
 from . import peers
 from .workloads import SCALES, WORKLOADS
 
@@ -83,7 +84,8 @@ def run(scale: str = "short", peer_keys: list[str] | None = None, workload_keys:
 
     ``workdir`` holds each cell's output folder; with ``keep`` the folders stay (tests compare their sizes).
     ``timeout_s`` bounds each workload; one that runs over is killed, reported, and the peer's process
-    restarted for the workloads after it. ``progress`` is called with each finished cell.
+    restarted for the workloads after it. ``progress`` is called with each finished cell. On a terminal,
+    stderr shows which peer and workload is running (``asynclog.progress.Status``).
     """
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {', '.join(SCALES)}, not {scale!r}")
@@ -95,9 +97,10 @@ def run(scale: str = "short", peer_keys: list[str] | None = None, workload_keys:
         for peer in dict.fromkeys(c.peer for c in cells):
             mine = [c for c in cells if c.peer == peer]
             todo = [c for c in mine if c.status == "run"]
-            while todo:
-                _run_peer(peer, todo, scale, root, timeout)
-                todo = [c for c in todo if c.status == "run"]
+            with Status() as status:
+                while todo:
+                    _run_peer(peer, todo, scale, root, timeout, status)
+                    todo = [c for c in todo if c.status == "run"]
             for cell in mine:
                 if not keep and cell.directory:
                     shutil.rmtree(cell.directory, ignore_errors=True)
@@ -111,7 +114,7 @@ def run(scale: str = "short", peer_keys: list[str] | None = None, workload_keys:
     return cells
 
 
-def _run_peer(peer: str, cells: list[Cell], scale: str, root: str, timeout: float) -> None:
+def _run_peer(peer: str, cells: list[Cell], scale: str, root: str, timeout: float, status: Status) -> None:
     """One subprocess for ``peer`` running ``cells`` in order; fills each cell it finished or that broke it."""
     jobs = []
     for cell in cells:
@@ -131,7 +134,8 @@ def _run_peer(peer: str, cells: list[Cell], scale: str, root: str, timeout: floa
     with open(out_path, "ab") as out:
         child = subprocess.Popen([sys.executable, "-m", "asynclog.bench._child", json.dumps(spec)],
                                  stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-        watch = _watch(child, phase_file, timeout)
+        watch = _watch(child, phase_file, timeout,
+                       lambda workload: status.show(f"asynclog bench: {peer}, {workload}"))
     for cell in cells:
         try:
             with open(cell.directory + ".json", encoding="utf-8") as f:
@@ -168,10 +172,11 @@ class _Watch:
     killed_in: str | None = None
 
 
-def _watch(child: subprocess.Popen, phase_file: str, timeout: float) -> _Watch:
+def _watch(child: subprocess.Popen, phase_file: str, timeout: float, on_workload) -> _Watch:
     """Wait for ``child``, sampling the summed RSS of its descendants and charging it to the running workload.
 
-    A workload that runs longer than ``timeout`` has the child (and its helpers) killed.
+    A workload that runs longer than ``timeout`` has the child (and its helpers) killed. ``on_workload`` is
+    called with each workload's name as it begins.
     """
     watch = _Watch()
     phase, since = "", time.monotonic()
@@ -188,6 +193,8 @@ def _watch(child: subprocess.Popen, phase_file: str, timeout: float) -> _Watch:
             now = phase
         if now != phase:
             phase, since = now, time.monotonic()
+            if phase:
+                on_workload(phase)
         if phase and time.monotonic() - since > timeout:
             watch.killed_in = phase
             _kill_tree(child)
