@@ -16,6 +16,8 @@ A run's status:
 from __future__ import annotations
 
 import argparse
+import logging
+import warnings as warnings_module
 import csv
 import io
 import math
@@ -269,6 +271,28 @@ def warnings_for(facts: RunFacts, min_ess: float | None = None, min_ess_fraction
     return found
 
 
+def logged_problems(path: str, limit: int = 20) -> list[str]:
+    """The probe's own warnings and errors, sent into the run by ``asynclog.LoggingHandler`` (the first ``limit``).
+
+    This reads the run's record frames (``show`` looks at one run; ``ls`` and ``sweep`` do not do this)."""
+    from .bridge import EVENT
+    from .reader import Log
+
+    found = []
+    try:
+        with Log(path) as log, warnings_module.catch_warnings():
+            warnings_module.simplefilter("ignore")  # a log without any `log` record is not a mistake here
+            for record in log.events(name=EVENT):
+                data = record.get("data") or {}
+                if isinstance(data.get("levelno"), int) and data["levelno"] >= logging.WARNING:
+                    found.append(f"logged {data.get('level')} from {data.get('logger')}: {data.get('message')}")
+                    if len(found) == limit:
+                        break
+    except (OSError, CorruptLogError):
+        pass  # the status line already says the file is unreadable or damaged
+    return found
+
+
 def _ess_warning(summary: dict, min_ess: float | None, fraction: float) -> list[str]:
     ess = _number(_get(summary, "ground_truth", "diagnostics", "ESS"))
     if ess is None:
@@ -381,7 +405,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"asynclog: {args.run}: no such run (give a .alog file; `asynclog ls DIR` lists them)", file=sys.stderr)
         return 1
     facts = read_run(path)
-    warnings = warnings_for(facts, args.min_ess, args.min_ess_fraction)
+    warnings = warnings_for(facts, args.min_ess, args.min_ess_fraction) + logged_problems(path)
     if args.json:
         report = {"path": path, "status": facts.status, "reason": facts.reason, "size": facts.size,
                   "warnings": warnings, "row": row(facts), "summary": facts.summary, "header": facts.header,

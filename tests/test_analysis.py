@@ -316,3 +316,21 @@ def test_show_accepts_the_summary_path_and_refuses_a_missing_run(runs, tmp_path)
     assert missing.returncode == 1 and "no such run" in missing.stderr and missing.stderr.count("\n") == 1
     folder = cli("show", str(tmp_path))
     assert folder.returncode == 1 and "is a folder" in folder.stderr and "asynclog ls" in folder.stderr
+
+
+def test_show_lists_the_warnings_the_probe_logged_through_the_logging_bridge(tmp_path):
+    import logging
+
+    logger = logging.getLogger("probe.bridge_test")
+    logger.propagate = False
+    with asynclog.start(tmp_path, name="bridged") as run:
+        handler = asynclog.LoggingHandler(run)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.info("all fine")
+        logger.warning("ESS low: %.1f", 3.5)
+        logger.removeHandler(handler)
+    done = cli("show", run.path)
+    assert done.returncode == 0, done.stderr
+    assert "logged WARNING from probe.bridge_test: ESS low: 3.5" in done.stdout
+    assert "all fine" not in done.stdout
