@@ -32,6 +32,7 @@ import msgspec
 
 from . import format as fmt
 from ._table import cell, human_size, render
+from .cli import NOT_FOUND, USAGE
 from .errors import CorruptLogError
 from .format import FrameKind
 from .layout import SUMMARY_SUFFIX, checkpoint_name
@@ -336,7 +337,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     """List the runs below a folder, one line each."""
     rows = _rows_or_complain(args.directory)
     if rows is None:
-        return 1
+        return NOT_FOUND
     if args.json:
         sys.stdout.buffer.write(_json.encode(rows) + b"\n")
         return 0
@@ -359,10 +360,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     key = args.sort
     if key not in COLUMNS:
         print(f"asynclog: cannot sort by {key!r}; use one of {', '.join(COLUMNS)}", file=sys.stderr)
-        return 2
+        return USAGE
     rows = _rows_or_complain(args.directory)
     if rows is None:
-        return 1
+        return NOT_FOUND
     rows = sort_rows(rows, key, args.reverse)
     if args.csv:
         text = _csv(rows)
@@ -400,10 +401,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     if os.path.isdir(path):
         print(f"asynclog: {args.run}: is a folder (give one run's .alog file; `asynclog ls {args.run}` lists them)",
               file=sys.stderr)
-        return 1
+        return USAGE
     if not os.path.exists(path) or not stat.S_ISREG(os.stat(path).st_mode):
         print(f"asynclog: {args.run}: no such run (give a .alog file; `asynclog ls DIR` lists them)", file=sys.stderr)
-        return 1
+        return NOT_FOUND
     facts = read_run(path)
     warnings = warnings_for(facts, args.min_ess, args.min_ess_fraction) + logged_problems(path)
     if args.json:

@@ -327,22 +327,25 @@ def _per_token(columns: dict) -> dict:
 # --- the console script ---------------------------------------------------------------------------------
 def command(name: str, target: str, write: Callable[[], list[str]], mistakes: tuple = ()) -> int:
     """Run one subcommand that writes files: print each path written and return 0, or print one line on
-    stderr (what, which file) and return 2 when nothing could be written."""
+    stderr (what, which file) and return the CLI's exit code for it (``asynclog --help`` lists them)."""
+    from .cli import CANNOT_ACCESS, NOT_FOUND, USAGE
+
     try:
         paths = write()
     except (*mistakes, ImportError, KeyError) as exc:
         print(f"asynclog {name}: {exc.args[0] if exc.args else exc}", file=sys.stderr)
-        return 2
+        return USAGE
     except (AsyncLogError, OSError) as exc:
         print(f"asynclog {name}: {target}: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
-        return 2
+        return NOT_FOUND if isinstance(exc, FileNotFoundError) else CANNOT_ACCESS
     for path in paths:
         print(path)
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Exit 0 when every file was written (their paths on stdout); 2 with one line on stderr when not."""
+    """Exit 0 when every file was written (their paths on stdout); otherwise one line on stderr and the CLI's
+    exit code (3 a mistake in the arguments, 4 no such run, 5 cannot read or write)."""
     return command("export", args.run, lambda: export(args.run, args.to, args.what, args.out), (ExportError,))
 
 

@@ -198,7 +198,7 @@ def test_ls_marks_damaged_files_and_runs_without_a_footer(runs):
 
 def test_ls_of_a_missing_folder_says_so_in_one_line(tmp_path):
     done = cli("ls", str(tmp_path / "nosuch"))
-    assert done.returncode == 1
+    assert done.returncode == 4
     assert done.stderr.strip().count("\n") == 0 and "not a directory" in done.stderr
 
 
@@ -246,7 +246,7 @@ def asynclog_scan_rows(out) -> list[dict]:
 def test_sweep_refuses_an_unknown_sort_key_and_names_the_columns(runs):
     out, _ = runs
     done = cli("sweep", str(out), "--sort", "deltah1")
-    assert done.returncode == 2 and "deltaH1" in done.stderr and "ESS" in done.stderr
+    assert done.returncode == 3 and "deltaH1" in done.stderr and "ESS" in done.stderr
 
 
 def test_scan_gives_a_dataframe_with_pandas_and_a_list_when_asked(runs):
@@ -313,9 +313,9 @@ def test_show_accepts_the_summary_path_and_refuses_a_missing_run(runs, tmp_path)
     by_summary = cli("show", paths["step_10"].removesuffix(".alog") + "_summary.json", "--json")
     assert json.loads(by_summary.stdout)["path"] == paths["step_10"]
     missing = cli("show", str(tmp_path / "nosuch.alog"))
-    assert missing.returncode == 1 and "no such run" in missing.stderr and missing.stderr.count("\n") == 1
+    assert missing.returncode == 4 and "no such run" in missing.stderr and missing.stderr.count("\n") == 1
     folder = cli("show", str(tmp_path))
-    assert folder.returncode == 1 and "is a folder" in folder.stderr and "asynclog ls" in folder.stderr
+    assert folder.returncode == 3 and "is a folder" in folder.stderr and "asynclog ls" in folder.stderr
 
 
 def test_show_lists_the_warnings_the_probe_logged_through_the_logging_bridge(tmp_path):

@@ -150,14 +150,14 @@ def test_a_stream_kind_exports_every_batch_of_that_kind(run_path, tmp_path, here
     assert path.endswith("sequences_E_batch.parquet") and pq.read_table(path).num_rows == ROWS
 
 
-def test_mistakes_are_one_clear_line_and_exit_2(run_path, tmp_path, here):
+def test_mistakes_are_one_clear_line_and_a_documented_exit_code(run_path, tmp_path, here):
     for args, says in [(("--to", "npz", "--what", "events"), "npz holds tensors"),
                        (("--to", "parquet", "--what", "tokens/X_batch"), "tokens/E_batch"),
                        ]:
         done = here(run_path, *args, "-o", str(tmp_path / "x"))
-        assert done.returncode == 2 and says in done.stderr and "Traceback" not in done.stderr, done.stderr
+        assert done.returncode == 3 and says in done.stderr and "Traceback" not in done.stderr, done.stderr
     done = cli(str(tmp_path / "nosuch.alog"), "--to", "parquet")
-    assert done.returncode == 2 and "nosuch.alog" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 4 and "nosuch.alog" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_table_views_give_one_row_per_sequence_and_per_token(run_path):

@@ -64,4 +64,4 @@ def test_sweep_points_come_from_the_summaries(sweep):
 
 def test_a_folder_without_summaries_is_one_clear_line(tmp_path):
     done = plot(str(tmp_path), "-o", str(tmp_path / "figs"))
-    assert done.returncode == 2 and "no *_summary.json" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 3 and "no *_summary.json" in done.stderr and "Traceback" not in done.stderr
