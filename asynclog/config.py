@@ -22,6 +22,7 @@ from .layout import check_template
 __all__ = ["Config", "DetailedLoggingConfig", "Settings", "LEVELS", "SECTIONS", "level_rank", "read_config",
            "level_config_path", "load_yaml", "convert_section"]
 
+STAGING_BYTES = 256 << 20  # the default pool; ranks of one node share a budget instead (ranks.py)
 LEVELS = ("minimal", "standard", "detailed", "debug")
 Level = Literal["minimal", "standard", "detailed", "debug"]
 Policy = Literal["block", "drop", "error"]
@@ -61,7 +62,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     level: Level = "standard"
     policy: Policy = "block"
-    staging_bytes: int = 256 << 20
+    staging_bytes: int = STAGING_BYTES
     queue_batches: int = 64
     batch_bytes: int = 256 << 10
     batch_records: int = 4096

@@ -28,7 +28,7 @@ from .errors import LogInputError
 from .files import atomic_write
 from .format import SUFFIX
 
-__all__ = ["Placement", "placement", "shard_name", "MANIFEST", "SHARDS_ID", "write_manifest", "read_manifest"]
+__all__ = ["Placement", "placement", "per_rank_staging", "shard_name", "MANIFEST", "SHARDS_ID", "write_manifest", "read_manifest"]
 
 MANIFEST = "manifest.json"
 SHARDS_ID = "asynclog.shards/1"
@@ -62,6 +62,23 @@ def _initialised_process_group():
     if dist is None or not dist.is_available() or not dist.is_initialized():
         return None
     return dist
+
+
+NODE_STAGING_BUDGET = 768 << 20  # shared memory all ranks of one node take by default, all pools together
+_MIN_STAGING = 16 << 20
+
+
+def per_rank_staging(where: Placement, default: int) -> int:
+    """The staging pool of one rank when the config leaves it at its default: the node budget shared by the
+    ranks on this node (``LOCAL_WORLD_SIZE``, set by torchrun; else the whole world), at most the default.
+
+    8 ranks on a node: 8 x 96 MiB = 768 MiB, where 8 default pools would take 2 GiB."""
+    try:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", where.world_size))
+    except ValueError:
+        local = where.world_size
+    share = NODE_STAGING_BUDGET // max(1, local) // (1 << 20) << 20
+    return max(_MIN_STAGING, min(default, share))
 
 
 def shard_name(rank: int) -> str:

@@ -21,7 +21,7 @@ import msgspec
 
 from . import __version__, ranks, wire
 from .channel import Channel
-from .config import Config, level_rank
+from .config import STAGING_BYTES, Config, level_rank
 from .errors import ConfigError, LogInputError
 from .files import create_exclusive
 from .format import FORMAT_VERSION, SUFFIX
@@ -133,12 +133,14 @@ def start(directory: str | os.PathLike = "logs", name: str | None = None, *, lev
     run closes, or, marked incomplete, when the probe dies.
     """
     config = _as_config(config, level)
+    where = ranks.placement(rank, world_size)
+    if where is not None and config.staging_bytes == STAGING_BYTES:  # left at its default
+        config = msgspec.structs.replace(config, staging_bytes=ranks.per_rank_staging(where, config.staging_bytes))
     header = {"format_version": FORMAT_VERSION, "asynclog_version": __version__, "level": config.level,
               "created": time.time(), "pid": os.getpid(), "host": socket.gethostname(),
               "metadata": metadata or {}, "config": _config_dict(config)}
     encode_value(header, "cannot log run metadata")
     options = wire.RunOptions(config.compression, config.zstd_level, config.min_ratio)
-    where = ranks.placement(rank, world_size)
     if where is not None:
         path, header["rank"], header["world_size"] = _shard_path(directory, name, path, where), *where
     with _lock:

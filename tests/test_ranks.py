@@ -80,3 +80,17 @@ def test_ranks_need_a_shared_name(tmp_path):
     with pytest.raises(asynclog.LogInputError, match="rank must be"):
         asynclog.start(tmp_path, name="x", rank=2, world_size=2)
 
+
+
+def test_ranks_of_one_node_share_a_staging_budget(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    runs = [asynclog.start(tmp_path, name="node", rank=r, world_size=8) for r in range(2)]
+    try:
+        assert {run.config.staging_bytes for run in runs} == {96 << 20}  # 8 x 96 MiB = 768 MiB for the node
+        assert runs[0]._channel.pool.capacity == 96 << 20
+        explicit = asynclog.start(tmp_path, name="mine", rank=0, world_size=8, config={"staging_bytes": 64 << 20})
+        assert explicit.config.staging_bytes == 64 << 20  # a value the user set is kept
+        explicit.close()
+    finally:
+        for run in runs:
+            run.close()
