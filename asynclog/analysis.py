@@ -34,6 +34,7 @@ from . import format as fmt
 from ._table import cell, human_size, render
 from .cli import NOT_FOUND, USAGE
 from .errors import CorruptLogError
+from .ranks import read_manifest, shard_name
 from .format import FrameKind
 from .layout import SUMMARY_SUFFIX, checkpoint_name
 
@@ -87,12 +88,15 @@ def _get(mapping, *keys):
 
 
 def find_logs(directory: str | os.PathLike) -> list[str]:
-    """Every regular ``.alog`` file below ``directory``, in natural order; links are not followed."""
+    """Every run below ``directory``, in natural order: a regular ``.alog`` file, or the run folder of a job
+    of several ranks (one run, however many shards: ``ranks.py``). Links are not followed."""
     found, todo = [], [os.fspath(directory)]
     while todo:
         with os.scandir(todo.pop()) as entries:
             for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
+                if entry.is_dir(follow_symlinks=False) and read_manifest(entry.path) is not None:
+                    found.append(entry.path)
+                elif entry.is_dir(follow_symlinks=False):
                     todo.append(entry.path)
                 elif entry.name.endswith(fmt.SUFFIX) and entry.is_file(follow_symlinks=False):
                     found.append(entry.path)
@@ -106,6 +110,8 @@ def natural_key(text: str) -> tuple:
 
 def read_run(path: str) -> RunFacts:
     """The run at ``path`` from its summary sidecar, header frame and footer (no other frame is read)."""
+    if os.path.isdir(path):
+        return _read_ranks(path)
     facts = RunFacts(path)
     facts.summary = _read_summary(path.removesuffix(fmt.SUFFIX) + SUMMARY_SUFFIX, facts.problems)
     try:
@@ -124,6 +130,22 @@ def read_run(path: str) -> RunFacts:
         facts.status, facts.reason = "incomplete", "no footer: the run was not closed (writer killed, or still writing)"
     elif facts.footer.get("complete") is not True:
         facts.status, facts.reason = "incomplete", str(facts.footer.get("reason") or "footer marked incomplete")
+    return facts
+
+
+def _read_ranks(folder: str) -> RunFacts:
+    """A job's run folder as one run: rank 0's header and footer, every shard's size, complete only when every
+    rank's shard is there and complete (the reason names the ranks that are not)."""
+    manifest = read_manifest(folder) or {}
+    shards = [read_run(os.path.join(folder, shard_name(r))) for r in range(int(manifest.get("world_size", 0)))]
+    facts = RunFacts(folder)
+    if shards:
+        facts.header, facts.footer = shards[0].header, shards[0].footer
+    facts.size = sum(shard.size or 0 for shard in shards)
+    bad = [(rank, shard) for rank, shard in enumerate(shards) if shard.status != "complete"]
+    if bad:
+        facts.status = "damaged" if any(shard.status == "damaged" for _, shard in bad) else "incomplete"
+        facts.reason = "; ".join(f"rank {rank}: {shard.reason}" for rank, shard in bad)
     return facts
 
 
@@ -398,15 +420,16 @@ def _csv(rows: list[dict]) -> str:
 def cmd_show(args: argparse.Namespace) -> int:
     """What a person wants to see first about one run."""
     path = args.run.removesuffix(SUMMARY_SUFFIX) + fmt.SUFFIX if args.run.endswith(SUMMARY_SUFFIX) else args.run
-    if os.path.isdir(path):
+    if os.path.isdir(path) and read_manifest(path) is None:
         print(f"asynclog: {args.run}: is a folder (give one run's .alog file; `asynclog ls {args.run}` lists them)",
               file=sys.stderr)
         return USAGE
-    if not os.path.exists(path) or not stat.S_ISREG(os.stat(path).st_mode):
+    if not os.path.exists(path) or not (os.path.isdir(path) or stat.S_ISREG(os.stat(path).st_mode)):
         print(f"asynclog: {args.run}: no such run (give a .alog file; `asynclog ls DIR` lists them)", file=sys.stderr)
         return NOT_FOUND
     facts = read_run(path)
-    warnings = warnings_for(facts, args.min_ess, args.min_ess_fraction) + logged_problems(path)
+    logged = [] if os.path.isdir(path) else logged_problems(path)
+    warnings = warnings_for(facts, args.min_ess, args.min_ess_fraction) + logged
     if args.json:
         report = {"path": path, "status": facts.status, "reason": facts.reason, "size": facts.size,
                   "warnings": warnings, "row": row(facts), "summary": facts.summary, "header": facts.header,

@@ -3,6 +3,7 @@ killed rank leaves the others intact; asynclog itself calls no collective."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -94,3 +95,17 @@ def test_ranks_of_one_node_share_a_staging_budget(tmp_path, monkeypatch):
     finally:
         for run in runs:
             run.close()
+
+
+def test_ls_and_show_take_a_run_folder_as_one_run(tmp_path):
+    results = _job(tmp_path, 2, doomed=1)
+    assert results[0][0].returncode == 0, results[0][2][-3000:]
+    listed = subprocess.run([sys.executable, "-m", "asynclog", "ls", str(tmp_path / "logs"), "--json"],
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert len(rows) == 1 and rows[0]["path"].endswith("probe") and rows[0]["status"] == "incomplete"
+    assert "rank 1" in rows[0]["reason"]
+    shown = subprocess.run([sys.executable, "-m", "asynclog", "show", str(tmp_path / "logs" / "probe")],
+                           capture_output=True, text=True, timeout=60)
+    assert "incomplete: rank 1" in shown.stdout, shown.stdout + shown.stderr
