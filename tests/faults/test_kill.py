@@ -41,8 +41,8 @@ def test_kill_probe_keeps_everything_flush_confirmed(tmp_path, full, reaper):
 
 def _kill_probe_trial(reaper, directory, seed: int, die_after: int, delay: float, context: str) -> None:
     probe = reaper.probe("mixed", directory, seed, die_after)
-    probe.expect("ready")
-    writer = reaper.writer(probe)
+    _, words = probe.expect("ready")
+    writer = reaper.track(int(words[0]))
     if die_after:
         probe.wait(60)
     else:

@@ -268,7 +268,7 @@ def role_mixed(directory: str, seed: str, die_after: str) -> None:
     run = asynclog.start(directory, name="mixed", config={"staging_bytes": 64 << 20})
     tokens = run.stream("tokens", chunk_rows=16)
     events = tensors = rows = flushes = 0
-    say("ready")
+    say("ready", run._channel.process.pid)  # the writer's pid: the probe may be dead before a test could look
     while True:
         for _ in range(rng.randint(1, 40)):
             run.event("ev", seq=events)
