@@ -118,6 +118,7 @@ class Run:
         self._keys: set[str] = set()  # tensor names already checked
         self._streams: dict[str, Stream] = {}
         self._sinks: list[_ChunkSink] = []  # told when the run stops, so a row's check is one attribute
+        self._streams_lock = threading.Lock()
         self._closed = False
         self._closed_why = "run is closed"
         # Set by the channel's threads when the writer fails this run or dies; every call checks it first.
@@ -313,13 +314,15 @@ class Run:
 
         Every thread asking for the same name gets the same stream; a stream is safe to share between threads.
         """
-        self._check_open()
+        self._usable()
         stream = self._streams.get(name)
-        if stream is None:
-            check_key("stream", name)
-            sink = _ChunkSink(self)
-            stream = self._streams.setdefault(name, Stream(sink, name, chunk_rows))
-            if stream._sink is sink:
+        if stream is not None:
+            return stream
+        with self._streams_lock:  # two threads asking for a new name at once must get one stream
+            stream = self._streams.get(name)
+            if stream is None:
+                sink = _ChunkSink(self)
+                stream = self._streams[name] = Stream(sink, check_key("stream", name), chunk_rows)
                 self._sinks.append(sink)
         return stream
 
@@ -361,9 +364,6 @@ class Run:
             return False
         self._fault.reported = True
         raise self._fault
-
-    def _check_open(self) -> None:
-        self._usable()
 
     def close(self, complete: bool = True, reason: str | None = None, timeout: float | None = None) -> str:
         """Flush, wait for the writer to write the footer, and return the log's path. Safe to call twice.
