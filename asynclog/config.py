@@ -58,6 +58,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                         under ``block``); then WriterError says what it waited for.
     grace_s:            after a SIGTERM/SIGINT/SIGHUP to the process group the writer serves on this long for
                         the probe's handlers to log and close, then closes every open run itself.
+    writer_nice:        how much lower the writer's CPU priority is than the probe's (0-19; 0: the same). A
+                        higher value leaves a CPU-bound probe its cores, at the risk of backpressure when
+                        the writer falls behind; benchmarks/bench_contention.py measures both.
     """
 
     level: Level = "standard"
@@ -75,6 +78,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     on_write_error: Literal["raise", "warn"] = "raise"
     timeout_s: float = 120.0
     grace_s: float = 30.0
+    writer_nice: int = 0
 
     def __post_init__(self) -> None:
         positive = ("staging_bytes", "queue_batches", "batch_bytes", "batch_records", "flush_interval_s", "timeout_s",
@@ -86,6 +90,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise ConfigError(f"config key 'staging_bytes' must be at least 1 MiB, got {self.staging_bytes}")
         if not 1 <= self.zstd_level <= 22:
             raise ConfigError(f"config key 'zstd_level' must be in 1..22, got {self.zstd_level}")
+        if not 0 <= self.writer_nice <= 19:
+            raise ConfigError(f"config key 'writer_nice' must be in 0..19, got {self.writer_nice}")
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "Config":

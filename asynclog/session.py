@@ -44,7 +44,7 @@ class NameTakenWarning(UserWarning):
 
 
 _WRITER_KEYS = ("staging_bytes", "queue_batches", "flush_interval_s", "compress_threads", "fsync_interval_s",
-                "timeout_s", "grace_s")
+                "timeout_s", "grace_s", "writer_nice")
 
 
 def _channel_for(config: Config) -> tuple[Channel, Stager]:
@@ -54,7 +54,7 @@ def _channel_for(config: Config) -> tuple[Channel, Stager]:
     if pair is not None and pair[0].error is None:
         return pair
     writer_options = {"compress_threads": config.compress_threads, "fsync_interval_s": config.fsync_interval_s,
-                      "grace_s": config.grace_s}
+                      "grace_s": config.grace_s, "nice": config.writer_nice}
     channel = Channel(config.staging_bytes, config.queue_batches, config.flush_interval_s, writer_options,
                       config.timeout_s)
     pair = _channels[key] = (channel, Stager(channel))

@@ -415,6 +415,15 @@ def _write_sidecar(run: RunFile, result: dict) -> None:
         pass  # the log itself is complete; the summary is a convenience
 
 
+def _lower_priority(nice: int) -> None:
+    """Yield the cores to the probe when both want them: the writer only has to keep up on average."""
+    if nice > 0:
+        try:
+            os.nice(nice)
+        except OSError:
+            pass  # not allowed here; the writer runs at the probe's priority
+
+
 def main(argv: list[str]) -> int:
     if hasattr(signal, "SIGXFSZ"):  # past a file-size limit, fail the write (EFBIG) instead of dying
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -425,6 +434,7 @@ def main(argv: list[str]) -> int:
     data = Connection(data_fd, writable=False)
     back = Connection(back_fd, readable=False)
     pool = StagingPool(capacity, fd=pool_fd)
+    _lower_priority(options.get("nice", 0))
     writer = Writer(data, back, pool, options)
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, writer.on_signal)

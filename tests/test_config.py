@@ -134,3 +134,13 @@ def test_demo_config_errors_name_the_file(tmp_path):
                            "--out", str(tmp_path / "logs")], capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     assert str(path) in done.stderr and "<config>" not in done.stderr and "loud" in done.stderr
+
+
+def test_writer_nice_is_checked_and_reaches_the_writer(tmp_path):
+    import psutil
+
+    with pytest.raises(asynclog.ConfigError, match="writer_nice"):
+        asynclog.Config(writer_nice=20)
+    with asynclog.start(tmp_path, name="nice", config={"writer_nice": 7}) as run:
+        writer = psutil.Process(run._channel.process.pid)
+        assert writer.nice() == psutil.Process().nice() + 7
