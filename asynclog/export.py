@@ -349,7 +349,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Exit 0 when every file was written (their paths on stdout); otherwise one line on stderr and the CLI's
     exit code (3 a mistake in the arguments, 4 no such run, 5 cannot read or write).
 
-    With ``--dataset OUT``: every run below RUN (a folder) joins one hive-partitioned Parquet dataset in OUT;
+    With --dataset OUT: every run below RUN (a folder) joins one hive-partitioned Parquet dataset in OUT;
     runs exported before and unchanged since are skipped (docs/DATASET.md)."""
     if args.dataset is None:
         return command("export", args.run, lambda: export(args.run, args.to, args.what, args.out), (ExportError,))
