@@ -260,7 +260,7 @@ def connect(dataset: str | os.PathLike):
 
 
 def cmd_query(args) -> int:
-    """Run one SQL statement over a dataset that ``asynclog export DIR --dataset OUT`` wrote, with one view per
+    """Run one SQL statement over a dataset that asynclog export DIR --dataset OUT wrote, with one view per
     table (runs, events, sequences, importance, tokens); print the result as a text table or CSV. Exit 0; 3 for
     a folder of logs rather than a dataset, or a statement DuckDB rejects; 4 when the folder does not exist."""
     from .cli import NOT_FOUND, USAGE
