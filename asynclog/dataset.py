@@ -26,7 +26,6 @@ A column null in every row of a part file is written as float64 (the probe's opt
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import re
 import sys
@@ -36,7 +35,7 @@ import msgspec
 
 from .analysis import COLUMNS, find_logs, read_run, row
 from .errors import AsyncLogError
-from .export import EVENT_BATCH, ExportError, _arrow_batch, _per_token, _writing, event_row, need
+from .export import EVENT_BATCH, ExportError, _arrow_batch, _groups, _per_token, _writing, event_row, need
 from .files import atomic_write
 from .format import SUFFIX
 
@@ -169,12 +168,6 @@ def _event_batches(log, run: str) -> Iterator:
     for group in _groups(log.events(), EVENT_BATCH):
         rows = [event_row(r) for r in group]
         yield _arrow_batch({"run": [run] * len(rows), **{k: [r[k] for r in rows] for k in rows[0]}})
-
-
-def _groups(items, size: int) -> Iterator[list]:
-    it = iter(items)
-    while group := list(itertools.islice(it, size)):
-        yield group
 
 
 def _stream_batches(log, name: str, run: str, batch: str, per_row: Callable[[dict], dict]) -> Iterator:
