@@ -20,7 +20,9 @@ In JSON (events' ``data``, jsonl, CSV cells holding lists) NaN and ±inf are the
 Memory: a stream is read and written one chunk at a time (one Parquet row group per chunk), events 4096
 records at a time, tensors one at a time; a file appears under its name only when it is whole.
 
-``register(subparsers)`` adds ``export`` and ``plot`` to the ``asynclog`` console script; ``sequences`` and
+``export DIR --dataset OUT`` writes many runs as one Parquet dataset instead (``dataset.py``).
+
+``register(subparsers)`` adds ``export``, ``query`` and ``plot`` to the ``asynclog`` console script; ``sequences`` and
 ``tokens`` are the DataFrame views behind ``Log.sequences`` and ``Log.tokens``.
 """
 
@@ -345,22 +347,41 @@ def command(name: str, target: str, write: Callable[[], list[str]], mistakes: tu
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Exit 0 when every file was written (their paths on stdout); otherwise one line on stderr and the CLI's
-    exit code (3 a mistake in the arguments, 4 no such run, 5 cannot read or write)."""
-    return command("export", args.run, lambda: export(args.run, args.to, args.what, args.out), (ExportError,))
+    exit code (3 a mistake in the arguments, 4 no such run, 5 cannot read or write).
+
+    With --dataset OUT: every run below RUN (a folder) joins one hive-partitioned Parquet dataset in OUT;
+    runs exported before and unchanged since are skipped (docs/DATASET.md)."""
+    if args.dataset is None:
+        return command("export", args.run, lambda: export(args.run, args.to, args.what, args.out), (ExportError,))
+    if args.what or args.out:
+        print("asynclog export: --dataset writes every table into its folder; --what and -o go with --to",
+              file=sys.stderr)
+        from .cli import USAGE
+
+        return USAGE
+    from .dataset import export_dataset
+
+    return command("export", args.run, lambda: export_dataset(args.run, args.dataset), (ExportError,))
 
 
 def register(subparsers) -> None:
-    """Add ``export`` and ``plot`` to the console script's subcommands."""
+    """Add ``export``, ``query`` and ``plot`` to the console script's subcommands."""
     p = subparsers.add_parser("export", help="write a run's events, streams or tensors as parquet, csv, jsonl or npz",
                               description=cmd_export.__doc__)
-    p.add_argument("run", help="the run's .alog file")
-    p.add_argument("--to", required=True, choices=FORMATS, help="output format")
+    p.add_argument("run", help="the run's .alog file (with --dataset: a folder of runs, or a run folder of ranks)")
+    into = p.add_mutually_exclusive_group(required=True)
+    into.add_argument("--to", choices=FORMATS, help="output format")
+    into.add_argument("--dataset", metavar="OUT", default=None,
+                      help="add every run below RUN to the Parquet dataset in folder OUT (query it with asynclog query)")
     p.add_argument("--what", default=None,
                    help="events (default), tensors (default for npz), a stream kind (sequences, tokens, importance) "
                         "or one stream's name (tokens/E_batch)")
     p.add_argument("-o", "--out", default=None,
                    help="output folder (default: the run's folder), or a file name when one table is written")
     p.set_defaults(func=cmd_export)
+    from .dataset import register as register_query
     from .plots import register as register_plot
+
+    register_query(subparsers)
 
     register_plot(subparsers)

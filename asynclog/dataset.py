@@ -1,0 +1,299 @@
+"""Many runs as one Parquet dataset: ``asynclog export DIR --dataset OUT`` and ``asynclog query``.
+
+Layout (hive partitioning: any engine that reads ``key=value`` folders finds ``checkpoint`` and ``rank``)::
+
+    OUT/
+    ├── _asynclog_exported.json                                     the runs exported (path, size, mtime, parts)
+    ├── table=runs/part-<run>.parquet                               one row per run: analysis.COLUMNS + run
+    ├── table=events/checkpoint=<c>/rank=<r>/part-<run>.parquet     run, type, name, time, data (JSON text)
+    ├── table=sequences/checkpoint=<c>/rank=<r>/part-<run>.parquet  run, batch, one row per sequence
+    ├── table=importance/checkpoint=<c>/rank=<r>/part-<run>.parquet run, batch, one row per sequence
+    └── table=tokens/checkpoint=<c>/rank=<r>/part-<run>.parquet     run, batch, position, one row per token
+
+``<run>`` is the run's path below DIR without ``.alog`` (``/`` and other odd characters as ``_``); every
+table carries it as the ``run`` column, the key to join on. ``checkpoint`` is the run's checkpoint name
+(``asynclog ls`` shows it) or its file stem; ``rank`` is 0 for a plain run and each shard's rank for a run
+folder of ranks. ``batch`` is the stream's batch (``E_batch`` for ``tokens/E_batch``).
+
+Streaming: a part file is written one stream chunk at a time (4096 events at a time), through one
+ParquetWriter, under a temporary name renamed once whole. Incremental: a run whose size and mtime match
+``_asynclog_exported.json`` is skipped; one that changed is exported again and its old part files removed.
+The state file is rewritten atomically after each run, so an interrupted export loses at most one run.
+
+A column null in every row of a part file is written as float64 (the probe's optional columns are numbers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+from collections.abc import Callable, Iterator
+
+import msgspec
+
+from .analysis import COLUMNS, find_logs, read_run, row
+from .errors import AsyncLogError
+from .export import EVENT_BATCH, ExportError, _arrow_batch, _groups, _per_token, _writing, event_row, need
+from .files import atomic_write
+from .format import SUFFIX
+
+__all__ = ["export_dataset", "is_dataset", "connect", "STATE", "TABLES"]
+
+STATE = "_asynclog_exported.json"
+TABLES = ("runs", "events", "sequences", "importance", "tokens")
+_STREAM_KINDS = ("sequences", "importance", "tokens")
+_INTEGERS = frozenset({"size", "dropped"})
+_FLOATS = frozenset({"deltaH1", "deltaH_true", "ESS", "w_max", "bars_dot", "learning_rate", "total_time",
+                     "logging_fraction"})
+_json = msgspec.json.Encoder()
+
+Sources = list[Callable[[], Iterator]]  # each call gives a fresh pass over one stream's Arrow batches
+
+
+# --- which runs, which need exporting ------------------------------------------------------------------
+def _runs(directory: str) -> tuple[list[str], str]:
+    """The runs to export and the folder their ids are relative to."""
+    from .shards import is_run_folder
+
+    if os.path.isfile(directory) or is_run_folder(directory):
+        return [directory], os.path.dirname(os.path.abspath(directory))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(2, "No such file or directory", directory)
+    return find_logs(directory), directory
+
+
+def run_id(path: str, base: str) -> str:
+    relative = os.path.relpath(os.path.abspath(path), os.path.abspath(base)).removesuffix(SUFFIX)
+    return _safe(relative)
+
+
+def _safe(text: str) -> str:
+    """A name fit for a file or a partition folder."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "_"
+
+
+def _signature(path: str) -> list[int]:
+    """Size and mtime of the run: of its file, or summed and latest over a run folder's files."""
+    if not os.path.isdir(path):
+        st = os.stat(path)
+        return [st.st_size, st.st_mtime_ns]
+    stats = [entry.stat() for entry in os.scandir(path) if entry.is_file(follow_symlinks=False)]
+    return [sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0), len(stats)]
+
+
+def _read_state(out: str) -> dict:
+    try:
+        with open(os.path.join(out, STATE), "rb") as f:
+            state = msgspec.json.decode(f.read())
+    except FileNotFoundError:
+        return {}
+    except msgspec.DecodeError:
+        return {}  # a state we cannot read: export everything again (parts are replaced, not duplicated)
+    return state if isinstance(state, dict) else {}
+
+
+def export_dataset(directory: str | os.PathLike, out: str | os.PathLike) -> list[str]:
+    """Export every run below ``directory`` not yet in the dataset ``out``; return the part files written."""
+    directory, out = os.fspath(directory), os.fspath(out)
+    runs, base = _runs(directory)
+    os.makedirs(out, exist_ok=True)
+    state, written = _read_state(out), []
+    for path in runs:
+        key, signature = os.path.abspath(path), _signature(path)
+        before = state.get(key) or {}
+        if before.get("signature") == signature:
+            continue
+        parts = _export_run(path, run_id(path, base), out)
+        for old in set(before.get("parts") or []) - set(parts):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(out, old))
+        state[key] = {"signature": signature, "parts": parts}
+        atomic_write(os.path.join(out, STATE), _json.encode(state))
+        written += [os.path.join(out, p) for p in parts]
+    return written
+
+
+# --- one run ---------------------------------------------------------------------------------------------
+def _export_run(path: str, run: str, out: str) -> list[str]:
+    """Write the run's part files; return them relative to ``out``."""
+    from .reader import open_log
+
+    facts = row(read_run(path))
+    stem = os.path.basename(path.rstrip(os.sep)).removesuffix(SUFFIX)
+    checkpoint = _safe(facts["checkpoint"] or stem)
+    parts = [_part(out, "runs", run)] if _write(os.path.join(out, _part(out, "runs", run)),
+                                                [lambda: iter([_run_batch(run, facts)])]) else []
+    try:
+        log = open_log(path)
+    except (AsyncLogError, OSError) as exc:
+        print(f"asynclog export: {path}: only its runs row is exported ({exc})", file=sys.stderr)
+        return parts
+    with log:
+        for rank, shard in sorted((getattr(log, "shards", None) or {0: log}).items()):
+            for table, sources in _tables(shard, run).items():
+                part = _part(out, table, run, checkpoint, rank)
+                if _write(os.path.join(out, part), sources):
+                    parts.append(part)
+    return parts
+
+
+def _part(out: str, table: str, run: str, checkpoint: str | None = None, rank: int | None = None) -> str:
+    where = [f"table={table}"] + ([] if checkpoint is None else [f"checkpoint={checkpoint}", f"rank={rank}"])
+    return os.path.join(*where, f"part-{run}.parquet")
+
+
+def _run_batch(run: str, facts: dict):
+    pa = need("pyarrow", "export")
+    fields = [pa.field("run", pa.string())] + [
+        pa.field(c, pa.int64() if c in _INTEGERS else pa.float64() if c in _FLOATS else pa.string())
+        for c in COLUMNS]
+    return pa.RecordBatch.from_pylist([{"run": run, **facts}], schema=pa.schema(fields))
+
+
+def _tables(log, run: str) -> dict[str, Sources]:
+    """Each table's sources for one shard: events, and every stream of each kind."""
+    tables: dict[str, Sources] = {"events": [lambda: _event_batches(log, run)]}
+    for name in log.stream_names():
+        kind, _, batch = name.partition("/")
+        if kind in _STREAM_KINDS:
+            per_row = _per_token if kind == "tokens" else dict
+            tables.setdefault(kind, []).append(
+                lambda name=name, batch=batch, per_row=per_row: _stream_batches(log, name, run, batch, per_row))
+    return tables
+
+
+def _event_batches(log, run: str) -> Iterator:
+    for group in _groups(log.events(), EVENT_BATCH):
+        rows = [event_row(r) for r in group]
+        yield _arrow_batch({"run": [run] * len(rows), **{k: [r[k] for r in rows] for k in rows[0]}})
+
+
+def _stream_batches(log, name: str, run: str, batch: str, per_row: Callable[[dict], dict]) -> Iterator:
+    pa = need("pyarrow", "export")
+    for chunk in log.stream(name):
+        if not chunk.columns or not len(next(iter(chunk.columns.values()))):
+            continue
+        columns = per_row(chunk.columns)
+        if per_row is dict:
+            arrow = _arrow_batch(columns)
+        else:
+            arrow = pa.RecordBatch.from_pydict({k: pa.array(v) for k, v in columns.items()})
+        n = arrow.num_rows
+        yield _prepend(arrow, {"run": pa.array([run] * n), "batch": pa.array([batch] * n)})
+
+
+def _prepend(batch, columns: dict):
+    pa = need("pyarrow", "export")
+    rest = {n: batch.column(n) for n in batch.schema.names if n not in columns}
+    return pa.RecordBatch.from_pydict({**columns, **rest})
+
+
+# --- one part file ------------------------------------------------------------------------------------------
+def _schema(sources: Sources):
+    """One schema for every source's batches: their first batches' unified, every batch read once only when
+    a column is still all null there, and a column null throughout as float64. None when there are no rows."""
+    pa = need("pyarrow", "export")
+    firsts = [b for b in (next(source(), None) for source in sources) if b is not None]
+    if not firsts:
+        return None
+    schema = pa.unify_schemas([b.schema for b in firsts], promote_options="permissive")
+    if any(pa.types.is_null(f.type) for f in schema):
+        every = [b.schema for source in sources for b in source()]
+        schema = pa.unify_schemas([schema, *every], promote_options="permissive")
+    return pa.schema([f.with_type(pa.float64()) if pa.types.is_null(f.type) else f for f in schema])
+
+
+def _conform(batch, schema):
+    """``batch`` with ``schema``'s columns in its order: cast, and columns it lacks as nulls."""
+    pa = need("pyarrow", "export")
+    names = batch.schema.names
+    try:
+        arrays = [batch.column(f.name).cast(f.type) if f.name in names else pa.nulls(batch.num_rows, f.type)
+                  for f in schema]
+    except (ValueError, TypeError, NotImplementedError, pa.ArrowInvalid) as exc:
+        raise ExportError(f"a chunk does not fit the columns of the stream's first chunk ({exc})") from None
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _write(path: str, sources: Sources) -> bool:
+    """Write the sources' batches to one Parquet file, a batch at a time; False (nothing written) when empty."""
+    pq = need("pyarrow.parquet", "export")
+    schema = _schema(sources)
+    if schema is None:
+        return False
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with _writing(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for source in sources:
+            for batch in source():
+                writer.write_batch(_conform(batch, schema))
+    return True
+
+
+# --- reading it back: DuckDB ------------------------------------------------------------------------------
+def is_dataset(path: str | os.PathLike) -> bool:
+    path = os.fspath(path)
+    return os.path.isfile(os.path.join(path, STATE)) or any(
+        os.path.isdir(os.path.join(path, f"table={t}")) for t in TABLES)
+
+
+def connect(dataset: str | os.PathLike):
+    """A DuckDB connection with one view per table the dataset holds (``sequences``, ``runs``, ...)."""
+    duckdb = need("duckdb", "query")
+    con = duckdb.connect()
+    for table in TABLES:
+        folder = os.path.join(os.fspath(dataset), f"table={table}")
+        if not any(name.endswith(".parquet") for _, _, names in os.walk(folder) for name in names):
+            continue
+        glob = os.path.join(folder, "**", "*.parquet").replace("'", "''")
+        con.execute(f"create view {table} as select * exclude (\"table\") from read_parquet('{glob}', "
+                    f"hive_partitioning=true, union_by_name=true)")
+    return con
+
+
+def cmd_query(args) -> int:
+    """Run one SQL statement over a dataset that asynclog export DIR --dataset OUT wrote, with one view per
+    table (runs, events, sequences, importance, tokens); print the result as a text table or CSV. Exit 0; 3 for
+    a folder of logs rather than a dataset, or a statement DuckDB rejects; 4 when the folder does not exist."""
+    from .cli import NOT_FOUND, USAGE
+
+    if not os.path.isdir(args.dataset):
+        print(f"asynclog query: {args.dataset}: no such folder", file=sys.stderr)
+        return NOT_FOUND
+    if not is_dataset(args.dataset):
+        print(f"asynclog query: {args.dataset} is not a dataset; export its runs first: "
+              f"asynclog export {args.dataset} --dataset OUT, then asynclog query OUT \"SELECT ...\"", file=sys.stderr)
+        return USAGE
+    duckdb = need("duckdb", "query")
+    try:
+        result = connect(args.dataset).sql(args.sql)
+    except duckdb.Error as exc:
+        print(f"asynclog query: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return USAGE
+    if result is not None:
+        _print(result.columns, result.fetchall(), args.csv)
+    return 0
+
+
+def _print(headers: list[str], rows: list[tuple], as_csv: bool) -> None:
+    if as_csv:
+        import csv
+
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(headers)
+        writer.writerows(rows)
+    else:
+        from ._table import render
+
+        print(render(list(headers), [list(r) for r in rows]))
+
+
+def register(subparsers) -> None:
+    """Add ``query`` to the console script's subcommands."""
+    p = subparsers.add_parser("query", help="SQL (DuckDB) over a dataset written by asynclog export DIR --dataset",
+                              description=cmd_query.__doc__)
+    p.add_argument("dataset", help="the dataset's folder (OUT of asynclog export DIR --dataset OUT)")
+    p.add_argument("sql", help='one statement, e.g. "SELECT checkpoint, count(*) FROM tokens GROUP BY 1"')
+    p.add_argument("--csv", action="store_true", help="print CSV instead of a text table")
+    p.set_defaults(func=cmd_query)

@@ -1,0 +1,155 @@
+"""``asynclog export DIR --dataset OUT`` and ``asynclog query``: real runs (the demo's sweep and a run folder of
+two ranks) become one hive-partitioned Parquet dataset that DuckDB and pyarrow.dataset read with the values
+``asynclog.open`` reads; exporting again adds only what is new."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+import torch
+
+import asynclog
+from asynclog.analysis import find_logs
+
+pa_ds = pytest.importorskip("pyarrow.dataset")
+duckdb = pytest.importorskip("duckdb")
+
+
+def asynclog_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "asynclog", *args], capture_output=True, text=True, timeout=120)
+
+
+def log_ranks(directory, name: str = "ranks", world_size: int = 2) -> None:
+    """A run folder of ``world_size`` ranks, each with a tokens stream of its own length."""
+    g = torch.Generator().manual_seed(3)
+    for rank in range(world_size):
+        with asynclog.start(directory, name=name, rank=rank, world_size=world_size) as run:
+            run.event("core_results", rank=rank)
+            tokens = run.stream("tokens/E_batch", chunk_rows=4)
+            for i in range(5 + 3 * rank):
+                n = 1 + i % 4
+                tokens.append(sequence_id=i, tokens=torch.randint(0, 1000, (n,), generator=g),
+                              token_logprobs=-torch.rand(n, generator=g))
+
+
+@pytest.fixture(scope="module")
+def logs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("logs")
+    done = asynclog_cli("demo", "--size", "tiny", "--checkpoints", "2", "--out", str(folder))
+    assert done.returncode == 0, done.stderr
+    log_ranks(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def dataset(logs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dataset")
+    done = asynclog_cli("export", str(logs), "--dataset", str(out))
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def checkpoint_of(path: str) -> str:
+    """The checkpoint partition a run should land in: the demo's step name, the rank folder's name."""
+    name = os.path.basename(path)
+    return name if os.path.isdir(path) else "step_" + name.removesuffix(".alog").rsplit("_", 1)[1]
+
+
+def tokens_per_partition(logs) -> dict:
+    """Tokens and their summed logprobs per (checkpoint, rank), as asynclog.open reads them."""
+    counts, sums = Counter(), Counter()
+    for path in find_logs(logs):
+        with asynclog.open(path) as log:
+            for name in (n for n in log.stream_names() if n.startswith("tokens/")):
+                for row in log.rows(name):
+                    key = (checkpoint_of(path), row.get("rank", 0))
+                    counts[key] += len(row["tokens"])
+                    sums[key] += float(row["token_logprobs"].double().sum())
+    return {key: (counts[key], sums[key]) for key in counts}
+
+
+def test_every_run_and_rank_lands_in_its_checkpoint_and_rank_partition(dataset):
+    parts = sorted(os.path.relpath(os.path.join(d, f), dataset).replace(os.sep, "/")
+                   for d, _, files in os.walk(dataset) for f in files if f.endswith(".parquet"))
+    tokens = [p for p in parts if p.startswith("table=tokens/")]
+    assert [p.split("/")[1:3] for p in tokens] == [["checkpoint=ranks", "rank=0"], ["checkpoint=ranks", "rank=1"],
+                                                   ["checkpoint=step_000", "rank=0"], ["checkpoint=step_001", "rank=0"]]
+    assert all(p.split("/")[-1].startswith("part-") for p in parts)
+    assert sum(p.startswith("table=runs/") for p in parts) == 3  # one row per run: the rank folder is one run
+    assert any(p.startswith("table=sequences/checkpoint=step_000/rank=0/") for p in parts)
+
+
+def test_duckdb_reads_the_dataset_with_the_values_asynclog_open_reads(logs, dataset):
+    glob = os.path.join(dataset, "table=tokens", "**", "*.parquet")
+    got = duckdb.sql(f"select checkpoint, rank, count(*), sum(token_logprobs) "
+                     f"from read_parquet('{glob}', hive_partitioning=true) group by all").fetchall()
+    want = tokens_per_partition(logs)
+    assert {(c, r) for c, r, *_ in got} == set(want) == {("step_000", 0), ("step_001", 0), ("ranks", 0), ("ranks", 1)}
+    for checkpoint, rank, n, total in got:
+        assert n == want[checkpoint, rank][0] and math.isclose(total, want[checkpoint, rank][1], rel_tol=1e-5)
+
+
+def test_pyarrow_dataset_reads_the_same_rows_and_values(logs, dataset):
+    table = pa_ds.dataset(os.path.join(dataset, "table=tokens"), partitioning="hive").to_table()
+    assert set(table.column("rank").to_pylist()) == {0, 1}
+    ranks = os.path.join(logs, "ranks")
+    with asynclog.open(ranks) as log:
+        want = [(row["rank"], t) for row in log.rows("tokens/E_batch") for t in row["tokens"].tolist()]
+    rows = table.filter(pa_ds.field("run") == "ranks").sort_by([("rank", "ascending")]).to_pydict()
+    assert list(zip(rows["rank"], rows["tokens"])) == want
+    [step0] = [p for p in find_logs(logs) if p.endswith("step_000.alog")]
+    with asynclog.open(step0) as log:
+        logprobs = sum(float(r["token_logprobs"].double().sum()) for r in log.rows("tokens/E_batch"))
+    got = table.filter((pa_ds.field("checkpoint") == "step_000") & (pa_ds.field("batch") == "E_batch"))
+    assert math.isclose(sum(got.column("token_logprobs").to_pylist()), logprobs, rel_tol=1e-5)
+
+
+def test_runs_table_holds_one_row_per_run_with_its_core_results(logs, dataset):
+    runs = pa_ds.dataset(os.path.join(dataset, "table=runs")).to_table().to_pylist()
+    assert sorted(r["checkpoint"] or r["run"] for r in runs) == ["ranks", "step_000", "step_001"]
+    demo = [r for r in runs if r["checkpoint"] == "step_001"][0]
+    assert demo["status"] == "complete" and demo["level"] == "debug" and isinstance(demo["deltaH1"], float)
+
+
+def parquet_mtimes(folder) -> dict[str, int]:
+    return {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
+            for d, _, files in os.walk(folder) for f in files if f.endswith(".parquet")}
+
+
+def test_exporting_again_rewrites_nothing_and_adds_a_new_run(logs, tmp_path):
+    folder, out = tmp_path / "logs", tmp_path / "dataset"
+    shutil.copytree(logs, folder)
+    assert asynclog_cli("export", str(folder), "--dataset", str(out)).returncode == 0
+    before = parquet_mtimes(out)
+    again = asynclog_cli("export", str(folder), "--dataset", str(out))
+    assert again.returncode == 0 and again.stdout == "" and parquet_mtimes(out) == before
+    log_ranks(folder, name="late", world_size=3)
+    added = asynclog_cli("export", str(folder), "--dataset", str(out))
+    assert added.returncode == 0, added.stderr
+    after = parquet_mtimes(out)
+    assert {p: after[p] for p in before} == before
+    assert sorted(os.path.relpath(p, out).split(os.sep)[:3] for p in set(after) - set(before)
+                  if "table=tokens" in p) == [["table=tokens", "checkpoint=late", f"rank={r}"] for r in range(3)]
+
+
+def test_query_prints_the_aggregate_over_every_run_and_rank(logs, dataset):
+    done = asynclog_cli("query", str(dataset), "select rank, count(*) as n from tokens where run = 'ranks' "
+                                               "group by rank order by rank", "--csv")
+    assert done.returncode == 0, done.stderr
+    with asynclog.open(os.path.join(logs, "ranks")) as log:
+        want = Counter(row["rank"] for row in log.rows("tokens/E_batch") for _ in row["tokens"])
+    assert done.stdout.splitlines() == ["rank,n", *(f"{r},{n}" for r, n in sorted(want.items()))]
+    text = asynclog_cli("query", str(dataset), "select count(*) as runs from runs")
+    assert text.returncode == 0 and text.stdout.split() == ["runs", "3"]
+
+
+def test_query_on_a_folder_of_logs_says_to_export_first(logs):
+    done = asynclog_cli("query", str(logs), "select 1")
+    assert done.returncode == 3 and "export" in done.stderr and "--dataset" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
