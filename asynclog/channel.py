@@ -109,7 +109,7 @@ class Channel:
         data_r, data_w = os.pipe()
         back_r, back_w = os.pipe()
         args = [sys.executable, "-c", _WRITER_MAIN, str(data_r), str(back_w), str(self.pool.fd),
-                str(self.pool.capacity), wire.encode(writer_options).hex()]
+                str(self.pool.capacity), wire.encode({**writer_options, "probe_pid": os.getpid()}).hex()]
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
         try:

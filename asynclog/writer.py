@@ -212,7 +212,7 @@ class Writer:
         self.fsync_interval = options.get("fsync_interval_s", 1.0)
         self.grace_s = options.get("grace_s", 30.0)
         self.runs: dict[int, RunFile] = {}
-        self.probe_pid = os.getppid()
+        self.probe_pid = options.get("probe_pid") or os.getppid()  # given: the probe may be gone already
         self.signalled_at: float | None = None
         self.handlers = {wire.Open: self.on_open, wire.Records: self.on_records, wire.Staged: self.on_staged,
                          wire.Sync: self.on_sync, wire.Close: self.on_close}
