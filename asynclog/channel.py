@@ -43,7 +43,10 @@ __all__ = ["Channel"]
 
 # ``python -m asynclog.writer``, minus the working directory on sys.path: an ``asynclog`` folder where the probe
 # happens to run (a checkout of another version) must not become the writer. PYTHONPATH points at our package.
-_WRITER_MAIN = ("import sys; del sys.path[0]; import runpy; "
+# Group signals (Ctrl-C, a scheduler's or a notebook's SIGTERM) are ignored first thing, before the imports:
+# the writer's own handlers (writer.main) take over once it is up.
+_WRITER_MAIN = ("import signal, sys; [signal.signal(s, signal.SIG_IGN) for s in "
+                "(signal.SIGINT, signal.SIGTERM, signal.SIGHUP)]; del sys.path[0]; import runpy; "
                 "runpy.run_module('asynclog.writer', run_name='__main__', alter_sys=True)")
 _HANDSHAKE_TIMEOUT_S = 30.0
 _POLL_S = 0.05
