@@ -153,3 +153,32 @@ def test_query_on_a_folder_of_logs_says_to_export_first(logs):
     done = asynclog_cli("query", str(logs), "select 1")
     assert done.returncode == 3 and "export" in done.stderr and "--dataset" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def _token_rows(out, checkpoint: str) -> int:
+    parts = f"{out}/table=tokens/checkpoint={checkpoint}/**/*.parquet"
+    return duckdb.sql(f"SELECT count(*) FROM read_parquet('{parts}', hive_partitioning=true)").fetchall()[0][0]
+
+
+def test_a_run_replaced_since_the_last_export_replaces_its_rows(tmp_path):
+    logs, out = tmp_path / "logs", tmp_path / "dataset"
+    log_ranks(logs, name="redo", world_size=1)  # one rank: a plain .alog file named redo.alog
+    assert asynclog_cli("export", str(logs), "--dataset", str(out)).returncode == 0
+    before = _token_rows(out, "redo")
+    with asynclog.start(logs, path=logs / "redo.alog", overwrite=True) as run:  # the same file, new content
+        run.stream("tokens/E_batch").append(sequence_id=0, tokens=torch.arange(3), token_logprobs=-torch.ones(3))
+    done = asynclog_cli("export", str(logs), "--dataset", str(out))
+    assert done.returncode == 0, done.stderr
+    assert before == sum(1 + i % 4 for i in range(5)) and _token_rows(out, "redo") == 3
+
+
+def test_an_unreadable_run_keeps_its_runs_row_and_the_others_export(tmp_path):
+    logs, out = tmp_path / "logs", tmp_path / "dataset"
+    log_ranks(logs, name="good", world_size=1)
+    (logs / "junk.alog").write_bytes(b"not a log at all")
+    done = asynclog_cli("export", str(logs), "--dataset", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "junk.alog" in done.stderr  # said, not silent
+    assert _token_rows(out, "good") == sum(1 + i % 4 for i in range(5))
+    runs = duckdb.sql(f"SELECT run, status FROM read_parquet('{out}/table=runs/*.parquet')").fetchall()
+    assert sorted(r[0] for r in runs) == ["good", "junk"]
