@@ -95,11 +95,8 @@ def _measure_demo(peer: str, job: dict) -> dict:
     and from the logs' footers (asynclog's per-call accounting)."""
     import glob
 
-    try:
-        from ..probe import DetailedLogger
-        from ..toyprobe import SIZES, build, perturbed, run_probe
-    except ImportError as exc:
-        return {"status": "pending", "note": f"the demo probe is not importable yet ({exc})"}
+    from ..probe import DetailedLogger
+    from ..toyprobe import SIZES, build, perturbed, run_probe
     import asynclog
 
     directory, params = job["directory"], job["params"]
