@@ -71,9 +71,6 @@ class StagingPool:
     def released(self) -> int:
         return _RELEASED.unpack_from(self.mmap, 0)[0]
 
-    def in_use(self) -> int:
-        return self._allocated - self.released()
-
     def max_piece(self) -> int:
         """Largest single allocation: a quarter of the ring, so several pieces are in flight at once."""
         return max(ALIGN, self.capacity // 4 // ALIGN * ALIGN)
