@@ -89,6 +89,7 @@ class Stager:
         return True
 
     def _allocate(self, nbytes: int, policy: str) -> tuple[int, int] | None:
+        """A free slot of ``nbytes``, waiting for the writer as ``policy`` says; call with ``self._lock`` held."""
         pause = 20e-6
         deadline = time.monotonic() + self.channel.timeout_s
         while True:
@@ -104,7 +105,9 @@ class Stager:
             if time.monotonic() > deadline:
                 raise WriterError(f"the writer freed no staging space for {self.channel.timeout_s} s "
                                   f"(pid {self.channel.process.pid}: stopped or stuck?)")
-            time.sleep(pause)
+            # Called under self._lock: wait on it, not in sleep, so the completion thread can hand pending
+            # CUDA pieces to the writer, which is what frees the space this call waits for.
+            self._pending_cv.wait(pause)
             pause = min(pause * 2, 1e-3)
 
     # --- CUDA ------------------------------------------------------------------------------------------
