@@ -55,6 +55,44 @@ def pinned_gbps(tensor, repeats: int) -> float:
     return tensor.nbytes * repeats / (time.perf_counter() - start) / 1e9
 
 
+def _median_us(step, repeats: int = 200) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter_ns()
+        step()
+        times.append((time.perf_counter_ns() - start) / 1e3)
+    torch.cuda.synchronize()
+    return statistics.median(times)
+
+
+def call_breakdown(run, nbytes: int) -> dict:
+    """What each step of a CUDA ``run.tensor`` call costs on its own, to see where the caller's time goes."""
+    tensor = torch.randn(nbytes // 4, device="cuda")
+    flat = tensor.reshape(-1).view(torch.uint8)
+    pool = run._stager.pool_tensor()[4096 : 4096 + nbytes]  # page-locked by the run's first CUDA tensor
+    torch_pinned = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+
+    def device_and_stream():
+        with torch.cuda.device(tensor.device):
+            torch.cuda.current_stream(tensor.device)
+
+    def event_record():
+        torch.cuda.Event().record()
+
+    def whole_call():
+        run.tensor("breakdown", tensor)
+        run.flush()
+
+    steps = {"device+stream": device_and_stream, "event+record": event_record,
+             "copy_to_pool": lambda: pool.copy_(flat, non_blocking=True),
+             "copy_to_torch_pinned": lambda: torch_pinned.copy_(flat, non_blocking=True),
+             "flush_alone": run.flush}
+    row = {name: _median_us(step) for name, step in steps.items()}
+    row["call+flush"] = _median_us(whole_call, 50)
+    row["pool_is_pinned"] = bool(pool.is_pinned())
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--max-mib", type=int, default=1024, help="largest tensor, in MiB")
@@ -73,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         run = asynclog.start(tmp, name="cuda", config={"staging_bytes": args.staging_mib << 20, "compression": "raw"})
         run.tensor("warm", torch.ones(1024, device="cuda"))
         run.flush()
+        results["breakdown_us"] = {n: call_breakdown(run, n) for n in (1 << 10, 4 << 20)}
         for nbytes in sizes:
             tensor = torch.randn(nbytes // 4, device="cuda")
             row = {"bytes": nbytes, "caller_us": caller_us(run, tensor, args.repeats),
@@ -83,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
             del tensor
         run.close()
     print(json.dumps(results, indent=2))
+    for nbytes, row in results["breakdown_us"].items():
+        print(f"breakdown at {nbytes} bytes (median µs): " + ", ".join(
+            f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
     print(f"\n{results['gpu']}: run.tensor on CUDA tensors (staging pool {args.staging_mib} MiB)")
     print(f"{'size':>10} {'caller µs':>10} {'logged GB/s':>12} {'pinned GB/s':>12} {'ratio':>6}")
     for row in results["sizes"]:
