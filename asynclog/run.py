@@ -301,7 +301,7 @@ class Run:
         itemsize = tensor.element_size()
         for i in range(count):
             lo, hi = i * piece, min(total, (i + 1) * piece)
-            fill = _cuda_fill(stager, flat, lo, hi, tensor) if cuda else _cpu_fill(stager, flat, lo, hi)
+            fill = _cuda_fill(stager, flat, lo, hi) if cuda else _cpu_fill(stager, flat, lo, hi)
             policy = self._policy if i == 0 else "block"  # never leave a tensor with missing pieces
             spec = _tensor_spec({**meta, "piece": i, "pieces": count, "offset": lo}, itemsize)
             if not stager.stage(self.id, spec, hi - lo, fill, policy, keepalive=tensor if cuda else None):
@@ -451,18 +451,9 @@ def _cpu_fill(stager: Stager, flat, lo: int, hi: int):
     return fill
 
 
-def _cuda_fill(stager: Stager, flat, lo: int, hi: int, tensor):
+def _cuda_fill(stager: Stager, flat, lo: int, hi: int):
     def fill(offset: int):
-        import torch
-
-        # Copy and event on the tensor's own device and its current stream (which may not be the current
-        # device's): later work the caller queues there is ordered after the copy.
-        with torch.cuda.device(tensor.device):
-            stream = torch.cuda.current_stream(tensor.device)
-            stager.pool_tensor()[offset : offset + hi - lo].copy_(flat[lo:hi], non_blocking=True)
-            event = torch.cuda.Event()
-            event.record(stream)
-        return event
+        return stager.copy_from_device(offset, flat[lo:hi])
 
     return fill
 

@@ -30,6 +30,7 @@ __all__ = ["Stager", "check_tensor", "tensor_meta", "host_bytes", "device_bytes"
 
 _encode = wire.encode
 _WAKE_BYTES = 256 << 10  # smaller pieces do not wake the sender (see Channel.put)
+_SPARE_EVENTS = 16
 _FLOAT_KINDS = ("float", "bfloat", "half", "double", "complex")
 
 
@@ -48,6 +49,7 @@ class Stager:
         self._thread: threading.Thread | None = None
         self._pool_tensor = None
         self._pinned = False
+        self._spare_events: dict[int, list] = {}  # device index -> completed CUDA events, to record again
         channel.on_release(self.close)
 
     def max_piece(self) -> int:
@@ -125,6 +127,37 @@ class Stager:
             warnings.warn(f"asynclog: cudaHostRegister failed ({rc}); CUDA snapshots will copy synchronously")
         self._pinned = True
 
+    def copy_from_device(self, offset: int, source) -> object:
+        """Queue a ``non_blocking`` copy of the flat uint8 CUDA tensor ``source`` into the pool at ``offset``.
+
+        The copy and the event that marks its end both go on the current stream of ``source``'s device, so work
+        the caller queues there later runs after the copy. Returns that event.
+        """
+        import torch
+
+        target = self.pool_tensor()[offset : offset + source.numel()]
+        device = source.device.index
+        if device == torch.cuda.current_device():  # the usual case: a device switch costs microseconds per call
+            return self._copy_and_mark(target, source, device)
+        with torch.cuda.device(device):
+            return self._copy_and_mark(target, source, device)
+
+    def _copy_and_mark(self, target, source, device: int):
+        import torch
+
+        target.copy_(source, non_blocking=True)
+        spare = self._spare_events.get(device)
+        # Under the stager lock (stage calls fill holding it), so only one thread pops at a time.
+        event = spare.pop() if spare else torch.cuda.Event()  # creating one costs more than recording again
+        event.record()  # on the current stream of the current device, which is source's here
+        return event
+
+    def _recycle(self, event) -> None:
+        """Keep a completed event for a later copy on its device (a few per device are enough)."""
+        spare = self._spare_events.setdefault(event.device.index, [])
+        if len(spare) < _SPARE_EVENTS:
+            spare.append(event)
+
     def _start_completions(self) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._complete_loop, name="asynclog-cuda-completion",
@@ -141,6 +174,7 @@ class Stager:
             try:
                 if event is not None:
                     event.synchronize()
+                    self._recycle(event)
                 self.channel.put(message, "block")
             except BaseException as exc:  # noqa: BLE001 - stored; every caller's next call raises it
                 self.failure = WriterError(f"asynclog CUDA completion thread failed: {exc!r}")
