@@ -136,10 +136,14 @@ def _lines(log: Log, header: fmt.FrameHeader, meta: dict) -> list[dict]:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import main as demo_main
+    from .demo import check_device, main as demo_main
 
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise Failure(USAGE, f"--out {args.out} is a file; give a folder (it is created if missing)")
+    try:
+        check_device(args.device)
+    except ValueError as exc:
+        raise Failure(USAGE, str(exc)) from None
     return demo_main(args)
 
 
@@ -173,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default="small", choices=["tiny", "small", "medium"],
                    help="model and batch size (default: small; tiny runs in seconds)")
     p.add_argument("--no-logging", action="store_true", help="run the probe with logging disabled")
+    p.add_argument("--device", default="cpu", help="where the model runs: cpu (default), cuda, cuda:1, ...")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("bench", help="compare asynclog with the usual alternatives on this machine")
     p.add_argument("--full", action="store_true", help="run the whole set (minutes), not the short one")

@@ -2,7 +2,8 @@
 
 Options (``asynclog.cli`` defines them): ``--level`` (default debug), ``--size`` tiny|small|medium,
 ``--checkpoints N`` (a sweep over N perturbed copies of the model, one log each, one writer process for
-all), ``--out`` (the logs' root), ``--config`` (a YAML file or a level name, read as
+all), ``--device`` (cpu, cuda, cuda:N: where the model and its tensors live), ``--out`` (the logs'
+root), ``--config`` (a YAML file or a level name, read as
 ``asynclog.config.read_config`` reads it and used as it is, except that ``--out`` sets the output directory
 and ``--no-logging`` the switch; ``--level`` is then ignored), ``--no-logging`` (the same probe with
 logging disabled).
@@ -13,7 +14,7 @@ from __future__ import annotations
 import argparse
 import time
 
-__all__ = ["main", "probe_config"]
+__all__ = ["main", "probe_config", "check_device"]
 
 
 def probe_config(args: argparse.Namespace) -> dict:
@@ -46,12 +47,12 @@ def main(args: argparse.Namespace) -> int:
     from .toyprobe import SIZES, build, perturbed, run_probe
 
     config = probe_config(args)
-    size = SIZES[args.size]
-    model, tokenizer, prompts = build(size)
+    size, device = SIZES[args.size], check_device(getattr(args, "device", "cpu"))
+    model, tokenizer, prompts = build(size, device=device)
     logger = DetailedLogger(config, tokenizer=tokenizer)
     what = "logging disabled" if not logger.enabled else f"level {logger.level}"
     print(f"asynclog demo: toy entropy probe, size {args.size} (B_E={size.B_E}, B_U={size.B_U}, G={size.G}), "
-          f"{args.checkpoints} checkpoint(s), {what}")
+          f"{args.checkpoints} checkpoint(s), on {device}, {what}")
     count = max(1, args.checkpoints)
     with Status() as status:
         for index in range(count):
@@ -66,6 +67,21 @@ def main(args: argparse.Namespace) -> int:
             status.clear()
             _report(index, results, time.perf_counter() - began, logger)
     return 0
+
+
+def check_device(device: str) -> str:
+    """``device`` if torch can run the probe there; a ValueError that says why not otherwise."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"--device {device!r} is not a device torch knows ({exc})") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device} asked for, but torch sees no CUDA device here")
+    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: torch sees {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def _report(index: int, results: dict, seconds: float, logger) -> None:

@@ -1,4 +1,4 @@
-"""A toy entropy probe: the real probe's phases, for real, on a small causal transformer on the CPU.
+"""A toy entropy probe: the real probe's phases, for real, on a small causal transformer (CPU or GPU).
 
 Random weights, a synthetic vocabulary and a toy reward (the share of even token ids in a response), but
 the computation has the shape of ``OfflineEntropyProbe.run_mixed_probe``:
@@ -13,7 +13,8 @@ the computation has the shape of ``OfflineEntropyProbe.run_mixed_probe``:
            and weight extremes; the weights are restored afterwards.
 
 ``run_probe`` takes any logger with DetailedLogger's methods (or None), so the demo and the benchmark run
-the very same probe with different loggers.
+the very same probe with different loggers. ``build(size, device="cuda")`` puts the model on a GPU; every
+tensor the probe makes then lives there too, so the logger gets CUDA tensors as the real probe's would.
 """
 
 from __future__ import annotations
@@ -73,7 +74,9 @@ class ToyTokenizer:
             raise ValueError(f"ToyTokenizer has at most {len(self.words)} words")
 
     def decode(self, ids) -> str:
-        return " ".join(self.words[int(i)] for i in ids if int(i) != PAD)
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()  # one device sync for the row, not one per token
+        return " ".join(self.words[i] for i in ids if i != PAD)
 
     def batch_decode(self, batch) -> list[str]:
         return [self.decode(ids) for ids in batch]
@@ -122,8 +125,8 @@ class TinyCausalLM(nn.Module):
     def new_cache(self, n: int, length: int) -> list[torch.Tensor]:
         """Key/value buffers for sampling ``n`` sequences of up to ``length`` tokens."""
         block = self.blocks[0]
-        d = self.embed.embedding_dim
-        return [torch.zeros(2, n, block.heads, length, d // block.heads) for _ in self.blocks]
+        d, device = self.embed.embedding_dim, self.embed.weight.device
+        return [torch.zeros(2, n, block.heads, length, d // block.heads, device=device) for _ in self.blocks]
 
     def step(self, ids: torch.Tensor, mask: torch.Tensor, cache: list | None) -> torch.Tensor:
         total, new = mask.shape[1], ids.shape[1]
@@ -138,10 +141,14 @@ class TinyCausalLM(nn.Module):
         return self.head(self.norm(x))
 
 
-def build(size: ProbeSize, seed: int = 0) -> tuple[TinyCausalLM, ToyTokenizer, list[torch.Tensor]]:
-    """The model, its tokenizer and a dataset of prompts (token tensors of varying length), all seeded."""
+def build(size: ProbeSize, seed: int = 0, device: str = "cpu") -> tuple[TinyCausalLM, ToyTokenizer,
+                                                                       list[torch.Tensor]]:
+    """The model (on ``device``), its tokenizer and a dataset of prompts (CPU token tensors), all seeded.
+
+    The weights are drawn on the CPU and then moved, so a seed gives the same model on every device.
+    """
     torch.manual_seed(seed)
-    model = TinyCausalLM(size)
+    model = TinyCausalLM(size).to(device)
     g = torch.Generator().manual_seed(seed + 1)
     lengths = torch.randint(size.prompt_min, size.prompt_max + 1, (size.dataset_size,), generator=g)
     prompts = [torch.cat([torch.tensor([BOS]), torch.randint(3, size.vocab, (int(n) - 1,), generator=g)])
@@ -155,7 +162,7 @@ def perturbed(model: TinyCausalLM, index: int, scale: float = 0.02, seed: int = 
     g = torch.Generator().manual_seed(seed + 1000 + index)
     with torch.no_grad():
         for p in copy_.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * scale * index)
+            p.add_((torch.randn(p.shape, generator=g) * scale * index).to(p.device))
     return copy_
 
 
@@ -164,14 +171,16 @@ def perturbed(model: TinyCausalLM, index: int, scale: float = 0.02, seed: int = 
 def sample(model: TinyCausalLM, prompts: list[torch.Tensor], G: int, size: ProbeSize, g: torch.Generator) -> dict:
     """G responses per prompt; returns [B*G, T] ids and mask (prompts left-padded) and per-token values."""
     n, width, new = len(prompts) * G, max(len(p) for p in prompts), size.max_new_tokens
+    device = model.embed.weight.device
     ids = torch.full((n, width + new), PAD, dtype=torch.long)
     mask = torch.zeros((n, width + new), dtype=torch.long)
     for i, prompt in enumerate(prompts):
         rows = slice(i * G, (i + 1) * G)
         ids[rows, width - len(prompt) : width] = prompt
         mask[rows, width - len(prompt) : width] = 1
-    logps, entropies = torch.zeros(n, new), torch.zeros(n, new)
-    done = torch.zeros(n, dtype=torch.bool)
+    ids, mask = ids.to(device), mask.to(device)  # filled on the CPU: one copy, not one per prompt
+    logps, entropies = torch.zeros(n, new, device=device), torch.zeros(n, new, device=device)
+    done = torch.zeros(n, dtype=torch.bool, device=device)
     cache = model.new_cache(n, width + new)
     logits = model.step(ids[:, :width], mask[:, :width], cache)
     steps = 0
@@ -214,7 +223,7 @@ def pack_batch(sampled: dict, B: int, G: int, tokenizer: ToyTokenizer, indices: 
              "_debug_info": {"prompt_texts": prompt_texts, "response_texts": response_texts,
                              "dataset_indices": indices}}
     if rewards is None:
-        batch["advantages"] = torch.zeros(B, G)
+        batch["advantages"] = torch.zeros(B, G, device=ids.device)
     else:
         rewards = rewards.view(B, G)
         batch["rewards"] = rewards
@@ -236,7 +245,7 @@ def teacher_force(model: TinyCausalLM, batch: dict, temperature: float = 1.0) ->
     logp = F.log_softmax(model(ids[:, :-1], mask[:, :-1]) / temperature, dim=-1)
     token_logp = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
     entropy = -(logp.exp() * logp).sum(-1)
-    generated = mask[:, 1:].float() * (torch.arange(1, T) >= width).float()
+    generated = mask[:, 1:].float() * (torch.arange(1, T, device=ids.device) >= width).float()
     return (token_logp * generated).sum(1), (entropy * generated).sum(1)
 
 
@@ -288,8 +297,9 @@ def run_probe(model: TinyCausalLM, tokenizer: ToyTokenizer, prompts: list[torch.
     with phase("phase0_sampling"):
         E_idx = torch.randint(0, len(prompts), (size.B_E,), generator=g).tolist()  # with replacement
         U_idx = torch.randperm(len(prompts), generator=g)[: size.B_U].tolist()  # distinct
-        E_s = sample(model, [prompts[i] for i in E_idx], 1, size, g)
-        U_s = sample(model, [prompts[i] for i in U_idx], size.G, size, g)
+        draw = _sampling_generator(model, g, seed)
+        E_s = sample(model, [prompts[i] for i in E_idx], 1, size, draw)
+        U_s = sample(model, [prompts[i] for i in U_idx], size.G, size, draw)
         E_batch, E_seq = pack_batch(E_s, size.B_E, 1, tokenizer, E_idx)
         U_batch, U_seq = pack_batch(U_s, size.B_U, size.G, tokenizer, U_idx,
                                 toy_reward(U_s["ids"], U_s["mask"], U_s["width"]))
@@ -323,6 +333,12 @@ def run_probe(model: TinyCausalLM, tokenizer: ToyTokenizer, prompts: list[torch.
     return results
 
 
+def _sampling_generator(model: TinyCausalLM, g: torch.Generator, seed: int) -> torch.Generator:
+    """``g`` on the CPU (so CPU runs draw as before); on a GPU, a generator there, which multinomial needs."""
+    device = model.embed.weight.device
+    return g if device.type == "cpu" else torch.Generator(device=device).manual_seed(seed)
+
+
 def _importance(model, params, sum_Y, E_batch, size: ProbeSize, S_orig, RB_orig):
     """One SGD step along sum_Y, (S, RB) on E after it, the SNIS estimate; the weights are put back."""
     saved = [p.detach().clone() for p in params]
@@ -338,7 +354,8 @@ def _importance(model, params, sum_Y, E_batch, size: ProbeSize, S_orig, RB_orig)
         with torch.no_grad():
             for p, old in zip(params, saved):
                 p.copy_(old)
-    lengths = E_batch["attention_masks"].sum(-1).reshape(-1) - torch.as_tensor(E_batch["prompt_lens"])
+    masks = E_batch["attention_masks"]
+    lengths = masks.sum(-1).reshape(-1) - torch.as_tensor(E_batch["prompt_lens"], device=masks.device)
     return snis(S_orig, S_upd, RB_orig, RB_upd, lengths), S_upd, RB_upd
 
 

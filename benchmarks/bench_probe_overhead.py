@@ -13,7 +13,10 @@ divided by disabled's in the same round (pairing cancels the machine's slow drif
 and the CPU time of the process and its children (asynclog's writer) are printed beside it. Peak memory is
 measured in a separate pass (tracemalloc slows Python down): the peak of Python allocations during one run.
 
-    .venv/bin/python benchmarks/bench_probe_overhead.py [--size small] [--repeats 7]
+    .venv/bin/python benchmarks/bench_probe_overhead.py [--size small] [--repeats 7] [--device cuda] [--no-naive]
+
+On a GPU (``--device cuda``) the probe's tensors live there and every variant's time is measured to a
+``torch.cuda.synchronize()``, so work still queued on the GPU counts.
 """
 
 from __future__ import annotations
@@ -125,6 +128,8 @@ def run_once(setup, logger, index: int) -> tuple[float, float]:
     model, tokenizer, prompts, size = setup
     cpu, start = _cpu_seconds(), time.perf_counter()
     toyprobe.run_probe(model, tokenizer, prompts, size, logger=logger, checkpoint_path=f"toy/step_{index}", seed=0)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     return time.perf_counter() - start, _cpu_seconds() - cpu
 
 
@@ -154,12 +159,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", default="small", choices=sorted(toyprobe.SIZES))
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--device", default="cpu", help="where the probe runs: cpu (default), cuda, cuda:N")
+    parser.add_argument("--no-naive", action="store_true", help="leave out the naive logger (it is slow)")
     args = parser.parse_args(argv)
     size = toyprobe.SIZES[args.size]
-    model, tokenizer, prompts = toyprobe.build(size)
+    model, tokenizer, prompts = toyprobe.build(size, device=args.device)
     setup = (model, tokenizer, prompts, size)
     with tempfile.TemporaryDirectory(prefix="bench_probe_") as directory:
         loggers = make_loggers(directory, tokenizer)
+        if args.no_naive:
+            del loggers["naive"]
         names = list(loggers)
         for name in names:  # warm-up, not measured: torch kernels, asynclog's writer process
             run_once(setup, loggers[name], 0)
@@ -173,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
                 cpus[name].append(cpu)
         cost = loggers["asynclog"].last_summary["logging_cost"]
         memory = {name: peak_memory(setup, loggers[name]) for name in names}
-        sizes = {"asynclog": cost["bytes_on_disk"], "naive": os.path.getsize(loggers["naive"].path)}
+        sizes = {"asynclog": cost["bytes_on_disk"]}
+        if "naive" in loggers:
+            sizes["naive"] = os.path.getsize(loggers["naive"].path)
         pool = loggers["asynclog"].engine_config.staging_bytes
     print(report(args, size, times, cpus, memory, sizes, cost, pool))
     return 0
@@ -182,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
 def report(args, size, times: dict, cpus: dict, memory: dict, sizes: dict, cost: dict, pool: int) -> str:
     base, base_cpu = times["disabled"], statistics.median(cpus["disabled"])
     lines = [f"toy entropy probe, size {args.size} (B_E={size.B_E}, B_U={size.B_U}, G={size.G}, "
-             f"up to {size.max_new_tokens} new tokens), level debug, {args.repeats} interleaved rounds, "
+             f"up to {size.max_new_tokens} new tokens) on {args.device}, level debug, {args.repeats} interleaved rounds, "
              f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs",
              "",
              f"{'variant':<10} {'median s':>9} {'min s':>8} {'max s':>8} {'overhead':>9} {'CPU s':>7} "

@@ -119,3 +119,23 @@ def test_a_sticky_cuda_error_reaches_the_caller_instead_of_hanging(logdir):
     assert "raised" in done.stdout, (done.stdout, done.stderr[-2000:])
     with asynclog.open(logdir / "sticky.alog") as log:
         assert torch.equal(log.tensor("before"), torch.ones(1 << 18))
+
+
+def test_the_demo_probe_on_the_gpu_logs_what_it_logs_on_the_cpu(tmp_path):
+    """The whole probe on CUDA tensors at debug level: the same streams and tensors as on the CPU, read back."""
+    logs = {}
+    for device in ("cpu", "cuda"):
+        out = tmp_path / device
+        done = subprocess.run([sys.executable, "-m", "asynclog", "demo", "--size", "tiny", "--device", device,
+                               "--out", str(out)], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        [logs[device]] = out.glob("*/*.alog")
+    with asynclog.open(logs["cpu"]) as cpu, asynclog.open(logs["cuda"]) as gpu:
+        assert gpu.complete
+        assert gpu.stream_names() == cpu.stream_names() and gpu.tensor_names() == cpu.tensor_names()
+        rows = list(gpu.rows("sequences/E_batch"))
+        assert len(rows) == len(list(cpu.rows("sequences/E_batch")))
+        token_rows = list(gpu.rows("tokens/E_batch"))
+        assert all(len(r["tokens"]) == len(r["token_logprobs"]) == len(r["token_texts"]) for r in token_rows)
+        for name in gpu.tensor_names():
+            assert gpu.tensor(name).device.type == "cpu" and gpu.tensor(name).shape == cpu.tensor(name).shape

@@ -93,3 +93,12 @@ def test_first_order_prediction_tracks_the_importance_sampled_change():
     assert abs(results["deltaH_true"] - results["deltaH1"]) < 0.25 * abs(results["deltaH1"])
     assert 0 < results["diagnostics"]["ESS"] <= size.B_E
     assert results["diagnostics"]["w_min"] <= 1 <= results["diagnostics"]["w_max"]
+
+
+def test_demo_refuses_a_device_it_cannot_use_before_running_anything(tmp_path):
+    missing = "cuda" if not torch.cuda.is_available() else f"cuda:{torch.cuda.device_count()}"
+    for device, says in ((missing, "CUDA device"), ("abacus", "not a device torch knows")):
+        done = demo(tmp_path, "--device", device)
+        assert done.returncode == cli.USAGE, (device, done.stderr)
+        assert says in done.stderr
+    assert not (tmp_path / "logs").exists()
