@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU check, in one command (under 7 minutes): the CUDA tests, then the CUDA benchmark, one summary table.
+# The GPU check, in one command (under 8 minutes): the CUDA tests, the CUDA benchmark (one summary table), and
+# the demo probe on the GPU with logging at debug against logging off.
 # Run it first whenever a machine with a GPU is lent; put its table, the GPU's name and the date in
 # benchmarks/RESULTS.md. Extra arguments go to bench_cuda.py (e.g. --max-mib 256).
 #
@@ -24,5 +25,7 @@ status=0
 # A hung test must not eat the whole lease: pytest-timeout, where installed, stops it after 90 s.
 per_test=$($PY -c "import pytest_timeout" 2>/dev/null && echo "--timeout 90")
 timeout 240 $PY -m pytest -q -rs -p no:cacheprovider $per_test tests/test_cuda.py tests/test_cuda_stream.py || status=1
-timeout 150 $PY benchmarks/bench_cuda.py "$@" || status=1
+timeout 150 $PY benchmarks/bench_cuda.py --profile "$@" || status=1
+# The demo probe on the GPU at debug level against logging off (goal: <= 1 % wall).
+timeout 150 $PY benchmarks/bench_probe_overhead.py --device cuda --size small --repeats 5 --no-naive || status=1
 exit $status
