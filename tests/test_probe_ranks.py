@@ -192,6 +192,28 @@ def test_a_run_name_used_again_is_an_error_not_a_merge(tmp_path, no_launcher, mo
         assert log.shard(0).complete
 
 
+def test_the_launchers_names_are_found_in_the_environment():
+    from asynclog.ranks import job_name
+
+    assert job_name({"TORCHELASTIC_RUN_ID": "abc", "SLURM_JOB_ID": "9"}) == "torchrun-abc"
+    assert job_name({"TORCHELASTIC_RUN_ID": "none", "SLURM_JOB_ID": "9", "SLURM_STEP_ID": "0"}) == "slurm-9.0"
+    assert job_name({"TORCHELASTIC_RUN_ID": "abc", "TORCHELASTIC_RESTART_COUNT": "2"}) == "torchrun-abc-restart2"
+    assert job_name({"ASYNCLOG_RUN_NAME": "sweep7", "TORCHELASTIC_RUN_ID": "abc"}) == "sweep7"
+    assert job_name({"TORCHELASTIC_RUN_ID": "none", "MASTER_PORT": "29500"}) is None  # shared by every job
+
+
+def test_ranks_on_both_sides_of_midnight_meet_in_one_folder(tmp_path):
+    from datetime import datetime
+
+    from asynclog.layout import rank_run_paths
+
+    template = "probe_{timestamp}_{date}_{checkpoint_name}"
+    late = rank_run_paths(tmp_path, template, "/c/step_1", "standard", "job", 0, now=datetime(2025, 1, 15, 23, 59, 59))
+    early = rank_run_paths(tmp_path, template, "/c/step_1", "standard", "job", 1, now=datetime(2025, 1, 16, 0, 0, 1))
+    assert early.main == late.main and late.main.endswith("2025-01-15/probe_job_2025-01-15_step_1")
+    assert early.summary.endswith("rank-00001_summary.json")
+
+
 # --- retention and README ------------------------------------------------------------------------------------
 def test_retention_counts_and_removes_a_run_folder_as_one_run(tmp_path, no_launcher):
     out = tmp_path / "logs"
