@@ -219,6 +219,11 @@ class DetailedLogger:
                                          where.rank, occurrence)
         if not self.broadcast_name:
             raise ranks.no_shared_name(where)
+        return self._broadcast_paths(checkpoint_path, where)
+
+    def _broadcast_paths(self, checkpoint_path, where: ranks.Placement) -> layout.RunPaths:
+        """Rank 0 names and creates the run folder from its clock and tells the others (``broadcast_name``)."""
+        s = self.settings
         folder, error = None, None
         if where.rank == 0:
             try:
