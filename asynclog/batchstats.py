@@ -130,12 +130,36 @@ def _float_dtype(device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
 
 
-def batch_statistics(view: BatchView) -> dict:
+def batch_statistics(view: BatchView, aggregates: bool = False) -> dict:
     """Counts, mean lengths, max length, length percentiles, reward and advantage mean and std (n - 1).
+
+    With ``aggregates`` (a rank of a job of several), also the raw ``aggregates`` these come from, so that
+    the statistics of all ranks together can be computed exactly at read time (``shards.merge_batch_statistics``):
+    prompt-length count and sum, the histograms of sequence and generation lengths, and per value set
+    count, sum, m2 (the sum of squared deviations from its own mean), min and max.
 
     One host sync: every reduction is stacked into one small tensor read with ``tolist()``.
     """
     dtype = _float_dtype(view.device)
+    parts = _reductions(view, dtype)
+    extra = _aggregate_reductions(view, dtype) if aggregates else {}
+    flat = torch.cat([p.reshape(-1) for p in (*parts.values(), *extra.values())]).tolist()  # the one sync
+    stats: dict[str, Any] = {"num_prompts": view.B, "num_sequences": view.N, "G": view.G, "padded_length": view.T}
+    at = 0
+    for key, tensor in (*parts.items(), *extra.items()):
+        n = tensor.numel()
+        values = flat[at : at + n]
+        at += n
+        stats[key] = values if tensor.dim() else values[0]
+    for key in ("max_sequence_length", "max_generation_length"):
+        stats[key] = int(stats[key])
+    stats["length_percentiles"] = list(PERCENTILES)
+    if aggregates:
+        stats["aggregates"] = _aggregates_of({k: stats.pop(k) for k in extra}, view.B, view.N)
+    return {k: (None if isinstance(v, float) and v != v else v) for k, v in stats.items()}
+
+
+def _reductions(view: BatchView, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     lengths, gens = view.lengths.to(dtype).reshape(-1), view.gen_lengths.to(dtype).reshape(-1)
     q = torch.tensor([p / 100 for p in PERCENTILES], dtype=dtype, device=view.device)
     parts = {
@@ -147,24 +171,44 @@ def batch_statistics(view: BatchView) -> dict:
         "sequence_length_distribution": torch.quantile(lengths, q),
         "generation_length_distribution": torch.quantile(gens, q),
     }
-    for key, tensor in (("advantages", view.advantages), ("reward", view.rewards)):
-        if tensor is not None:
-            flat = tensor.to(dtype).reshape(-1)
-            std = flat.std() if flat.numel() > 1 else torch.full((), float("nan"), dtype=dtype, device=view.device)
-            parts["avg_" + key] = flat.mean()
-            parts[("advantages_std" if key == "advantages" else "reward_std")] = std
-    flat = torch.cat([p.reshape(-1) for p in parts.values()]).tolist()  # the one sync
-    stats: dict[str, Any] = {"num_prompts": view.B, "num_sequences": view.N, "G": view.G, "padded_length": view.T}
-    at = 0
-    for key, tensor in parts.items():
-        n = tensor.numel()
-        values = flat[at : at + n]
-        at += n
-        stats[key] = values if tensor.dim() else values[0]
-    for key in ("max_sequence_length", "max_generation_length"):
-        stats[key] = int(stats[key])
-    stats["length_percentiles"] = list(PERCENTILES)
-    return {k: (None if isinstance(v, float) and v != v else v) for k, v in stats.items()}
+    for key, tensor in _value_sets(view):
+        flat = tensor.to(dtype).reshape(-1)
+        std = flat.std() if flat.numel() > 1 else torch.full((), float("nan"), dtype=dtype, device=view.device)
+        parts["avg_" + key] = flat.mean()
+        parts[f"{key}_std"] = std
+    return parts
+
+
+def _value_sets(view: BatchView) -> list[tuple[str, torch.Tensor]]:
+    return [(key, t) for key, t in (("advantages", view.advantages), ("reward", view.rewards)) if t is not None]
+
+
+def _aggregate_reductions(view: BatchView, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The raw aggregates as tensors, under ``~``-prefixed keys (unpacked by ``_aggregates_of``).
+
+    Histograms have a fixed T + 1 bins (a length is 0..T), so building them needs no sync: ``bincount``
+    and ``unique`` would each read the data's size back to the host first.
+    """
+    parts = {"~prompt_length_sum": view.prompt_lens.to(dtype).sum()}
+    for key, lengths in (("sequence_length", view.lengths), ("generation_length", view.gen_lengths)):
+        flat = lengths.reshape(-1)
+        bins = torch.zeros(view.T + 1, dtype=dtype, device=view.device)
+        parts[f"~{key}"] = bins.scatter_add_(0, flat.clamp(0, view.T), torch.ones_like(flat, dtype=dtype))
+    for key, tensor in _value_sets(view):
+        flat = tensor.to(dtype).reshape(-1)
+        parts[f"~{key}"] = torch.stack([flat.sum(), (flat - flat.mean()).square().sum(), flat.min(), flat.max()])
+    return parts
+
+
+def _aggregates_of(raw: dict[str, Any], num_prompts: int, num_sequences: int) -> dict:
+    out: dict[str, Any] = {"prompt_length": {"count": num_prompts, "sum": raw.pop("~prompt_length_sum")}}
+    for key in ("sequence_length", "generation_length"):
+        counts = raw.pop(f"~{key}")
+        seen = [length for length, count in enumerate(counts) if count]
+        out[key] = {"values": seen, "counts": [int(counts[length]) for length in seen]}
+    for key, (total, m2, low, high) in raw.items():
+        out[key[1:]] = {"count": num_sequences, "sum": total, "m2": m2, "min": low, "max": high}
+    return out
 
 
 def sequence_extras(sequences: Any, batch_type: str) -> dict:

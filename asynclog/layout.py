@@ -7,8 +7,14 @@ The layout the logging plan draws, with asynclog's framed file as the main log::
     └── <YYYY-MM-DD>/
         ├── entropy_probe_<HH-MM-SS>_<checkpoint>.alog           main log (asynclog format)
         ├── entropy_probe_<HH-MM-SS>_<checkpoint>_summary.json   summary (at finalize; by the writer on a crash)
-        └── entropy_probe_<HH-MM-SS>_<checkpoint>_config.yaml    the exact config of the run
+        ├── entropy_probe_<HH-MM-SS>_<checkpoint>_config.yaml    the exact config of the run
+        └── entropy_probe_<name>_<checkpoint>/                   a run of a job of several ranks, as one folder
+            ├── manifest.json                                    rank 0: the shards to expect (ranks.py)
+            ├── rank-NNNNN.alog, rank-NNNNN_summary.json         each rank's log and summary
+            └── config.yaml                                      rank 0: the exact config of the run
 
+A job's ranks find their run folder without a collective: ``<name>``, the name every rank shares, stands in
+for ``{timestamp}`` (``rank_run_paths``). Retention counts and removes a run folder as one run.
 Every name built here is one path component inside the day folder: checkpoint names are sanitised and the
 result is checked, so no checkpoint path (``../../etc``, ``a/b``, control or bidi characters) can place a
 file elsewhere. Retention removes only runs this layout wrote, known by the marker in their header frame,
@@ -25,12 +31,13 @@ import stat
 import string
 import time
 import unicodedata
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from .errors import ConfigError, CorruptLogError
 from .files import atomic_write, create_exclusive
 from .format import PREAMBLE_SIZE, SUFFIX, FrameKind, read_header, read_payload, read_preamble, read_trailer
+from .ranks import MANIFEST, shard_name
 
 __all__ = [
     "RunPaths",
@@ -38,6 +45,9 @@ __all__ = [
     "sanitize_name",
     "check_template",
     "run_paths",
+    "rank_run_paths",
+    "new_rank_run_folder",
+    "rank_run_paths_in",
     "ensure_readme",
     "marker",
     "prune",
@@ -47,6 +57,9 @@ __all__ = [
 LAYOUT_ID = "asynclog.probe/1"  # the marker's id: bump it if the layout's files change
 SUMMARY_SUFFIX = "_summary.json"
 CONFIG_SUFFIX = "_config.yaml"
+RANK_CONFIG = "config.yaml"  # a run folder's config sidecar (rank 0's)
+_RANK_FILE = re.compile(rf"(rank-\d{{5}}({re.escape(SUFFIX)}|{re.escape(SUMMARY_SUFFIX)})|{re.escape(MANIFEST)}|{re.escape(RANK_CONFIG)})\Z")
+_SHARD = re.compile(rf"rank-\d{{5}}{re.escape(SUFFIX)}\Z")
 _TEMPLATE_FIELDS = frozenset({"timestamp", "checkpoint_name", "date", "level"})
 # What the plan's templates end with, mapped away: the main log is always an .alog file.
 _FOREIGN_SUFFIXES = (".json.gz", ".json", ".gz", ".jsonl", SUFFIX)
@@ -108,22 +121,18 @@ def _stem(template: str, values: dict) -> str:
 
 
 def run_paths(output_directory: str | os.PathLike, template: str, checkpoint_path, level: str,
-              now: datetime | None = None) -> RunPaths:
+              now: datetime | None = None, name: str | None = None) -> RunPaths:
     """Build a new run's paths, creating its day folder and reserving its main log (an empty file, created
     exclusively: race-free between processes sharing the folder); a name already taken gets ``-1``, ``-2``, ...
 
-    ``now`` is local time; the day folder is its date and ``{timestamp}`` its ``HH-MM-SS``.
+    ``now`` is local time; the day folder is its date and ``{timestamp}`` its ``HH-MM-SS``, or ``name``
+    when given.
     """
     check_template(template)
     now = now or datetime.now()
     root = os.path.abspath(os.fspath(output_directory))
-    day_dir = os.path.join(root, now.strftime("%Y-%m-%d"))
-    os.makedirs(day_dir, exist_ok=True)
-    if os.path.islink(day_dir):  # a link would place the run outside the output directory
-        raise FileExistsError(f"{day_dir} is a symlink; asynclog writes day folders only as real directories")
-    values = {"timestamp": now.strftime("%H-%M-%S"), "date": now.strftime("%Y-%m-%d"),
-              "checkpoint_name": checkpoint_name(checkpoint_path), "level": level}
-    stem = _stem(template, values)
+    day_dir = _day_folder(root, now)
+    stem = _stem(template, _values(now, checkpoint_path, level, name))
     for n in range(10_000):
         candidate = stem if n == 0 else f"{stem}-{n}"
         paths = RunPaths(root, day_dir, *(os.path.join(day_dir, candidate + s)
@@ -142,6 +151,74 @@ def run_paths(output_directory: str | os.PathLike, template: str, checkpoint_pat
         if os.path.dirname(path) != day_dir:
             raise AssertionError(f"{path!r} escapes {day_dir!r}")
     return paths
+
+
+def _values(now: datetime, checkpoint_path, level: str, timestamp: str | None = None) -> dict:
+    return {"timestamp": timestamp or now.strftime("%H-%M-%S"), "date": now.strftime("%Y-%m-%d"),
+            "checkpoint_name": checkpoint_name(checkpoint_path), "level": level}
+
+
+def _day_folder(root: str, now: datetime) -> str:
+    day_dir = os.path.join(root, now.strftime("%Y-%m-%d"))
+    os.makedirs(day_dir, exist_ok=True)
+    if os.path.islink(day_dir):  # a link would place the run outside the output directory
+        raise FileExistsError(f"{day_dir} is a symlink; asynclog writes day folders only as real directories")
+    return day_dir
+
+
+# --- run folders of a job of several ranks ------------------------------------------------------------------
+def rank_run_paths(output_directory: str | os.PathLike, template: str, checkpoint_path, level: str, name: str,
+                   rank: int, occurrence: int = 0, now: datetime | None = None) -> RunPaths:
+    """This rank's paths in the run folder every rank of the job finds on its own, with no collective.
+
+    ``name`` (shared by every rank) takes the place of ``{timestamp}``; ``occurrence`` n > 0 (the same
+    logger's n-th run of this name and checkpoint) adds ``-n``. The day (and ``{date}``) is this rank's,
+    unless the folder exists already under the day before or after: ranks that start on both sides of
+    midnight still meet. ``main`` is the run folder, which ``asynclog.open`` reads as one run.
+    """
+    check_template(template)
+    now = now or datetime.now()
+    root = os.path.abspath(os.fspath(output_directory))
+    suffix = f"-{occurrence}" if occurrence else ""
+
+    def folder_on(when: datetime) -> str:
+        stem = _stem(template, _values(when, checkpoint_path, level, name)) + suffix
+        return os.path.join(root, when.strftime("%Y-%m-%d"), stem)
+
+    found = [f for when in (now - timedelta(days=1), now + timedelta(days=1)) if os.path.isdir(f := folder_on(when))]
+    if not found:
+        _day_folder(root, now)
+    return rank_run_paths_in(root, found[0] if found else folder_on(now), rank)
+
+
+def new_rank_run_folder(output_directory: str | os.PathLike, template: str, checkpoint_path, level: str,
+                        now: datetime | None = None) -> str:
+    """Rank 0's new run folder named as a single process's run is (its own time), created exclusively
+    (``-1``, ``-2``, ... when taken); the other ranks are told it (``ranks.broadcast_from_rank0``)."""
+    check_template(template)
+    now = now or datetime.now()
+    day_dir = _day_folder(os.path.abspath(os.fspath(output_directory)), now)
+    stem = _stem(template, _values(now, checkpoint_path, level))
+    for n in range(10_000):
+        folder = os.path.join(day_dir, stem if n == 0 else f"{stem}-{n}")
+        if os.path.lexists(folder + SUFFIX):
+            continue
+        try:
+            os.mkdir(folder)
+            return folder
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free name for {stem!r} in {day_dir}")
+
+
+def rank_run_paths_in(output_directory: str | os.PathLike, folder: str, rank: int) -> RunPaths:
+    """This rank's paths in the run folder ``folder`` (created here when missing; never through a link)."""
+    root = os.path.abspath(os.fspath(output_directory))
+    os.makedirs(folder, exist_ok=True)
+    if os.path.islink(folder) or os.path.dirname(os.path.dirname(folder)) != root:
+        raise FileExistsError(f"{folder} is a symlink or outside {root}; run folders are real directories there")
+    summary = os.path.join(folder, shard_name(rank).removesuffix(SUFFIX) + SUMMARY_SUFFIX)
+    return RunPaths(root, os.path.dirname(folder), folder, summary, os.path.join(folder, RANK_CONFIG))
 
 
 # --- README ------------------------------------------------------------------------------------------------
@@ -166,8 +243,22 @@ Read a log:
     log = asynclog.open("<file>.alog")
     log.header["metadata"]; list(log.events(name="core_results")); log.rows("sequences/E_batch")
 
+A job of several ranks (torch.distributed) writes each run as one folder instead of one `.alog` file:
+
+    entropy_probe_<name>_<checkpoint>/
+        manifest.json              the ranks to expect (written by rank 0)
+        rank-NNNNN.alog            each rank's own log: its phases, batch statistics, rows and tensors
+        rank-NNNNN_summary.json    each rank's summary
+        config.yaml                the exact configuration of the run (rank 0)
+
+`<name>` stands in for the time: a name every rank shares (`run_name`, the launcher's job id, or rank 0's
+time when broadcast). Results the probe reduced already (core results, ground truth, final results) are in
+rank 0's log only. `asynclog.open("<folder>")` reads every rank as one run; `log.batch_statistics()`
+merges the ranks' batch statistics exactly.
+
 Old runs beyond `max_files` are removed automatically: only runs the probe's logger wrote here, with the
-same file-name template (marked so in their header); nothing else in these folders is touched.
+same file-name template (marked so in their header); a run folder of several ranks counts as one run and
+goes as a whole; nothing else in these folders is touched.
 """
 
 
@@ -198,13 +289,14 @@ class _Run(NamedTuple):
     mtime: float
     day: str
     stem: str
-    identity: tuple[int, int]  # (st_dev, st_ino) of the main log
+    identity: tuple[int, int]  # (st_dev, st_ino) of the main log, or of the run folder
     removable: bool
+    folder: bool = False  # a run folder of several ranks
 
 
 def marker(template: str, paths: RunPaths) -> dict:
     """What a run of this layout carries in its header metadata (key ``layout``), so retention knows it."""
-    return {"id": LAYOUT_ID, "template": template, "stem": os.path.basename(paths.main)[: -len(SUFFIX)]}
+    return {"id": LAYOUT_ID, "template": template, "stem": os.path.basename(paths.main).removesuffix(SUFFIX)}
 
 
 def _owned(st: os.stat_result) -> bool:
@@ -226,25 +318,57 @@ def _header_marker(f) -> tuple[dict | None, bool]:
     return (found if isinstance(found, dict) else None), closed
 
 
-def _read_run(day_fd: int, day: str, name: str, template: str) -> _Run | None:
-    """The run whose main log is ``name`` in the day folder, if this layout wrote it with ``template``."""
-    if not name.endswith(SUFFIX):
-        return None
+def _read_log(dir_fd: int, name: str) -> tuple[os.stat_result, dict | None, bool] | None:
+    """(stat, marker, closed) of the regular log ``name`` in the folder; None for anything else."""
     try:
-        if not stat.S_ISREG(os.stat(name, dir_fd=day_fd, follow_symlinks=False).st_mode):
+        if not stat.S_ISREG(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
             return None
-        with open(os.open(name, _FILE_FLAGS, dir_fd=day_fd), "rb", buffering=0) as f:
+        with open(os.open(name, _FILE_FLAGS, dir_fd=dir_fd), "rb", buffering=0) as f:
             st = os.fstat(f.fileno())
             if not stat.S_ISREG(st.st_mode):
                 return None
-            found, closed = _header_marker(f)
+            return (st, *_header_marker(f))
     except (OSError, CorruptLogError):
         return None
+
+
+def _read_run(day_fd: int, day: str, name: str, template: str) -> _Run | None:
+    """The run whose main log (or run folder) is ``name`` in the day folder, if this layout wrote it with
+    ``template``."""
+    if not name.endswith(SUFFIX):
+        return _read_rank_run(day_fd, day, name, template)
+    read = _read_log(day_fd, name)
     stem = name[: -len(SUFFIX)]
-    if found != {"id": LAYOUT_ID, "template": template, "stem": stem}:
+    if read is None or read[1] != {"id": LAYOUT_ID, "template": template, "stem": stem}:
         return None
+    st, _, closed = read
     stale = time.time() - st.st_mtime > STALE_SECONDS
     return _Run(st.st_mtime, day, stem, (st.st_dev, st.st_ino), st.st_nlink == 1 and (closed or stale))
+
+
+def _read_rank_run(day_fd: int, day: str, name: str, template: str) -> _Run | None:
+    """A run folder of a job of several ranks, as one run: known by the marker in rank 0's shard, as old as
+    its newest shard, removable when every shard is closed (or all are stale) and has one name."""
+    try:
+        folder_fd = os.open(name, _DIR_FLAGS, dir_fd=day_fd)  # a file or a link fails here
+    except OSError:
+        return None
+    try:
+        folder = os.fstat(folder_fd)
+        shards = {n: _read_log(folder_fd, n) for n in os.listdir(folder_fd) if _SHARD.match(n)}
+    except OSError:
+        return None
+    finally:
+        os.close(folder_fd)
+    first = shards.get(shard_name(0))
+    if first is None or first[1] != {"id": LAYOUT_ID, "template": template, "stem": name}:
+        return None
+    read = [r for r in shards.values() if r is not None]
+    mtime = max(st.st_mtime for st, _, _ in read)
+    closed = len(read) == len(shards) and all(closed for _, _, closed in read)
+    owned = all(st.st_nlink == 1 for st, _, _ in read)
+    stale = time.time() - mtime > STALE_SECONDS
+    return _Run(mtime, day, name, (folder.st_dev, folder.st_ino), owned and (closed or stale), folder=True)
 
 
 def _day_runs(root_fd: int, day: str, template: str) -> list[_Run]:
@@ -259,17 +383,14 @@ def _day_runs(root_fd: int, day: str, template: str) -> list[_Run]:
 
 
 def _remove_run(root_fd: int, run: _Run) -> list[str]:
-    """Unlink the run's log, if it is still the file that was read, and its sidecars; return what went."""
+    """Unlink the run's log (or run folder), if it is still the one that was read, and its sidecars; return
+    what went."""
     try:
         day_fd = os.open(run.day, _DIR_FLAGS, dir_fd=root_fd)
     except OSError:
         return []  # gone, or turned into a link, since it was read
     try:
-        st = os.stat(run.stem + SUFFIX, dir_fd=day_fd, follow_symlinks=False)
-        if (st.st_dev, st.st_ino) != run.identity:
-            return []  # replaced since it was read: not the run that was recognised
-        names = [run.stem + suffix for suffix in (SUFFIX, SUMMARY_SUFFIX, CONFIG_SUFFIX)]
-        removed = [os.path.join(run.day, name) for name in names if _unlink_owned(day_fd, name)]
+        removed = (_remove_folder_run if run.folder else _remove_file_run)(day_fd, run)
     except OSError:
         return []
     finally:
@@ -278,6 +399,32 @@ def _remove_run(root_fd: int, run: _Run) -> list[str]:
         os.rmdir(run.day, dir_fd=root_fd)
     except OSError:
         pass  # not empty: other files live there
+    return removed
+
+
+def _remove_file_run(day_fd: int, run: _Run) -> list[str]:
+    st = os.stat(run.stem + SUFFIX, dir_fd=day_fd, follow_symlinks=False)
+    if (st.st_dev, st.st_ino) != run.identity:
+        return []  # replaced since it was read: not the run that was recognised
+    names = [run.stem + suffix for suffix in (SUFFIX, SUMMARY_SUFFIX, CONFIG_SUFFIX)]
+    return [os.path.join(run.day, name) for name in names if _unlink_owned(day_fd, name)]
+
+
+def _remove_folder_run(day_fd: int, run: _Run) -> list[str]:
+    """The run folder's own files (shards, summaries, manifest, config), then the folder if that empties it."""
+    folder_fd = os.open(run.stem, _DIR_FLAGS, dir_fd=day_fd)
+    try:
+        st = os.fstat(folder_fd)
+        if (st.st_dev, st.st_ino) != run.identity:
+            return []
+        names = sorted(n for n in os.listdir(folder_fd) if _RANK_FILE.match(n))
+        removed = [os.path.join(run.day, run.stem, n) for n in names if _unlink_owned(folder_fd, n)]
+    finally:
+        os.close(folder_fd)
+    try:
+        os.rmdir(run.stem, dir_fd=day_fd)
+    except OSError:
+        pass  # something else lives there: left as it is
     return removed
 
 
@@ -295,7 +442,8 @@ def prune(root: str, keep: int, template: str, protect: str | None = None) -> li
     """Remove this layout's oldest runs made with ``template``, beyond the newest ``keep``; return the files removed.
 
     A run is known by its marker (see ``marker``), read from the header frame of a regular ``.alog`` file in
-    a day folder; the marker must name this template and the file's own stem. Removing a run unlinks its
+    a day folder (of a run folder's ``rank-00000.alog``); the marker must name this template and the file's
+    (the folder's) own stem. A run folder goes as a whole: its shards, summaries, manifest and config. Removing a run unlinks its
     log and its summary and config sidecars. Never removed: ``protect`` (the run being opened, which counts
     as one of the ``keep``), a link or a file with more than one name, a run whose footer is missing that
     changed within STALE_SECONDS (another process may be writing it), anything else in the folders. A day

@@ -21,6 +21,16 @@ once; a disabled logger never starts the writer. A run left open (an exception l
 ``close()``, interpreter exit, a new ``log_run_start``) is closed marked incomplete, and its summary says
 why; if the process is killed, the writer writes that summary. Errors from asynclog (bad input, a dead writer) are raised to the caller.
 Not thread-safe: call it from the probe's thread.
+
+In a job of several ranks (``torch.distributed`` initialised, or ``rank=``/``world_size=`` given) every rank
+makes its own DetailedLogger, and each run is one folder (``layout.rank_run_paths``) holding one shard per
+rank: each rank's phases, batch statistics, rows and tensors go to its shard; results the probe has reduced
+across ranks already (core results, ground truth, final results) are logged once, by rank 0. The folder's
+name must be the same on every rank without asking the others (no collective: a logger must not deadlock a
+job whose ranks diverge): ``run_name``, else a name from the launcher's environment (``ranks.job_name``),
+else, when ``broadcast_name=True``, rank 0's, broadcast once per run; else LogInputError says so.
+Batch statistics carry raw aggregates there, so the reader merges the ranks' exactly
+(``ShardedLog.batch_statistics``).
 """
 
 from __future__ import annotations
@@ -44,7 +54,7 @@ import msgspec
 import torch
 import yaml
 
-from . import __version__, layout
+from . import __version__, layout, ranks
 from .batchstats import BatchView, RowSource, as_float_tensor, batch_statistics, sequence_extras
 from .config import Config, DetailedLoggingConfig, level_rank, read_config
 from .errors import LogInputError
@@ -89,8 +99,9 @@ class _Keeps(NamedTuple):
 class _RunState:
     """What one open run remembers for its summary; small by construction."""
 
-    def __init__(self, paths: layout.RunPaths, start_summary: dict):
+    def __init__(self, paths: layout.RunPaths, start_summary: dict, where: ranks.Placement | None):
         self.paths = paths
+        self.where = where  # None for a run of a single process
         self.start_summary = start_summary
         self.started = time.perf_counter()
         self.busy_ns = 0
@@ -100,6 +111,11 @@ class _RunState:
         self.core_results: dict = {}
         self.batch_statistics: dict = {}
         self.ground_truth: dict | None = None
+
+    @property
+    def logs_reduced(self) -> bool:
+        """Whether this process logs results the probe reduced across ranks: rank 0 (or the only process)."""
+        return self.where is None or self.where.rank == 0
 
 
 def _logging_call(method):
@@ -128,12 +144,18 @@ class DetailedLogger:
     info line per run (where the log is). ``tokenizer`` (anything with ``decode(ids)``) turns token ids into
     text when the batch carries no ``_debug_info`` texts.
 
+    In a job of several ranks (see the module docstring): ``rank`` and ``world_size`` (default:
+    torch.distributed's, read at each ``log_run_start``), ``run_name`` (the name every rank shares; it takes
+    the place of ``{timestamp}``), ``broadcast_name`` (allow one broadcast from rank 0 per run when no name is
+    shared otherwise).
+
     Attributes: ``enabled``, ``level``, ``settings``, ``engine_config``; ``run``, the open asynclog Run (None
     between runs) for anything the plan does not name; ``last_summary``, the summary of the last run closed.
     """
 
     def __init__(self, config: Mapping | str | os.PathLike | None, base_logger: logging.Logger | None = None,
-                 tokenizer: Any = None):
+                 tokenizer: Any = None, *, rank: int | None = None, world_size: int | None = None,
+                 run_name: str | None = None, broadcast_name: bool = False):
         self.settings, self.engine_config, self._config = load_settings(config)
         self.enabled: bool = self.settings.enabled
         self.level: str = self.settings.level
@@ -144,12 +166,17 @@ class DetailedLogger:
         self.run = None
         self._state: _RunState | None = None
         self.last_summary: dict | None = None
+        self.rank, self.world_size, self.run_name, self.broadcast_name = rank, world_size, run_name, broadcast_name
+        self._occurrences: dict[tuple[str, str], int] = {}  # a job's runs per (name, checkpoint), alike on every rank
 
     # --- run lifecycle ------------------------------------------------------------------------------------
-    def log_run_start(self, checkpoint_path: str | os.PathLike | None, config: Mapping | None = None) -> str | None:
-        """Open a run for ``checkpoint_path``: day folder, config sidecar, README, retention. Returns the log path.
+    def log_run_start(self, checkpoint_path: str | os.PathLike | None, config: Mapping | None = None,
+                      run_name: str | None = None) -> str | None:
+        """Open a run for ``checkpoint_path``: day folder, config sidecar, README, retention. Returns the log path
+        (in a job of several ranks, the run folder, the same on every rank).
 
         ``config`` (default: the constructor's) is what the config sidecar holds and ``config_hash`` hashes.
+        ``run_name`` (default: the constructor's) takes the place of ``{timestamp}`` in the file name.
         """
         if not self.enabled:
             return None
@@ -158,23 +185,68 @@ class DetailedLogger:
         begin = time.perf_counter_ns()
         config = self._config if config is None else config
         s = self.settings
-        paths = layout.run_paths(s.output_directory, s.filename_template, checkpoint_path, s.level)
+        where = ranks.placement(self.rank, self.world_size)
+        paths = self._run_paths(checkpoint_path, where, run_name or self.run_name)
         layout.ensure_readme(paths.root)
         metadata = run_metadata(checkpoint_path, config)
         start_summary = {"log_path": paths.main, "summary_path": paths.summary, "config_path": paths.config,
                          "level": s.level, "run_metadata": metadata}
+        if where is not None:
+            start_summary.update(rank=where.rank, world_size=where.world_size)
         header = {"run_metadata": metadata, "detailed_logging": msgspec.structs.asdict(s),
                   "probe_config": plain(config), "layout": layout.marker(s.filename_template, paths)}
-        # run_paths reserved paths.main (an empty file), so the run takes it over.
-        self.run = start(path=paths.main, config=self.engine_config, metadata=header, overwrite=True,
-                         summary={"summary_path": paths.summary, "summary": start_summary})
-        self._state = _RunState(paths, start_summary)
-        atomic_write(paths.config, yaml.dump(plain(config), Dumper=_YAML_DUMPER, sort_keys=False, allow_unicode=True))
+        self.run = self._start(paths, where, header, start_summary)
+        self._state = _RunState(paths, start_summary, where)
         _OPEN.add(self)
-        layout.prune(paths.root, s.max_files, s.filename_template, protect=paths.main)
+        if self._state.logs_reduced:  # one config sidecar and one pruner per run, however many ranks
+            atomic_write(paths.config, yaml.dump(plain(config), Dumper=_YAML_DUMPER, sort_keys=False,
+                                                 allow_unicode=True))
+            layout.prune(paths.root, s.max_files, s.filename_template, protect=paths.main)
         self.logger.info("asynclog: detailed log %s (level %s)", paths.main, s.level)
         self._state.start_ns = self._state.busy_ns = time.perf_counter_ns() - begin
         return paths.main
+
+    def _run_paths(self, checkpoint_path, where: ranks.Placement | None, name: str | None) -> layout.RunPaths:
+        """A single process's run files; or this rank's in the run folder all ranks share (see the class)."""
+        s = self.settings
+        if where is None:
+            return layout.run_paths(s.output_directory, s.filename_template, checkpoint_path, s.level, name=name)
+        name = name or ranks.job_name()
+        if name is not None:
+            key = (name, layout.checkpoint_name(checkpoint_path))
+            occurrence = self._occurrences[key] = self._occurrences.get(key, -1) + 1
+            return layout.rank_run_paths(s.output_directory, s.filename_template, checkpoint_path, s.level, name,
+                                         where.rank, occurrence)
+        if not self.broadcast_name:
+            raise ranks.no_shared_name(where)
+        return self._broadcast_paths(checkpoint_path, where)
+
+    def _broadcast_paths(self, checkpoint_path, where: ranks.Placement) -> layout.RunPaths:
+        """Rank 0 names and creates the run folder from its clock and tells the others (``broadcast_name``)."""
+        s = self.settings
+        folder, error = None, None
+        if where.rank == 0:
+            try:
+                folder = layout.new_rank_run_folder(s.output_directory, s.filename_template, checkpoint_path, s.level)
+            except OSError as exc:
+                error = f"{type(exc).__name__}: {exc}"
+        folder, error = ranks.broadcast_from_rank0((folder, error))  # sent even on failure: no rank waits forever
+        if error is not None:
+            raise LogInputError(f"rank 0 could not create the run folder: {error}")
+        return layout.rank_run_paths_in(s.output_directory, folder, where.rank)
+
+    def _start(self, paths: layout.RunPaths, where: ranks.Placement | None, header: dict, start_summary: dict):
+        summary = {"summary_path": paths.summary, "summary": start_summary}
+        if where is None:  # run_paths reserved paths.main (an empty file), so the run takes it over
+            return start(path=paths.main, config=self.engine_config, metadata=header, overwrite=True, summary=summary)
+        try:
+            return start(paths.day_dir, os.path.basename(paths.main), config=self.engine_config, metadata=header,
+                         summary=summary, rank=where.rank, world_size=where.world_size)
+        except FileExistsError:
+            raise LogInputError(
+                f"{paths.main} holds rank {where.rank}'s log already: an earlier run had this name (the same "
+                "run_name or launcher job id again, or a restart its environment does not tell apart). Give "
+                "this run a run_name of its own.") from None
 
     def finalize_log(self, final_results: Mapping | None = None) -> str | None:
         """Log the final results, close the run, write the summary; return the main log's path."""
@@ -217,6 +289,8 @@ class DetailedLogger:
     @_logging_call
     def log_core_results(self, results: Mapping) -> None:
         """The plan's core results (bars_dot, deltaH1, ...): every level. Also kept for the summary."""
+        if not self._state.logs_reduced:
+            return
         values = plain(results)
         self._state.core_results.update(values)
         self.run.event("core_results", **values)
@@ -237,8 +311,8 @@ class DetailedLogger:
         view = BatchView(batch, batch_type)
         extras = sequence_extras(sequences, batch_type)
         if keeps.batch_statistics:
-            stats = batch_statistics(view)
-            self._state.batch_statistics[batch_type] = stats
+            stats = batch_statistics(view, aggregates=self._state.where is not None)  # merged at read time
+            self._state.batch_statistics[batch_type] = {k: v for k, v in stats.items() if k != "aggregates"}
             run.event("batch_statistics", batch=batch_type, **stats)
         if keeps.sequences or keeps.tokens:
             rows = RowSource(view, extras, self.tokenizer, self._token_texts)
@@ -281,7 +355,7 @@ class DetailedLogger:
     @_logging_call
     def log_ground_truth_results(self, results: Mapping) -> None:
         """The ground truth (H_orig, H_upd, deltaH_true, per-token variants, diagnostics): standard and up."""
-        if not self.keeps.ground_truth:
+        if not (self.keeps.ground_truth and self._state.logs_reduced):
             return
         self._state.ground_truth = plain(results, SMALL_TENSOR_ITEMS)
         self.run.event("ground_truth", **plain(results))
@@ -311,29 +385,44 @@ class DetailedLogger:
         self._write_rows(name, stacked.shape[1], chunk, SEQUENCE_CHUNK_ROWS)
 
     def _close(self, complete: bool, reason: str | None, final_results: Mapping | None = None) -> str:
-        """Close the run (final records first when complete) and write the summary beside it."""
+        """Close the run (final records first when complete) and write the summary beside it.
+
+        Returns the main log's path (in a job of several ranks, the run folder)."""
         state, run = self._state, self.run
         self._state, self.run = None, None
         _OPEN.discard(self)
         begin = time.perf_counter_ns()
         total = time.perf_counter() - state.started
         timing = _timing(final_results or {}, state.timing, total)
-        results = plain(final_results or {})
+        reduced = final_results if state.logs_reduced else None  # other ranks leave the results to rank 0
+        results = plain(reduced or {})
         core = {**{k: results[k] for k in CORE_KEYS if k in results}, **state.core_results}
         try:
             if core and not state.core_results:
                 run.event("core_results", **core)  # the plan logs core results always; take them from the results
             if final_results is not None:
-                run.event("final_results", results=results, timing=timing)
+                run.event("final_results", **({"results": results} if state.logs_reduced else {}), timing=timing)
         finally:
             path = run.close(complete=complete, reason=reason)
         close_ns = time.perf_counter_ns() - begin
-        summary = _summary(state, run.result or {}, timing, core, plain(final_results, SMALL_TENSOR_ITEMS), close_ns, total)
+        summary = _summary(state, run.result or {}, timing, core, plain(reduced, SMALL_TENSOR_ITEMS), close_ns, total)
         atomic_write(state.paths.summary, msgspec.json.format(msgspec.json.encode(summary), indent=2))
         self.last_summary = summary
         if not complete:
             self.logger.warning("asynclog: %s closed incomplete (%s)", path, reason)
-        return path
+        if state.where is None:
+            return path
+        self._check_manifest(state)
+        return state.paths.main
+
+    def _check_manifest(self, state: _RunState) -> None:
+        """Rank 0 wrote the folder's manifest long before another rank closes, unless the ranks' names differed:
+        say so where the probe will see it (this rank's shard is otherwise an orphan no reader opens)."""
+        folder = state.paths.main
+        if state.where.rank > 0 and ranks.read_manifest(folder) is None:
+            self.logger.warning("asynclog: rank %d found no manifest.json from rank 0 in %s: did rank 0 log under "
+                                "another run name? This rank's log is there, but the run folder of rank 0 lacks it",
+                                state.where.rank, folder)
 
     def __repr__(self) -> str:
         state = "disabled" if not self.enabled else ("open" if self._state else "idle")

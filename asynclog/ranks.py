@@ -13,6 +13,11 @@ a name made from the time would differ), so asynclog never calls a collective â€
 deadlock a job whose ranks diverge. Which shards are complete is read from their footers at read time
 (``asynclog.open(folder)``), so a rank that was killed shows as incomplete while the others stay intact.
 Each shard's header holds ``rank`` and ``world_size``.
+
+DetailedLogger names its run folders from a name every rank shares (``shared_run_name``): one given to it,
+else one the launcher put in every rank's environment (``job_name``), else, only when asked, one
+broadcast from rank 0 (``broadcast_from_rank0``, the single collective, opt-in); else ``no_shared_name``
+is the error to raise.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from .errors import LogInputError
 from .files import atomic_write
 from .format import SUFFIX
 
-__all__ = ["Placement", "placement", "per_rank_staging", "shard_name", "MANIFEST", "SHARDS_ID", "write_manifest", "read_manifest"]
+__all__ = ["Placement", "placement", "per_rank_staging", "shard_name", "MANIFEST", "SHARDS_ID", "write_manifest",
+           "read_manifest", "RUN_NAME_ENV", "job_name", "broadcast_from_rank0", "no_shared_name"]
 
 MANIFEST = "manifest.json"
 SHARDS_ID = "asynclog.shards/1"
@@ -102,3 +108,56 @@ def read_manifest(folder: str) -> dict | None:
     if not isinstance(manifest, dict) or manifest.get("format") != SHARDS_ID:
         return None
     return manifest
+
+
+# --- a name every rank shares ------------------------------------------------------------------------------
+RUN_NAME_ENV = "ASYNCLOG_RUN_NAME"  # a launcher (a job script) may export the run's name to every rank
+
+
+def job_name(environ: dict | None = None) -> str | None:
+    """The job's name as every rank of it finds it in its environment, or None.
+
+    ``ASYNCLOG_RUN_NAME``; else torchrun's ``TORCHELASTIC_RUN_ID`` (its rendezvous id: not "none", the
+    default that every job without ``--rdzv-id``/``--standalone`` shares), else SLURM's ``SLURM_JOB_ID``
+    (unique per array task) with ``SLURM_STEP_ID``. A restarted job (``TORCHELASTIC_RESTART_COUNT``,
+    ``SLURM_RESTART_COUNT`` above 0) gets ``-restartN``, so it does not run into the folders of its first try.
+    """
+    env = os.environ if environ is None else environ
+    if env.get(RUN_NAME_ENV):
+        return env[RUN_NAME_ENV]
+    run_id = env.get("TORCHELASTIC_RUN_ID")
+    if run_id and run_id != "none":
+        return _restarted(f"torchrun-{run_id}", env.get("TORCHELASTIC_RESTART_COUNT"))
+    job = env.get("SLURM_JOB_ID")
+    if job:
+        step = env.get("SLURM_STEP_ID")
+        return _restarted(f"slurm-{job}" + (f".{step}" if step else ""), env.get("SLURM_RESTART_COUNT"))
+    return None
+
+
+def _restarted(name: str, count: str | None) -> str:
+    return f"{name}-restart{count}" if count and count.isdigit() and int(count) > 0 else name
+
+
+def broadcast_from_rank0(value):
+    """Rank 0's ``value`` on every rank: one ``broadcast_object_list``, the one collective asynclog makes,
+    and only when the user asked for it (``broadcast_name=True``)."""
+    dist = _initialised_process_group()
+    if dist is None:
+        raise LogInputError("broadcast_name=True needs torch.distributed's process group, initialised before "
+                            "log_run_start")
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def no_shared_name(where: Placement) -> LogInputError:
+    """The error for a rank of a job that has no name all its ranks share (a clock-made name would split the
+    run into one folder per rank)."""
+    return LogInputError(
+        f"rank {where.rank} of {where.world_size}: the ranks of a job log one run, in one folder, so its name "
+        "must be the same on every rank, and a name made from each rank's clock is not. Give one of: "
+        "run_name= (DetailedLogger or log_run_start, the same on every rank); a name in every rank's "
+        f"environment ({RUN_NAME_ENV}, torchrun's TORCHELASTIC_RUN_ID with --rdzv-id or --standalone, or "
+        "SLURM_JOB_ID); or broadcast_name=True (one broadcast from rank 0 per run, a collective every rank must "
+        "reach).")

@@ -4,20 +4,26 @@
 ``rank`` field; a stream's chunks rank by rank, each chunk knowing its ``rank`` and each row carrying it;
 ``tensor(name, rank=...)``. A shard that is missing or was cut short (its rank was killed) makes the run
 incomplete, and ``problems`` says which; the other ranks' data reads as usual.
+
+``batch_statistics()`` merges the ``batch_statistics`` records DetailedLogger wrote on each rank into the
+statistics of all ranks' batches together, exactly: from each rank's raw aggregates (counts, sums, sums of
+squared deviations, min, max, length histograms), never by averaging averages.
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 import os
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from .errors import CorruptLogError
 from .ranks import read_manifest, shard_name
-from .reader import Chunk, Log, frame_of
+from .reader import Chunk, Log, frame_of, missing
 
-__all__ = ["ShardedLog", "is_run_folder"]
+__all__ = ["ShardedLog", "is_run_folder", "merge_batch_statistics"]
 
 
 def is_run_folder(path: str | os.PathLike) -> bool:
@@ -66,14 +72,29 @@ class ShardedLog:
 
     # --- records ----------------------------------------------------------------------------------------
     def events(self, type: str | None = None, name: str | None = None) -> Iterator[dict]:
-        """Every rank's records merged in time order, each with its ``rank``."""
+        """Every rank's records merged in time order, each with its ``rank``. A ``name`` that only some ranks
+        logged (rank 0's reduced results) is no mistake; one in no shard at all ends with a warning."""
+        seen: set[str] = set()
+
         def tagged(rank: int, log: Log) -> Iterator[tuple[float, int, dict]]:
-            for record in log.events(type=type, name=name):
-                yield record.get("time", 0.0), rank, {**record, "rank": rank}
+            for record in log.events(type=type):
+                seen.add(record.get("name"))
+                if name is None or record.get("name") == name:
+                    yield record.get("time", 0.0), rank, {**record, "rank": rank}
 
         merged = heapq.merge(*(tagged(r, log) for r, log in sorted(self.shards.items())), key=lambda t: t[:2])
         for _, _, record in merged:
             yield record
+        if name is not None and name not in seen:
+            warnings.warn(missing("event name", name, {n for n in seen if isinstance(n, str)}, self.path),
+                          stacklevel=2)
+
+    def batch_statistics(self) -> dict[str, dict]:
+        """Each batch type's statistics over every rank's batches (``merge_batch_statistics``)."""
+        grouped: dict[str, list[dict]] = {}
+        for record in self.events(name="batch_statistics"):
+            grouped.setdefault(record["data"].get("batch"), []).append(record["data"])
+        return {batch: merge_batch_statistics(found) for batch, found in grouped.items()}
 
     # --- tensors ----------------------------------------------------------------------------------------
     def tensor_names(self, rank: int | None = None) -> list[str]:
@@ -126,3 +147,90 @@ class ShardedLog:
     def __repr__(self) -> str:
         state = "complete" if self.complete else f"incomplete ({'; '.join(self.problems)})"
         return f"<asynclog.ShardedLog {self.path!r} {self.world_size} ranks {state}>"
+
+
+# --- batch statistics of several ranks ---------------------------------------------------------------------
+def merge_batch_statistics(records: Iterable[dict]) -> dict:
+    """The statistics of all the batches behind ``records`` together, as ``batchstats.batch_statistics``
+    would compute them over the concatenated batch: exact, from each record's ``aggregates`` (percentiles
+    from merged length histograms, with the same linear interpolation; means and sample stds from counts,
+    sums and sums of squared deviations, merged as Chan et al.). ``records``: the data of
+    ``batch_statistics`` records written by ranks of one job (each with ``aggregates``).
+    ``G`` is None where the records disagree; ``padded_length`` is the largest; ``merged_records`` counts them.
+    """
+    records = list(records)
+    if not records or any(not isinstance(r.get("aggregates"), dict) for r in records):
+        raise ValueError("merge_batch_statistics needs batch_statistics records that carry 'aggregates' "
+                         "(written by DetailedLogger in a job of several ranks)")
+    parts = [r["aggregates"] for r in records]
+    percentiles = records[0]["length_percentiles"]
+    prompts = _merged_counts(p["prompt_length"] for p in parts)
+    out: dict = {"num_prompts": sum(r["num_prompts"] for r in records),
+                 "num_sequences": sum(r["num_sequences"] for r in records),
+                 "G": records[0]["G"] if len({r["G"] for r in records}) == 1 else None,
+                 "padded_length": max(r["padded_length"] for r in records),
+                 "avg_prompt_length": prompts["sum"] / prompts["count"]}
+    merged = {"prompt_length": prompts}
+    for key in ("sequence_length", "generation_length"):
+        hist = merged[key] = _merged_histogram(p[key] for p in parts)
+        out[f"avg_{key}"] = sum(v * c for v, c in zip(hist["values"], hist["counts"])) / sum(hist["counts"])
+        out[f"max_{key}"] = hist["values"][-1]
+        out[f"{key}_distribution"] = [_quantile(hist, p / 100) for p in percentiles]
+    out["length_percentiles"] = list(percentiles)
+    for key in ("advantages", "reward"):
+        sets = [p[key] for p in parts if key in p]
+        if sets:
+            moments = merged[key] = _merged_moments(sets)
+            n = moments["count"]
+            out[f"avg_{key}"] = moments["sum"] / n
+            out[f"{key}_std"] = math.sqrt(moments["m2"] / (n - 1)) if n > 1 else None
+    out["aggregates"], out["merged_records"] = merged, len(records)
+    return out
+
+
+def _merged_counts(sets: Iterable[dict]) -> dict:
+    sets = list(sets)
+    return {"count": sum(s["count"] for s in sets), "sum": sum(s["sum"] for s in sets)}
+
+
+def _merged_histogram(sets: Iterable[dict]) -> dict:
+    counts: dict[int, int] = {}
+    for s in sets:
+        for value, count in zip(s["values"], s["counts"]):
+            counts[value] = counts.get(value, 0) + count
+    values = sorted(counts)
+    return {"values": values, "counts": [counts[v] for v in values]}
+
+
+def _nth(hist: dict, k: int) -> int:
+    """The k-th smallest value (from 0) of the data the histogram counts."""
+    for value, count in zip(hist["values"], hist["counts"]):
+        if k < count:
+            return value
+        k -= count
+    raise IndexError(k)
+
+
+def _quantile(hist: dict, q: float) -> float:
+    """``torch.quantile(data, q)`` (linear interpolation) from the data's histogram, to the last bit:
+    the same position, and the same two-sided form of ``lerp``."""
+    n = sum(hist["counts"])
+    pos = q * (n - 1)
+    below = math.floor(pos)
+    low, high, weight = float(_nth(hist, below)), float(_nth(hist, min(below + 1, n - 1))), pos - below
+    return low + weight * (high - low) if weight < 0.5 else high - (high - low) * (1 - weight)
+
+
+def _merged_moments(sets: list[dict]) -> dict:
+    """Count, sum, m2, min, max of the union (Chan et al.'s pairwise update: no cancellation, unlike sum of
+    squares minus square of sums)."""
+    n, total, m2 = 0, 0.0, 0.0
+    for s in sets:
+        if s["count"] == 0:
+            continue
+        if n:
+            delta = s["sum"] / s["count"] - total / n
+            m2 += delta * delta * n * s["count"] / (n + s["count"])
+        n, total, m2 = n + s["count"], total + s["sum"], m2 + s["m2"]
+    return {"count": n, "sum": total, "m2": m2, "min": min(s["min"] for s in sets),
+            "max": max(s["max"] for s in sets)}
