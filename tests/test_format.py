@@ -337,3 +337,28 @@ def test_a_damaged_records_frame_does_not_end_events(tmp_path):
         assert [d.offset for d in log.damaged] == [victim.offset]
         with pytest.raises(asynclog.CorruptLogError, match=f"offset {victim.offset}"):
             list(log.events(errors="raise"))
+
+
+def test_a_writer_without_crc_instructions_writes_the_same_format_and_says_so(tmp_path):
+    """crc32c falls back to C (slice-by-8, about zlib's speed) where the CPU has no CRC-32C instruction; the
+    file is the same and its footer says which was used, so a slow run can be explained."""
+    code = f"""
+import os
+os.environ["CRC32C_SW_MODE"] = "force"  # read at import, and inherited by the writer process
+import asynclog, torch
+with asynclog.start({str(tmp_path)!r}, name="soft", level="debug") as run:
+    run.tensor("w", torch.arange(100_000, dtype=torch.float32))
+print(run.path)
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    path = res.stdout.strip()
+    assert asynclog.verify(path)[1] == []
+    with asynclog.open(path) as log:
+        assert log.stats["checksum"] == "CRC-32C in software"
+        assert torch.equal(log.tensor("w"), torch.arange(100_000, dtype=torch.float32))
+    with asynclog.start(tmp_path, name="here") as run:
+        run.event("x")
+    with asynclog.open(run.path) as log:
+        expected = "CRC-32C in hardware" if fmt.CHECKSUM_IN_HARDWARE else "CRC-32C in software"
+        assert log.stats["checksum"] == expected
