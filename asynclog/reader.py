@@ -217,7 +217,7 @@ class Log:
     def _read_header(self) -> dict:
         """The header frame's meta; {} when that frame is damaged (the rest may still be readable)."""
         try:
-            first = fmt.read_header(self._file, fmt.PREAMBLE_SIZE)
+            first = fmt.read_header(self._file, fmt.PREAMBLE_SIZE, self.format_version)
         except CorruptLogError as exc:
             self._note(fmt.damage(exc, 0))
             return {}
@@ -238,7 +238,7 @@ class Log:
     def _damage(self, exc: CorruptLogError) -> Damage:
         """Damage found while reading a frame: the whole frame when its header holds, else nothing more."""
         try:
-            size = fmt.read_header(self._file, exc.offset).size
+            size = fmt.read_header(self._file, exc.offset, self.format_version).size
         except CorruptLogError:
             size = 0
         return fmt.damage(exc, size)
@@ -257,7 +257,7 @@ class Log:
         if offset is None:
             return False
         try:
-            header = fmt.read_header(self._file, offset)
+            header = fmt.read_header(self._file, offset, self.format_version)
             if header.kind != FrameKind.FOOTER or header.end != self.size - fmt.TRAILER_SIZE:
                 return False
             meta = fmt.read_payload(self._file, header)[0]
@@ -274,7 +274,7 @@ class Log:
         """Rebuild the index from the frames themselves, going on past damaged ones."""
         self._records, self._tensors, self._streams = [], {}, {}
         groups: dict[str, dict[int, list[int]]] = {}
-        for item in fmt.walk_frames(self._file, verify=True):
+        for item in fmt.walk_frames(self._file, verify=True, version=self.format_version):
             if isinstance(item, Damage):
                 self._note(item)
                 continue
@@ -317,7 +317,7 @@ class Log:
         return header, *self._payload(header)
 
     def _header(self, offset: int, kind: FrameKind) -> fmt.FrameHeader:
-        header = fmt.read_header(self._file, offset)
+        header = fmt.read_header(self._file, offset, self.format_version)
         if header.kind != kind:
             raise CorruptLogError(f"expected a {kind.name.lower()} frame, found kind {int(header.kind)}", offset)
         return header
@@ -336,7 +336,7 @@ class Log:
     def walk(self) -> Iterator[tuple[fmt.FrameHeader, dict] | Damage]:
         """Every intact frame's header and meta in file order, and a Damage for each stretch skipped
         (a frame whose meta does not fit its kind counts as damaged)."""
-        for item in fmt.walk_frames(self._file, verify=True):
+        for item in fmt.walk_frames(self._file, verify=True, version=self.format_version):
             if not isinstance(item, Damage):
                 try:
                     item = item, _typed_meta(self._file, item)
@@ -554,10 +554,10 @@ def check(path: str | os.PathLike) -> Verdict:
     frames, damaged, footer, limits = 0, [], None, frame_limits(None)
     with open(path, "rb") as f:
         try:
-            fmt.read_preamble(f)
+            version = fmt.read_preamble(f)
         except CorruptLogError as exc:
             return Verdict(0, [fmt.damage(exc, f.seek(0, os.SEEK_END))], "not an asynclog file")
-        for item in fmt.walk_frames(f, verify=True):
+        for item in fmt.walk_frames(f, verify=True, version=version):
             try:
                 if isinstance(item, Damage):
                     raise CorruptLogError(item.reason, item.offset)

@@ -10,7 +10,8 @@ in a fraction of a second. Its life:
 2. Serve: ``Open`` a run file and write its header frame; turn ``Records`` and ``Staged`` into frames (built
    on ``compress_threads`` threads, written in the order they arrived) and release their staging space;
    ``Sync`` answers once all before it is written (and fsynced); ``Close`` writes footer and trailer;
-   ``Shutdown`` ends the loop.
+   ``Shutdown`` ends the loop. The periodic fsync (``fsync_interval_s``) runs behind, on a thread of its own,
+   so that writing goes on while the disk catches up; a durable ``Sync`` and ``Close`` wait for it.
 3. The probe is gone when the data pipe reaches end-of-file or, since a forked child of the probe may hold
    the pipe open, when this process's parent changes: write what was handed over, close every open run
    with a footer marked incomplete, and exit. No orphan remains.
@@ -44,6 +45,7 @@ _RAW = Codec("raw")
 _ON_PROBE_DEATH = "the probe process ended without closing the run"
 _ON_SHUTDOWN = "the probe shut the writer down without closing the run"
 _WATCH_S = 0.25  # how often an idle writer checks that its probe is alive and no grace period has run out
+_CHECKSUM = f"CRC-32C in {'hardware' if fmt.CHECKSUM_IN_HARDWARE else 'software'}"  # in the footer's stats
 
 
 class RunFile:
@@ -62,7 +64,8 @@ class RunFile:
         self.streams: dict[str, list[int]] = {}
         self.stats = {"frames": 0, "records": 0, "bytes_raw": 0, "bytes_on_disk": 0}
         self.last_sync = time.monotonic()
-        self.dirty = False
+        self.synced = 0  # the file offset the last fsync covered
+        self.syncing: Future | None = None  # an fsync running on the writer's sync thread
         self._write([fmt.PREAMBLE])
         self.append(_build(_RAW, fmt.FrameKind.HEADER, msg.header, b""), _HEADER_SPEC, 0, 0)
 
@@ -94,7 +97,11 @@ class RunFile:
                 n -= len(views.pop(0))
             if n:
                 views[0] = views[0][n:]
-        self.dirty = True
+
+    @property
+    def dirty(self) -> bool:
+        """Written since the last fsync (or cut back: the length changed)."""
+        return self.offset != self.synced
 
     def _cut_back(self, offset: int) -> None:
         try:
@@ -112,15 +119,34 @@ class RunFile:
         return self.failed
 
     def sync(self) -> None:
-        if self.dirty:
+        """fsync now, after any fsync still running behind: everything written so far is durable."""
+        self.settle()
+        self._fsync()
+
+    def sync_behind(self, syncer: ThreadPoolExecutor) -> None:
+        """Start an fsync on ``syncer`` and return: the writer goes on appending while the disk catches up,
+        where a blocking fsync would stall it (and, once the pool is full, the probe) for each interval."""
+        if self.syncing is None:
+            self.last_sync = time.monotonic()
+            self.syncing = syncer.submit(self._fsync)
+
+    def settle(self) -> None:
+        """Wait for the fsync running behind, if any; its OSError is raised here, on the serving thread."""
+        syncing, self.syncing = self.syncing, None
+        if syncing is not None:
+            syncing.result()
+
+    def _fsync(self) -> None:
+        upto = self.offset  # taken first: every byte written by now is covered by the fsync below
+        if upto != self.synced:
             os.fsync(self.fd)
-            self.dirty = False
+            self.synced = upto
         self.last_sync = time.monotonic()
 
     def finish(self, complete: bool, reason: str | None, probe_stats: dict) -> dict:
         """Write footer and trailer, fsync, close; return the stats the footer holds."""
         self.stats["bytes_on_disk"] = self.offset
-        stats = {**probe_stats, **self.stats}
+        stats = {**probe_stats, **self.stats, "checksum": _CHECKSUM}
         raw = stats.get("bytes_raw", 0)
         stats["compression_ratio"] = round(raw / self.offset, 4) if self.offset else None
         footer = {
@@ -148,6 +174,10 @@ class RunFile:
 
     def abandon(self) -> None:
         if self.fd >= 0:
+            try:
+                self.settle()  # never close a descriptor an fsync still uses
+            except OSError:
+                pass
             try:
                 os.close(self.fd)
             except OSError:
@@ -209,6 +239,7 @@ class Writer:
         self.data, self.back, self.pool = data, back, pool
         threads = options.get("compress_threads", 0) or max(1, min(4, (os.cpu_count() or 2) - 1))
         self.frames = _InOrder(threads)
+        self.syncer = ThreadPoolExecutor(1, "asynclog-fsync")
         self.fsync_interval = options.get("fsync_interval_s", 1.0)
         self.grace_s = options.get("grace_s", 30.0)
         self.runs: dict[int, RunFile] = {}
@@ -291,11 +322,14 @@ class Writer:
             self.signalled_at = time.monotonic()
 
     def _sync_due(self) -> None:
-        """fsync every run whose interval has passed; also called while busy, so a stream of frames is synced."""
+        """Start an fsync (behind, on the sync thread) of every run whose interval has passed, and report one
+        that failed; also called while busy, so a stream of frames is synced."""
         now = time.monotonic()
         for run_id, run in list(self.runs.items()):
+            if run.syncing is not None and run.syncing.done():
+                self._guard(run_id, run.settle, "syncing")
             if run.dirty and not run.failed and self.fsync_interval > 0 and now - run.last_sync >= self.fsync_interval:
-                self._guard(run_id, run.sync, "syncing")
+                run.sync_behind(self.syncer)
 
     # --- handlers ---------------------------------------------------------------------------------------
     def on_open(self, msg: wire.Open) -> None:

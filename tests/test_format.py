@@ -36,10 +36,31 @@ def sample_log(tmp_path_factory):
     return run.path
 
 
+def _crc32c_table() -> list[int]:
+    table = []
+    for n in range(256):
+        for _ in range(8):
+            n = (n >> 1) ^ (0x82F63B78 if n & 1 else 0)
+        table.append(n)
+    return table
+
+
+_CRC32C_TABLE = _crc32c_table()
+
+
+def crc32c(data: bytes) -> int:
+    """CRC-32C as docs/FORMAT.md names it (Castagnoli, reflected 0x82F63B78), a byte at a time: no package."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = _CRC32C_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
 def _read_standalone(path) -> dict:
-    """Decode a log by following docs/FORMAT.md with only struct, zlib, zstandard, msgpack and numpy."""
+    """Decode a log by following docs/FORMAT.md with only struct, zstandard, msgpack and numpy."""
+    assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
     data = open(path, "rb").read()
-    assert data[:8] == b"ASYNCLOG" and struct.unpack_from("<I", data, 8)[0] == 1
+    assert data[:8] == b"ASYNCLOG" and struct.unpack_from("<I", data, 8)[0] == 2
     out = {"records": [], "tensors": {}, "chunks": [], "footer": None}
     pieces: dict[int, list] = {}
     pos = 16
@@ -48,12 +69,12 @@ def _read_standalone(path) -> dict:
             assert data[pos + 8:pos + 16] == b"ALFOOTER" and len(data) - pos == 16
             break
         magic, kind, filt, itemsize, meta_len, body_len, raw_len, crc = struct.unpack_from("<4sBBHIQQI", data, pos)
-        assert crc == zlib.crc32(data[pos:pos + 28])
+        assert crc == crc32c(data[pos:pos + 28])
         meta_at = pos + 32
         meta = msgspec.msgpack.decode(data[meta_at:meta_at + meta_len])
         stored = data[meta_at + meta_len:meta_at + meta_len + body_len]
         (payload_crc,) = struct.unpack_from("<I", data, meta_at + meta_len + body_len)
-        assert payload_crc == zlib.crc32(data[meta_at:meta_at + meta_len + body_len])
+        assert payload_crc == crc32c(data[meta_at:meta_at + meta_len + body_len])
         body = stored if filt == 0 else zstandard.ZstdDecompressor().decompress(stored)
         if filt == 2:
             body = np.frombuffer(body, np.uint8).reshape(itemsize, -1).T.tobytes()
@@ -89,6 +110,57 @@ def test_log_decodes_with_only_zstandard_msgpack_and_numpy(sample_log):
     flat = np.frombuffer(body[tokens["offset"]:tokens["offset"] + tokens["nbytes"]], np.int64)
     assert flat.tolist() == list(range(8)) + list(range(9))  # rows 8 and 9
     assert got["footer"]["complete"] is True
+
+
+def _with_checksums(data: bytes, version: int, crc) -> bytes:
+    """The same log as a file of ``version`` whose checksums are ``crc``: preamble and every frame's two
+    checksums rewritten by docs/FORMAT.md (frames keep their lengths, so the footer's offsets still hold)."""
+    out = bytearray(data)
+    struct.pack_into("<I", out, 8, version)
+    pos = 16
+    while pos < len(out) and out[pos:pos + 4] == b"ALFR":
+        meta_len, body_len = struct.unpack_from("<IQ", out, pos + 8)
+        struct.pack_into("<I", out, pos + 28, crc(bytes(out[pos:pos + 28])))
+        end = pos + 32 + meta_len + body_len
+        struct.pack_into("<I", out, end, crc(bytes(out[pos + 32:end])))
+        pos = end + 4
+    return bytes(out)
+
+
+def _contents(path) -> tuple:
+    with asynclog.open(path) as log:
+        tensors = {name: log.tensor(name).view(torch.uint8).numpy().tobytes() for name in log.tensor_names()}
+        rows = list(log.rows("tokens"))
+        return log.format_version, list(log.events()), tensors, len(rows), log.damaged, log.complete
+
+
+def test_the_checksum_follows_the_files_version(sample_log, tmp_path):
+    """Version 2 files use CRC-32C; version 1 files (zlib's CRC-32) are still read, and not the other way round."""
+    data = open(sample_log, "rb").read()
+    version, *held = _contents(sample_log)
+    assert version == 2 and held[-2:] == [[], True]
+    v1 = tmp_path / "v1.alog"
+    v1.write_bytes(_with_checksums(data, 1, zlib.crc32))
+    assert _contents(v1) == (1, *held)
+    assert asynclog.verify(v1) == asynclog.verify(sample_log)
+    for version, crc in ((1, crc32c), (2, zlib.crc32)):  # a checksum of the other version is damage
+        crossed = tmp_path / f"crossed{version}.alog"
+        crossed.write_bytes(_with_checksums(data, version, crc))
+        frames, problems = asynclog.verify(crossed)
+        assert frames == 0 and problems[0].startswith(f"frame header checksum mismatch at offset {fmt.PREAMBLE_SIZE}")
+
+
+def test_a_flipped_byte_in_a_version_1_file_is_found_and_located(sample_log, tmp_path):
+    v1 = bytearray(_with_checksums(open(sample_log, "rb").read(), 1, zlib.crc32))
+    with open(sample_log, "rb") as f:
+        victim = [h for h in fmt.scan_frames(f) if h.kind == fmt.FrameKind.TENSOR][1]
+    v1[victim.end - 10] ^= 0x10
+    path = tmp_path / "v1.alog"
+    path.write_bytes(bytes(v1))
+    _, problems = asynclog.verify(path)
+    assert problems == [f"frame payload checksum mismatch at offset {victim.offset} ({victim.size} bytes)"]
+    with asynclog.open(path) as log:
+        assert log.format_version == 1 and len(list(log.events())) == 30
 
 
 def test_writer_picks_a_filter_per_frame(sample_log):
@@ -186,7 +258,7 @@ def test_unknown_frame_kind_is_skipped_by_its_lengths(sample_log, tmp_path):
     data = open(sample_log, "rb").read()
     ends = _frame_ends(sample_log)
     head = struct.pack("<4sBBHIQQ", b"ALFR", 42, 0, 0, 0, 3, 3)
-    future = head + struct.pack("<I", zlib.crc32(head)) + b"new" + struct.pack("<I", zlib.crc32(b"new"))
+    future = head + struct.pack("<I", crc32c(head)) + b"new" + struct.pack("<I", crc32c(b"new"))
     path = tmp_path / "future.alog"
     path.write_bytes(data[:ends[0]] + future + data[ends[0]:ends[-2]])
     with asynclog.open(path) as log:
@@ -265,3 +337,28 @@ def test_a_damaged_records_frame_does_not_end_events(tmp_path):
         assert [d.offset for d in log.damaged] == [victim.offset]
         with pytest.raises(asynclog.CorruptLogError, match=f"offset {victim.offset}"):
             list(log.events(errors="raise"))
+
+
+def test_a_writer_without_crc_instructions_writes_the_same_format_and_says_so(tmp_path):
+    """crc32c falls back to C (slice-by-8, about zlib's speed) where the CPU has no CRC-32C instruction; the
+    file is the same and its footer says which was used, so a slow run can be explained."""
+    code = f"""
+import os
+os.environ["CRC32C_SW_MODE"] = "force"  # read at import, and inherited by the writer process
+import asynclog, torch
+with asynclog.start({str(tmp_path)!r}, name="soft", level="debug") as run:
+    run.tensor("w", torch.arange(100_000, dtype=torch.float32))
+print(run.path)
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    path = res.stdout.strip()
+    assert asynclog.verify(path)[1] == []
+    with asynclog.open(path) as log:
+        assert log.stats["checksum"] == "CRC-32C in software"
+        assert torch.equal(log.tensor("w"), torch.arange(100_000, dtype=torch.float32))
+    with asynclog.start(tmp_path, name="here") as run:
+        run.event("x")
+    with asynclog.open(run.path) as log:
+        expected = "CRC-32C in hardware" if fmt.CHECKSUM_IN_HARDWARE else "CRC-32C in software"
+        assert log.stats["checksum"] == expected

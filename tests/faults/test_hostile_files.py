@@ -57,6 +57,8 @@ def logs(tmp_path_factory) -> dict[str, str]:
         run = asynclog.start(directory, name=name, level="debug", config=config)
         _log_everything(run)
         paths[name] = run.close(complete=complete, reason=None if complete else "probe died")
+    paths["closed, version 1"] = str(directory / "v1.alog")  # what an older writer left: zlib's CRC-32
+    write_log(directory / "v1.alog", frames_of(paths["closed"]), version=1)
     return paths
 
 
@@ -175,7 +177,7 @@ def _mutate(data: bytes, rng: random.Random) -> tuple[bytes, str]:
     return bytes(out), f"{how} {length} bytes at {at}"
 
 
-@pytest.mark.parametrize("which", ["closed", "incomplete"])
+@pytest.mark.parametrize("which", ["closed", "incomplete", "closed, version 1"])
 def test_random_damage_raises_only_corrupt_log_error_and_returns_only_true_values(
         which, logs, originals, tmp_path, full):
     data = open(logs[which], "rb").read()
@@ -203,10 +205,11 @@ class Frame:
         self.filter, self.itemsize = filt, itemsize
         self.raw_len = len(stored) if raw_len is None else raw_len
 
-    def encode(self) -> bytes:
+    def encode(self, version: int = fmt.FORMAT_VERSION) -> bytes:
         meta = self.meta if isinstance(self.meta, bytes) else fmt.encode_meta(self.meta)
-        prefix = fmt.frame_prefix(self.kind, self.filter, self.itemsize, meta, len(self.stored), self.raw_len)
-        return prefix + self.stored + fmt.frame_suffix(meta, self.stored)
+        prefix = fmt.frame_prefix(self.kind, self.filter, self.itemsize, meta, len(self.stored), self.raw_len,
+                                  version)
+        return prefix + self.stored + fmt.frame_suffix(meta, self.stored, version)
 
 
 def frames_of(path) -> list[Frame]:
@@ -218,9 +221,11 @@ def frames_of(path) -> list[Frame]:
     return frames
 
 
-def write_log(path, frames: list[Frame], footer: bool = True, edit_index=None) -> None:
-    """Frame again, with the footer's index rebuilt from where the frames now lie (then ``edit_index``)."""
-    out = bytearray(fmt.PREAMBLE)
+def write_log(path, frames: list[Frame], footer: bool = True, edit_index=None,
+              version: int = fmt.FORMAT_VERSION) -> None:
+    """Frame again, with the footer's index rebuilt from where the frames now lie (then ``edit_index``), as a
+    file of format ``version``."""
+    out = bytearray(fmt.preamble(version))
     index = {"records": [], "tensors": {}, "streams": {}}
     footer_meta = {"complete": True, "reason": None, "closed": 0.0, "stats": {}, "index": index}
     for frame in frames:
@@ -234,14 +239,30 @@ def write_log(path, frames: list[Frame], footer: bool = True, edit_index=None) -
             index["tensors"].setdefault(str(meta.get("name")), {}).setdefault(meta["tid"], []).append(len(out))
         elif frame.kind == fmt.FrameKind.CHUNK:
             index["streams"].setdefault(str(meta.get("stream")), []).append(len(out))
-        out += frame.encode()
+        out += frame.encode(version)
     index["tensors"] = {name: list(by_tid.values()) for name, by_tid in index["tensors"].items()}
     if footer:
         if edit_index is not None:
             edit_index(footer_meta["index"])
         at = len(out)
-        out += Frame(fmt.FrameKind.FOOTER, footer_meta, b"").encode() + fmt.trailer(at)
+        out += Frame(fmt.FrameKind.FOOTER, footer_meta, b"").encode(version) + fmt.trailer(at)
     path.write_bytes(bytes(out))
+
+
+@pytest.mark.parametrize("version", [0, 3, 0xFFFFFFFF])
+def test_a_file_of_an_unknown_format_version_is_a_clear_error(version, logs, tmp_path):
+    path = tmp_path / "unknown.alog"
+    data = bytearray(open(logs["closed"], "rb").read())
+    data[8:12] = version.to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    said = f"format version {version}, which this asynclog does not read (it reads versions 1 and 2)"
+    said += "; a newer asynclog wrote it" if version > 2 else ""
+    with pytest.raises(CorruptLogError) as raised:
+        asynclog.open(path)
+    assert str(raised.value) == f"{said} at offset 8"
+    assert asynclog.verify(path) == (0, [f"{said} at offset 8 ({len(data)} bytes)"])
+    code, out, err = _cat(path)
+    assert code == 1 and out == b"" and said in err
 
 
 @functools.lru_cache(maxsize=None)
