@@ -122,6 +122,8 @@ class DetailedLoggingConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=
                        becomes .alog.
     compress:          false writes frames uncompressed (asynclog ``compression: raw``).
     max_files:         keep the newest this many runs under output_directory (0 keeps all).
+    run_name:          the name every rank of a job shares, in place of {timestamp} (docs/PROBE.md); unset, a
+                       launcher's job id is used, or DetailedLogger(broadcast_name=True).
     """
 
     enabled: bool = False
@@ -133,6 +135,7 @@ class DetailedLoggingConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=
     filename_template: str = "entropy_probe_{timestamp}_{checkpoint_name}.json"
     compress: bool = True
     max_files: int = 50
+    run_name: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_files < 0:

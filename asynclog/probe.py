@@ -166,7 +166,8 @@ class DetailedLogger:
         self.run = None
         self._state: _RunState | None = None
         self.last_summary: dict | None = None
-        self.rank, self.world_size, self.run_name, self.broadcast_name = rank, world_size, run_name, broadcast_name
+        self.rank, self.world_size, self.broadcast_name = rank, world_size, broadcast_name
+        self.run_name = run_name or self.settings.run_name
         self._occurrences: dict[tuple[str, str], int] = {}  # a job's runs per (name, checkpoint), alike on every rank
 
     # --- run lifecycle ------------------------------------------------------------------------------------

@@ -145,6 +145,8 @@ def start(directory: str | os.PathLike = "logs", name: str | None = None, *, lev
         path, header["rank"], header["world_size"] = _shard_path(directory, name, path, where), *where
     with _lock:
         path, header["name"] = _reserve(directory, name, path, overwrite)
+        if where is not None and where.rank == 0:  # after the reservation: a name used before fails first
+            ranks.write_manifest(os.path.dirname(path), name, where)
         try:
             channel, stager = _channel_for(config)
             run_id = next(_run_ids)
@@ -162,14 +164,12 @@ def start(directory: str | os.PathLike = "logs", name: str | None = None, *, lev
 
 
 def _shard_path(directory, name: str | None, path, where: ranks.Placement) -> str:
-    """This rank's shard in the run folder every rank finds on its own; rank 0 writes the manifest."""
+    """This rank's shard in the run folder every rank finds on its own (rank 0 then writes the manifest)."""
     if path is not None or name is None:
         raise LogInputError("in a job of several ranks, pass name= (the same on every rank) and no path=: "
                             "each rank writes <directory>/<name>/rank-NNNNN.alog")
     folder = os.path.join(os.path.abspath(os.fspath(directory)), check_run_name(name))
     os.makedirs(folder, exist_ok=True)
-    if where.rank == 0:
-        ranks.write_manifest(folder, name, where)
     return os.path.join(folder, ranks.shard_name(where.rank))
 
 

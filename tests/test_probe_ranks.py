@@ -240,3 +240,10 @@ def test_merged_batch_statistics_equal_those_of_the_concatenated_batches():
     _assert_statistics_equal(merged, want)
     averaged = sum(s["avg_reward"] for s in per_rank) / len(per_rank)
     assert merged["avg_reward"] != pytest.approx(averaged)  # the data can tell an average of averages apart
+
+
+def test_the_config_section_may_name_the_run_for_every_rank(tmp_path, no_launcher):
+    logger = DetailedLogger(_config(tmp_path / "logs", run_name="sweep-a"), rank=0, world_size=2)
+    folder = logger.log_run_start("/ckpt/step_3")
+    assert os.path.basename(folder) == "entropy_probe_sweep-a_step_3"
+    logger.finalize_log({})

@@ -109,3 +109,12 @@ def test_ls_and_show_take_a_run_folder_as_one_run(tmp_path):
     shown = subprocess.run([sys.executable, "-m", "asynclog", "show", str(tmp_path / "logs" / "probe")],
                            capture_output=True, text=True, timeout=60)
     assert "incomplete: rank 1" in shown.stdout, shown.stdout + shown.stderr
+
+
+def test_a_run_name_used_again_leaves_the_first_runs_manifest_alone(tmp_path):
+    with asynclog.start(tmp_path, name="job", rank=0, world_size=2) as run:
+        run.event("first")
+    manifest = (tmp_path / "job" / "manifest.json").read_bytes()
+    with pytest.raises(FileExistsError):
+        asynclog.start(tmp_path, name="job", rank=0, world_size=2)
+    assert (tmp_path / "job" / "manifest.json").read_bytes() == manifest
