@@ -19,7 +19,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 $PY -c "import torch, sys; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
 'devices', torch.cuda.device_count()); sys.exit(0 if torch.cuda.is_available() else 3)" || {
   echo "gpu-check: torch sees no CUDA device"; exit 3; }
-$PY -c "import msgspec, zstandard, yaml, psutil, pytest" || { echo "gpu-check: missing packages (scripts/gpu-wheels.sh)"; exit 4; }
+$PY -c "import msgspec, zstandard, crc32c, yaml, psutil, pytest" || { echo "gpu-check: missing packages (scripts/gpu-wheels.sh)"; exit 4; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 status=0
 # A hung test must not eat the whole lease: pytest-timeout, where installed, stops it after 90 s.

@@ -8,7 +8,6 @@ import struct
 import subprocess
 import time
 import tracemalloc
-import zlib
 from datetime import datetime
 
 import pytest
@@ -251,7 +250,8 @@ def test_retention_never_reads_a_huge_header_frame(tmp_path, meta_len, body_len)
     hostile.parent.mkdir()
     head = struct.pack("<4sBBHIQQ", b"ALFR", 1, 0, 0, meta_len, body_len, 0)
     with open(hostile, "wb") as f:
-        f.write(asynclog.format.PREAMBLE + head + struct.pack("<I", zlib.crc32(head)))
+        checksum = asynclog.format.checksum(asynclog.format.FORMAT_VERSION)
+        f.write(asynclog.format.PREAMBLE + head + struct.pack("<I", checksum(head)))
         f.truncate(80 << 20)  # sparse: the huge meta is there, as zeros
     _age(str(hostile), 1000)
     tracemalloc.start()
