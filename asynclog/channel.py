@@ -1,11 +1,15 @@
 """The hand-over between the probe's process and the writer process, probe side.
 
-A ``Channel`` spawns one writer process, waits for its handshake, and then owns two pipes:
+A ``Channel`` spawns one writer process and owns two pipes:
 
 - data  (probe -> writer): ``wire`` messages sent by one sender thread from a bounded outbox, so the
   probe's threads never make a syscall per record and a full outbox is where the policy applies;
 - back  (writer -> probe): answers and failures, read by one receiver thread. Its end-of-file is how a
   dead writer is noticed: at once, not at the next write.
+
+The constructor does not wait for the writer to start: the receiver thread waits for its handshake and the
+sender sends nothing before it, so messages handed over meanwhile wait in the outbox, and a writer that
+cannot start fails the channel like one that died.
 
 Bulk bytes (tensor pieces, stream chunks) do not travel through the pipe: they sit in the staging pool
 and the message carries only where. The writer is started as ``python -m asynclog.writer`` rather than
@@ -25,6 +29,7 @@ from __future__ import annotations
 import collections
 import itertools
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -43,10 +48,13 @@ __all__ = ["Channel"]
 
 # ``python -m asynclog.writer``, minus the working directory on sys.path: an ``asynclog`` folder where the probe
 # happens to run (a checkout of another version) must not become the writer. PYTHONPATH points at our package.
-# Group signals (Ctrl-C, a scheduler's or a notebook's SIGTERM) are ignored first thing, before the imports:
-# the writer's own handlers (writer.main) take over once it is up.
-_WRITER_MAIN = ("import signal, sys; [signal.signal(s, signal.SIG_IGN) for s in "
-                "(signal.SIGINT, signal.SIGTERM, signal.SIGHUP)]; del sys.path[0]; import runpy; "
+# Group signals (Ctrl-C, a scheduler's or a notebook's SIGTERM) are blocked from the writer's birth (the spawn
+# happens with them blocked, and the mask survives exec), then ignored first thing and unblocked, so one that
+# lands while the interpreter starts is ignored too: the writer's own handlers (writer.main) take over later.
+_GROUP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_WRITER_MAIN = ("import signal, sys; s = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP); "
+                "[signal.signal(n, signal.SIG_IGN) for n in s]; signal.pthread_sigmask(signal.SIG_UNBLOCK, s); "
+                "del sys.path[0]; import runpy; "
                 "runpy.run_module('asynclog.writer', run_name='__main__', alter_sys=True)")
 _HANDSHAKE_TIMEOUT_S = 30.0
 _POLL_S = 0.05
@@ -90,6 +98,8 @@ class Channel:
         self._asks = itertools.count(1)
         self._replies: dict[int, _Reply] = {}
         self._runs: dict[int, _Attached] = {}
+        self._early_faults: dict[int, WriterError] = {}  # a run failed before it attached (its Open failed)
+        self._last_attached = 0  # run ids grow, so a fault for a larger one is for a run not attached yet
         self._release_hooks: list[Callable[[], None]] = []
         self._lock = threading.Lock()
         self.flush_interval_s = flush_interval_s
@@ -99,6 +109,7 @@ class Channel:
         self.owner_pid = os.getpid()
         self._closed = False
         self._released = False
+        self._ready = threading.Event()  # the writer answered its handshake
         self._spawn(writer_options)
         self._sender = threading.Thread(target=self._guarded, args=(self._send_loop, "sender"),
                                         name="asynclog-sender", daemon=True)
@@ -115,22 +126,20 @@ class Channel:
                 str(self.pool.capacity), wire.encode({**writer_options, "probe_pid": os.getpid()}).hex()]
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _GROUP_SIGNALS)  # inherited: see _WRITER_MAIN
         try:
             self.process = subprocess.Popen(args, pass_fds=(data_r, back_w, self.pool.fd), env=env,
                                             stdin=subprocess.DEVNULL)
         finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             # Close the child's ends here, so the child's death shows as end-of-file on ``back`` at once.
             os.close(data_r)
             os.close(back_w)
         self._data = Connection(data_w, readable=False)
         self._back = Connection(back_r, writable=False)
-        try:
-            self._handshake()
-        except WriterError:
-            self._release()
-            raise
 
     def _handshake(self) -> None:
+        """Wait for the writer's ``Ready`` (the receiver thread does, first thing); a WriterError if none comes."""
         deadline = time.monotonic() + _HANDSHAKE_TIMEOUT_S
         while not self._back.poll(_POLL_S):
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -139,7 +148,11 @@ class Channel:
                                   self.process.returncode)
         try:
             ready = wire.writer_decoder.decode(self._back.recv_bytes())
-        except (EOFError, OSError, msgspec.DecodeError):
+        except (EOFError, OSError):  # it exited before answering: its own error went to stderr
+            self._kill()
+            raise WriterError(f"writer process failed to start (exit code {self.process.returncode}; "
+                              f"its error, if any, is on stderr)", self.process.returncode) from None
+        except msgspec.DecodeError:
             ready = None
         if not isinstance(ready, wire.Ready) or ready.wire_version != wire.WIRE_VERSION:
             self._kill()
@@ -162,6 +175,10 @@ class Channel:
         writer fails that run or dies."""
         with self._lock:
             self._runs[run_id] = _Attached(flush_if_due, on_fault)
+            self._last_attached = max(self._last_attached, run_id)
+            early = self._early_faults.pop(run_id, None)
+        if early is not None:
+            on_fault(early)
         if self.error is not None:
             on_fault(self.error)
 
@@ -261,6 +278,9 @@ class Channel:
             self._release()
 
     def _send_loop(self) -> None:
+        while not self._ready.wait(_POLL_S):  # nothing goes to a writer that has not shown it is ours
+            if self.error is not None:
+                return
         box, wake = self._outbox, self._wake
         next_flush = time.monotonic() + self.flush_interval_s
         while True:
@@ -293,6 +313,13 @@ class Channel:
                 run.on_fault(WriterError(f"handing a partial batch to the writer failed: {exc!r}"))
 
     def _receive_loop(self) -> None:
+        try:
+            self._handshake()
+        except WriterError as exc:
+            self._fail(str(exc), exc.exitcode)
+            self._release()
+            return
+        self._ready.set()
         while True:
             try:
                 data = self._back.recv_bytes()
@@ -312,6 +339,8 @@ class Channel:
             else:
                 with self._lock:
                     run = self._runs.get(msg.run)
+                    if run is None and msg.run > self._last_attached:
+                        self._early_faults[msg.run] = error
                 if run is not None:
                     run.on_fault(error)
             self._answer(msg.ask, None, error)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["create_exclusive", "atomic_write"]
+__all__ = ["create_exclusive", "atomic_write", "open_for_writing", "write_start", "open_started"]
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -19,7 +19,7 @@ def create_exclusive(path: str, mode: int = 0o644) -> None:
 
 
 def open_for_writing(path: str, overwrite: bool) -> int:
-    """Open a log file for appending frames, never through a symlink.
+    """Open a log file to write it from its start, never through a symlink.
 
     Without ``overwrite`` the file must exist already (the probe reserved it with ``create_exclusive``);
     with it, it is created or truncated.
@@ -28,6 +28,31 @@ def open_for_writing(path: str, overwrite: bool) -> int:
     if overwrite:
         flags |= os.O_CREAT
     return os.open(path, flags, 0o644)
+
+
+def write_start(path: str, data: bytes, overwrite: bool) -> None:
+    """Write a log's first bytes (the probe's ``start()``), replacing whatever the reserved file held."""
+    fd = open_for_writing(path, overwrite)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+def open_started(path: str, start_len: int) -> int:
+    """Open a log the probe started, to append after its first ``start_len`` bytes (the writer's side).
+
+    OSError when the file is not what the probe left: a symlink, or not ``start_len`` bytes long.
+    """
+    fd = os.open(path, os.O_WRONLY | _NOFOLLOW | _CLOEXEC)
+    size = os.fstat(fd).st_size
+    if size != start_len:
+        os.close(fd)
+        raise OSError(f"it holds {size} bytes where the probe wrote {start_len}: changed by someone else")
+    os.lseek(fd, size, os.SEEK_SET)
+    return fd
 
 
 def atomic_write(path: str, data: bytes | str, replace: bool = True) -> None:

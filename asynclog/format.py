@@ -158,6 +158,12 @@ def frame_prefix(kind: FrameKind, filt: Filter, itemsize: int, meta: bytes, body
     return head + _CRC.pack(checksum(version)(head)) + meta
 
 
+def log_start(header_meta: bytes) -> bytes:
+    """A log's first bytes: the preamble and the header frame (raw, no body), which ``start()`` writes."""
+    prefix = frame_prefix(FrameKind.HEADER, Filter.RAW, 0, header_meta, 0, 0)
+    return PREAMBLE + prefix + frame_suffix(header_meta, b"")
+
+
 def frame_suffix(meta: bytes, body, version: int = FORMAT_VERSION) -> bytes:
     """The payload checksum that closes a frame."""
     crc = checksum(version)

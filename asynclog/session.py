@@ -22,9 +22,9 @@ import msgspec
 from . import __version__, ranks, wire
 from .channel import Channel
 from .config import STAGING_BYTES, Config, level_rank
-from .errors import ConfigError, LogInputError
-from .files import create_exclusive
-from .format import FORMAT_VERSION, SUFFIX
+from .errors import ConfigError, LogInputError, WriterError
+from .files import create_exclusive, write_start
+from .format import FORMAT_VERSION, SUFFIX, log_start
 from .kernel import close_on_kernel_shutdown
 from .names import check_run_name
 from .records import encode_value
@@ -147,15 +147,22 @@ def start(directory: str | os.PathLike = "logs", name: str | None = None, *, lev
         path, header["name"] = _reserve(directory, name, path, overwrite)
         if where is not None and where.rank == 0:  # after the reservation: a name used before fails first
             ranks.write_manifest(os.path.dirname(path), name, where)
+        start_bytes = b""
         try:
             channel, stager = _channel_for(config)
             run_id = next(_run_ids)
-            ask = channel.new_ask()
-            message = wire.Open(ask, run_id, path, msgspec.Raw(encode_value(header, "run metadata")), summary,
-                                options, overwrite)
-            channel.request(ask, wire.encode(message), f"opening {path}")
+            # The file's first bytes are written here, so it reads as a run from now on, even if this process
+            # dies before the writer is up; the Open is not waited for: a failure reaches the run's next call.
+            first = log_start(encode_value(header, "run metadata"))
+            write_start(path, first, overwrite)
+            start_bytes = first
+            message = wire.Open(wire.NO_ANSWER, run_id, path, len(first), summary, options)
+            try:
+                channel.put(wire.encode(message), "block")
+            except WriterError:
+                pass  # the writer failed (to start, perhaps): the run, attached below, raises it at its next call
         except BaseException:
-            _unlink_quietly(path)  # the reservation, still empty
+            _unlink_quietly(path, len(start_bytes))  # the reservation, or only what this start wrote
             raise
         run = Run(channel, stager, run_id, path, config, on_close=forget)
         _runs[run_id] = run
@@ -173,9 +180,10 @@ def _shard_path(directory, name: str | None, path, where: ranks.Placement) -> st
     return os.path.join(folder, ranks.shard_name(where.rank))
 
 
-def _unlink_quietly(path: str) -> None:
+def _unlink_quietly(path: str, ours: int = 0) -> None:
+    """Remove ``path`` if it still holds only the ``ours`` bytes this start() wrote (its reservation: none)."""
     try:
-        if os.path.getsize(path) == 0:
+        if os.path.getsize(path) == ours:
             os.unlink(path)
     except OSError:
         pass

@@ -6,7 +6,7 @@ positional lists cost while each field has a name and a type the decoder checks.
 
 Probe -> writer, on the data pipe::
 
-    Open(ask, run, path, header, sidecar, options, overwrite)   create the file, write the header frame
+    Open(ask, run, path, start_len, sidecar, options)           take over the file the probe started
     Records(run, count, body, inline)                           a batch of encoded records (+ small tensors)
     Staged(run, frame, offset, nbytes, mark)                    a frame whose body sits in the staging pool
     Sync(ask, run, durable)                                     answered once all before it is written (+fsync)
@@ -16,8 +16,12 @@ Probe -> writer, on the data pipe::
 Writer -> probe, on the back pipe::
 
     Ready(pid, host, wire_version)     the handshake
-    Done(ask, value)                   the answer to a request (Open, Sync, Close)
+    Done(ask, value)                   the answer to a request (Sync, Close; an Open with ask > 0)
     Failed(run, ask, message, errno)   a run failed (ask > 0: that request) or, with run 0, the writer did
+
+``start()`` writes the file's preamble and header frame itself (``start_len`` bytes) and sends ``Open``
+without waiting: the writer appends after them, so a file exists and reads as a run from the moment
+``start()`` returns, whether or not the writer is up yet.
 
 Frame meta travels as ``msgspec.Raw``: encoded once by the probe and written by the writer as it came.
 The few facts the writer needs for its footer index ride beside it in ``FrameSpec``.
@@ -36,7 +40,7 @@ __all__ = [
 ]
 
 
-WIRE_VERSION = 2  # bumped whenever a message changes; the handshake refuses a writer that speaks another
+WIRE_VERSION = 3  # bumped whenever a message changes; the handshake refuses a writer that speaks another
 
 
 class Op(enum.IntEnum):
@@ -78,14 +82,16 @@ class RunOptions(msgspec.Struct, array_like=True, frozen=True):
     min_ratio: float = 1.25
 
 
+NO_ANSWER = 0  # the ``ask`` of a message nobody waits on (asks from Channel.new_ask start at 1)
+
+
 class Open(_Message, tag=int(Op.OPEN)):
     ask: int
     run: int
     path: str
-    header: msgspec.Raw
+    start_len: int  # the preamble and header frame the probe wrote: the writer appends after exactly these
     sidecar: Union[dict, None]
     options: RunOptions
-    overwrite: bool = False
 
 
 class Records(_Message, tag=int(Op.RECORDS)):

@@ -38,7 +38,7 @@ import msgspec
 
 from . import format as fmt
 from . import wire
-from .files import atomic_write, open_for_writing
+from .files import atomic_write, open_started
 from .filters import Codec
 
 _RAW = Codec("raw")
@@ -55,19 +55,17 @@ class RunFile:
         self.path = msg.path
         self.codec = codec
         self.sidecar = msg.sidecar
-        self.fd = open_for_writing(msg.path, msg.overwrite)
-        self.offset = 0
+        self.fd = open_started(msg.path, msg.start_len)  # the probe wrote the preamble and header frame
+        self.offset = msg.start_len
         self.failed: str | None = None
         self.errno: int | None = None
         self.records: list[int] = []
         self.tensors: dict[str, dict[int, list[int]]] = {}
         self.streams: dict[str, list[int]] = {}
-        self.stats = {"frames": 0, "records": 0, "bytes_raw": 0, "bytes_on_disk": 0}
+        self.stats = {"frames": 1, "records": 0, "bytes_raw": 0, "bytes_on_disk": 0}
         self.last_sync = time.monotonic()
         self.synced = 0  # the file offset the last fsync covered
         self.syncing: Future | None = None  # an fsync running on the writer's sync thread
-        self._write([fmt.PREAMBLE])
-        self.append(_build(_RAW, fmt.FrameKind.HEADER, msg.header, b""), _HEADER_SPEC, 0, 0)
 
     def append(self, parts: list, spec: wire.FrameSpec, raw_len: int, records: int) -> None:
         """Write one built frame and index it; a failed write is cut back so the file ends on a whole frame."""
@@ -185,7 +183,6 @@ class RunFile:
             self.fd = -1
 
 
-_HEADER_SPEC = wire.FrameSpec(int(fmt.FrameKind.HEADER), msgspec.Raw(b""))
 
 
 def _build(codec: Codec, kind: int, meta: bytes | msgspec.Raw, body, itemsize: int = 0,

@@ -142,5 +142,6 @@ def test_writer_nice_is_checked_and_reaches_the_writer(tmp_path):
     with pytest.raises(asynclog.ConfigError, match="writer_nice"):
         asynclog.Config(writer_nice=20)
     with asynclog.start(tmp_path, name="nice", config={"writer_nice": 7}) as run:
+        run.flush()  # start() does not wait for the writer; a flush does, so it has set its priority by now
         writer = psutil.Process(run._channel.process.pid)
         assert writer.nice() == psutil.Process().nice() + 7

@@ -57,6 +57,7 @@ def test_kill_producer_keeps_everything_flushed_before_the_kill(logdir):
 def test_kill_writer_makes_the_producer_raise_not_hang(logdir):
     run = asynclog.start(logdir, name="writer_dies", config={"staging_bytes": 4 << 20, "queue_batches": 4})
     run.event("before", i=1)
+    run.flush()  # the writer is up and writing (its death while starting: tests/faults/test_start.py)
     os.kill(run._channel.process.pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
     with pytest.raises(asynclog.WriterError) as info:

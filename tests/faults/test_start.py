@@ -1,0 +1,90 @@
+"""The writer starts in the background: ``start()`` returns at once, a writer that cannot start is reported
+at the run's next call, and a group signal that lands while the writer is still starting does not kill it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import asynclog
+
+
+def probe(code: str, *args: str) -> subprocess.CompletedProcess:
+    """Run ``code`` as a probe in a session of its own (so its group signals stay there)."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True, text=True,
+                          timeout=120, start_new_session=True)
+
+
+def test_a_writer_that_cannot_start_fails_the_run_at_its_next_call_and_the_next_start_works(tmp_path):
+    done = probe("""
+        import os, sys, asynclog
+        os.environ["PYTHONHOME"] = "/nonexistent"  # the writer's interpreter cannot start; this one is up
+        run = asynclog.start(sys.argv[1], name="nostart")
+        print("started", flush=True)
+        try:
+            run.event("x", i=1)
+            run.flush()
+            print("no error")
+        except asynclog.WriterError as exc:
+            print("raised:", str(exc).splitlines()[0])
+        del os.environ["PYTHONHOME"]
+        again = asynclog.start(sys.argv[1], name="again")
+        again.event("y", i=2)
+        again.close()
+        print("again closed", again.path)
+    """, str(tmp_path))
+    lines = done.stdout.splitlines()
+    assert lines[:1] == ["started"], done.stdout + done.stderr[-2000:]
+    assert lines[1].startswith("raised: writer process failed to start"), lines
+    with asynclog.open(tmp_path / "again.alog") as log:
+        assert log.complete and [e["name"] for e in log.events()] == ["y"]
+
+
+def test_a_group_sigint_while_the_writer_starts_does_not_kill_it(tmp_path):
+    for attempt in range(4):
+        done = probe("""
+            import os, signal, sys, time, asynclog
+            run = asynclog.start(sys.argv[1], name=sys.argv[2])
+            try:
+                os.killpg(0, signal.SIGINT)  # Ctrl-C, at once: the writer is most likely still starting
+                time.sleep(1.0)
+            except KeyboardInterrupt:
+                pass
+            run.event("after", i=1)
+            run.close()
+            print("closed", flush=True)
+        """, str(tmp_path), f"early{attempt}")
+        assert done.stdout.splitlines() == ["closed"], done.stdout + done.stderr[-2000:]
+        with asynclog.open(tmp_path / f"early{attempt}.alog") as log:
+            assert log.complete and [e["name"] for e in log.events()] == ["after"]
+
+
+def test_a_writer_killed_while_it_starts_fails_the_run_and_leaves_a_readable_file(tmp_path):
+    done = probe("""
+        import os, signal, sys, asynclog
+        run = asynclog.start(sys.argv[1], name="killed")
+        os.kill(run._channel.process.pid, signal.SIGKILL)  # most likely before its handshake
+        try:
+            run.event("x", i=1)
+            run.flush()
+            print("no error")
+        except asynclog.WriterError as exc:
+            print("raised:", str(exc).splitlines()[0])
+    """, str(tmp_path))
+    lines = done.stdout.splitlines()
+    assert lines and lines[0].startswith("raised: writer process"), done.stdout + done.stderr[-2000:]
+    with asynclog.open(tmp_path / "killed.alog") as log:
+        assert not log.complete and log.header["name"] == "killed"
+
+
+def test_a_probe_killed_right_after_start_leaves_a_file_that_reads_as_its_run(tmp_path):
+    done = probe("""
+        import os, signal, sys, asynclog
+        run = asynclog.start(sys.argv[1], name="gone", metadata={"checkpoint": "step_7"})
+        os.kill(os.getpid(), signal.SIGKILL)  # before the writer can have taken the file over
+    """, str(tmp_path))
+    assert done.returncode == -9
+    with asynclog.open(tmp_path / "gone.alog") as log:
+        assert not log.complete and log.header["metadata"] == {"checkpoint": "step_7"}
+        assert list(log.events()) == []
