@@ -10,10 +10,24 @@ import textwrap
 import asynclog
 
 
+# What the probes below call after start(): prints whether the run's next call raised, and what.
+_NEXT_CALL = """
+import asynclog
+
+def next_call(run):
+    try:
+        run.event("x", i=1)
+        run.flush()
+        print("no error")
+    except asynclog.WriterError as exc:
+        print("raised:", str(exc).splitlines()[0])
+"""
+
+
 def probe(code: str, *args: str) -> subprocess.CompletedProcess:
     """Run ``code`` as a probe in a session of its own (so its group signals stay there)."""
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True, text=True,
-                          timeout=120, start_new_session=True)
+    return subprocess.run([sys.executable, "-c", _NEXT_CALL + textwrap.dedent(code), *args], capture_output=True,
+                          text=True, timeout=120, start_new_session=True)
 
 
 def test_a_writer_that_cannot_start_fails_the_run_at_its_next_call_and_the_next_start_works(tmp_path):
@@ -22,12 +36,7 @@ def test_a_writer_that_cannot_start_fails_the_run_at_its_next_call_and_the_next_
         os.environ["PYTHONHOME"] = "/nonexistent"  # the writer's interpreter cannot start; this one is up
         run = asynclog.start(sys.argv[1], name="nostart")
         print("started", flush=True)
-        try:
-            run.event("x", i=1)
-            run.flush()
-            print("no error")
-        except asynclog.WriterError as exc:
-            print("raised:", str(exc).splitlines()[0])
+        next_call(run)
         del os.environ["PYTHONHOME"]
         again = asynclog.start(sys.argv[1], name="again")
         again.event("y", i=2)
@@ -65,12 +74,7 @@ def test_a_writer_killed_while_it_starts_fails_the_run_and_leaves_a_readable_fil
         import os, signal, sys, asynclog
         run = asynclog.start(sys.argv[1], name="killed")
         os.kill(run._channel.process.pid, signal.SIGKILL)  # most likely before its handshake
-        try:
-            run.event("x", i=1)
-            run.flush()
-            print("no error")
-        except asynclog.WriterError as exc:
-            print("raised:", str(exc).splitlines()[0])
+        next_call(run)
     """, str(tmp_path))
     lines = done.stdout.splitlines()
     assert lines and lines[0].startswith("raised: writer process"), done.stdout + done.stderr[-2000:]
