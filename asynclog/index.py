@@ -103,10 +103,17 @@ class FolderIndex:
         return entry[1]
 
     def put(self, name: str, stamp: Stamp, row) -> None:
-        """Keep ``row``, read from files stamped ``stamp`` (not if they were modified a moment ago)."""
+        """Keep ``row``, read from files stamped ``stamp``; not if they were modified a moment ago (or in the
+        future: a clock ahead of ours), nor if msgpack cannot hold it (a name that is not UTF-8, an int
+        beyond 64 bits): that run is read every time, the others are still kept."""
         now = time.time_ns()
-        if all(now - mtime >= RECENT_NS for _, _, mtime, _, _ in stamp):
-            self._new[name] = (stamp, row)
+        if any(now - mtime < RECENT_NS for _, _, mtime, _, _ in stamp):
+            return
+        try:
+            msgspec.msgpack.encode((name, row))
+        except (OverflowError, UnicodeEncodeError, TypeError):
+            return
+        self._new[name] = (stamp, row)
 
     def save(self) -> None:
         """Write the runs seen since opening, if anything changed; a folder that cannot be written is left as is."""

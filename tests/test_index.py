@@ -300,6 +300,19 @@ def test_an_index_that_cannot_be_written_leaves_the_rows_right(runs):
     assert [name for name in os.listdir(folder) if name.endswith(".tmp")] == []
 
 
+def test_a_run_the_index_cannot_hold_is_read_every_time_and_the_others_are_kept(runs):
+    out, path = runs
+    folder = os.path.dirname(path("notes"))
+    shutil.copy2(path("notes"), os.path.join(os.fsencode(folder), b"not-utf8-\xff.alog"))  # a name msgpack refuses
+    with open(path("dropping").removesuffix(".alog") + "_summary.json", "w") as f:
+        f.write('{"timing": {"total_time": %d}}' % 2**70)  # a number msgpack cannot hold
+    age(folder)
+    truth = scan(out, index=False)
+    assert 2**70 in [r["total_time"] for r in truth]
+    assert scan(out) == truth == scan(out)
+    assert sorted(read_index(os.path.join(folder, INDEX))["runs"]) == ["notes.alog"]
+
+
 def make_read_only(folder) -> None:
     """chmod a-w; where that does not stop this process (root), the immutable attribute; else skip."""
     os.chmod(folder, 0o555)
