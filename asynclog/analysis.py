@@ -2,8 +2,10 @@
 
 Everything here reads what a run leaves around its frames, never the frames themselves: the
 ``_summary.json`` sidecar a DetailedLogger run writes, the log's header frame, and its footer, found through
-the trailer. That is a handful of small reads per run, so a sweep of thousands of runs lists in about a
-second. Only the preamble, the header frame and the footer are checked; ``asynclog verify`` checks every frame.
+the trailer. That is a handful of small reads per run; ``ls``, ``sweep`` and ``scan`` keep each run's row in an
+index file in its folder (``asynclog/index.py``), so a run whose files have not changed is not read again and
+10,000 runs list in well under a second. Only the preamble, the header frame and the footer are checked;
+``asynclog verify`` checks every frame.
 
 A run's status:
 
@@ -25,11 +27,13 @@ import os
 import re
 import stat
 import sys
+import time
 from datetime import datetime
-from typing import Any
+from typing import Any, Iterator
 
 import msgspec
 
+from . import __version__, index
 from . import format as fmt
 from ._table import cell, human_size, render
 from .cli import NOT_FOUND, USAGE
@@ -38,7 +42,8 @@ from .ranks import read_manifest, shard_name
 from .format import FrameKind
 from .layout import SUMMARY_SUFFIX, checkpoint_name
 
-__all__ = ["COLUMNS", "RunFacts", "find_logs", "read_run", "row", "scan", "warnings_for", "describe", "register", "main"]
+__all__ = ["COLUMNS", "RunFacts", "find_logs", "read_run", "row", "rows_below", "scan", "warnings_for", "describe",
+           "register"]
 
 # One row per run, in this order, for `sweep --csv/--json` and `scan`.
 COLUMNS = ("path", "date", "time", "checkpoint", "level", "status", "reason", "size", "deltaH1", "deltaH_true",
@@ -90,17 +95,24 @@ def _get(mapping, *keys):
 def find_logs(directory: str | os.PathLike) -> list[str]:
     """Every run below ``directory``, in natural order: a regular ``.alog`` file, or the run folder of a job
     of several ranks (one run, however many shards: ``ranks.py``). Links are not followed."""
-    found, todo = [], [os.fspath(directory)]
+    found = [os.path.join(folder, name) for folder, names in _walk(directory) for name in names]
+    return sorted(found, key=natural_key)
+
+
+def _walk(directory: str | os.PathLike) -> Iterator[tuple[str, list[str]]]:
+    """Each folder below ``directory`` with the names of the runs directly in it."""
+    todo = [os.fspath(directory)]
     while todo:
-        with os.scandir(todo.pop()) as entries:
+        folder, names = todo.pop(), []
+        with os.scandir(folder) as entries:
             for entry in entries:
                 if entry.is_dir(follow_symlinks=False) and read_manifest(entry.path) is not None:
-                    found.append(entry.path)
+                    names.append(entry.name)
                 elif entry.is_dir(follow_symlinks=False):
                     todo.append(entry.path)
                 elif entry.name.endswith(fmt.SUFFIX) and entry.is_file(follow_symlinks=False):
-                    found.append(entry.path)
-    return sorted(found, key=natural_key)
+                    names.append(entry.name)
+        yield folder, names
 
 
 def natural_key(text: str) -> tuple:
@@ -253,15 +265,16 @@ def dropped(stats: dict) -> int:
     return sum(v for k, v in stats.items() if k.startswith("dropped_") and isinstance(v, int))
 
 
-def scan(directory: str | os.PathLike, as_frame: bool = True):
+def scan(directory: str | os.PathLike, as_frame: bool = True, index: bool = True):
     """One row per run below ``directory`` (see ``COLUMNS``; ``asynclog sweep`` prints the same table).
 
     A pandas DataFrame when pandas is installed (``pip install 'asynclog[pandas]'``), else a list of
     dicts; ``as_frame=False`` always gives the list. Paths are ``directory`` joined with the run's place.
+    Unchanged runs come from each folder's index (``asynclog/index.py``); ``index=False`` reads every run.
     """
     if not os.path.isdir(directory):
         raise NotADirectoryError(f"{os.fspath(directory)!r} is not a directory")
-    rows = [row(read_run(path)) for path in find_logs(directory)]
+    rows = rows_below(directory, index)
     if not as_frame:
         return rows
     try:
@@ -269,6 +282,56 @@ def scan(directory: str | os.PathLike, as_frame: bool = True):
     except ImportError:
         return rows
     return pandas.DataFrame(rows, columns=list(COLUMNS))
+
+
+# --- many runs, through each folder's index --------------------------------------------------------------------
+# A row but its path, as the index keeps it: msgspec checks every column's type when the index is read.
+_KEPT = tuple(c for c in COLUMNS if c != "path")
+_KEPT_ROW = tuple[tuple((int | float | None) if c in _NUMBERS else (str | None) for c in _KEPT)]
+# Bump ROWS when row() changes what it makes of a run; dates of plain runs are in the local time zone.
+_ROWS = 1
+_SCHEMA = f"rows/{_ROWS} asynclog {__version__} {','.join(COLUMNS)} tz {os.environ.get('TZ')} {time.tzname}"
+
+
+def rows_below(directory: str | os.PathLike, use_index: bool = True) -> list[dict]:
+    """``row(read_run(path))`` for every path of ``find_logs(directory)``, in that order; a run whose files
+    have not changed since the last time comes from its folder's index instead (unless ``use_index`` is
+    False or ``ASYNCLOG_NO_INDEX`` is set)."""
+    use_index, rows = index.enabled(use_index), []
+    for folder, names in _walk(directory):
+        if use_index:
+            rows += _folder_rows(folder, names)
+        else:
+            rows += [row(read_run(os.path.join(folder, name))) for name in names]
+    return sorted(rows, key=lambda r: natural_key(r["path"]))
+
+
+def _folder_rows(folder: str, names: list[str]) -> list[dict]:
+    kept = index.FolderIndex(folder, _SCHEMA, _KEPT_ROW)
+    rows = [_kept_row(kept, folder, name) for name in names]
+    kept.save()
+    return rows
+
+
+def _kept_row(kept: index.FolderIndex, folder: str, name: str) -> dict:
+    path = os.path.join(folder, name)
+    stamp = index.stamp(folder, _sources(path, name))
+    values = kept.get(name, stamp)
+    if values is None:
+        fresh = row(read_run(path))
+        values = tuple(fresh[c] for c in _KEPT)
+        kept.put(name, stamp, values)
+    return {"path": path, **dict(zip(_KEPT, values))}
+
+
+def _sources(path: str, name: str) -> list[str]:
+    """The files, relative to the run's folder, that ``read_run`` reads for the run ``name``."""
+    if name.endswith(fmt.SUFFIX):
+        return [name, name.removesuffix(fmt.SUFFIX) + SUMMARY_SUFFIX]
+    try:  # a run folder: its manifest, shards and their summaries (and its own index, if it was swept alone)
+        return sorted(os.path.join(name, inner) for inner in os.listdir(path) if not inner.startswith(index.INDEX_NAME))
+    except OSError:
+        return [name]
 
 
 # --- warnings for one run ------------------------------------------------------------------------------------
@@ -343,11 +406,11 @@ def _not_finite(value, where: str) -> list[str]:
 
 
 # --- the commands ----------------------------------------------------------------------------------------------
-def _rows_or_complain(directory: str) -> list[dict] | None:
-    if not os.path.isdir(directory):
-        print(f"asynclog: {directory}: not a directory (give the folder that holds the runs)", file=sys.stderr)
+def _rows_or_complain(args: argparse.Namespace) -> list[dict] | None:
+    if not os.path.isdir(args.directory):
+        print(f"asynclog: {args.directory}: not a directory (give the folder that holds the runs)", file=sys.stderr)
         return None
-    return [row(read_run(path)) for path in find_logs(directory)]
+    return rows_below(args.directory, not args.no_index)
 
 
 _LS = [("date", "date"), ("time", "time"), ("checkpoint", "checkpoint"), ("level", "level"),
@@ -357,7 +420,7 @@ _LS = [("date", "date"), ("time", "time"), ("checkpoint", "checkpoint"), ("level
 
 def cmd_ls(args: argparse.Namespace) -> int:
     """List the runs below a folder, one line each."""
-    rows = _rows_or_complain(args.directory)
+    rows = _rows_or_complain(args)
     if rows is None:
         return NOT_FOUND
     if args.json:
@@ -383,7 +446,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if key not in COLUMNS:
         print(f"asynclog: cannot sort by {key!r}; use one of {', '.join(COLUMNS)}", file=sys.stderr)
         return USAGE
-    rows = _rows_or_complain(args.directory)
+    rows = _rows_or_complain(args)
     if rows is None:
         return NOT_FOUND
     rows = sort_rows(rows, key, args.reverse)
@@ -531,6 +594,7 @@ def register(subparsers) -> None:
                               description=cmd_ls.__doc__)
     p.add_argument("directory", help="folder holding runs (searched recursively for .alog files)")
     p.add_argument("--json", action="store_true", help="print the rows as one JSON array")
+    _index_option(p)
     p.set_defaults(func=cmd_ls)
     p = subparsers.add_parser("show", help="summary of one run: results, timing, diagnostics, warnings, cost",
                               description=cmd_show.__doc__)
@@ -551,4 +615,11 @@ def register(subparsers) -> None:
     out.add_argument("--csv", action="store_true", help="print CSV with every column")
     out.add_argument("--json", action="store_true", help="print a JSON array of rows with every column")
     p.add_argument("-o", "--output", default=None, metavar="FILE", help="write to FILE instead of standard output")
+    _index_option(p)
     p.set_defaults(func=cmd_sweep)
+
+
+def _index_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-index", action="store_true",
+                   help=f"read every run, and neither read nor write the {index.INDEX_NAME} file each folder keeps "
+                        f"(also: {index.NO_INDEX_ENV}=1)")

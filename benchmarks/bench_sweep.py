@@ -7,7 +7,9 @@
 Runs are made once per size, by DetailedLogger at level standard (one tiny batch each, so each run has its
 summary, config sidecar, header frame, records and footer), all on one writer process. Timed: `scan` in this
 process (list and DataFrame), and the console commands `sweep`, `sweep --csv` and `ls` as subprocesses
-(interpreter start included), each the best of ``--repeat``. Goal: `asynclog sweep` over 1,000 runs < 2 s.
+(interpreter start included), each the best of ``--repeat``: from each folder's index (`asynclog/index.py`),
+while it is first built (`*_first_*`: the index files are removed before each try) and without it
+(`*_no_index_*`). Goals: `asynclog sweep` over 1,000 runs < 2 s (issue 8), over 10,000 < 1 s (issue 9).
 Prints JSON.
 """
 
@@ -28,6 +30,7 @@ sys.path.insert(0, ROOT)  # this checkout's asynclog, also for the subprocesses 
 
 from asynclog import DetailedLogger  # noqa: E402
 from asynclog.analysis import scan  # noqa: E402
+from asynclog.index import INDEX_NAME, RECENT_NS  # noqa: E402
 
 
 def make_runs(out: str, count: int) -> float:
@@ -47,9 +50,11 @@ def make_runs(out: str, count: int) -> float:
     return time.perf_counter() - begin
 
 
-def best_of(repeat: int, action) -> float:
+def best_of(repeat: int, action, setup=None) -> float:
     times = []
     for _ in range(repeat):
+        if setup is not None:
+            setup()
         begin = time.perf_counter()
         action()
         times.append(time.perf_counter() - begin)
@@ -58,21 +63,34 @@ def best_of(repeat: int, action) -> float:
 
 def command(*args: str):
     def run() -> None:
-        subprocess.run([sys.executable, "-m", "asynclog.analysis", *args], cwd=ROOT, check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run([sys.executable, "-m", "asynclog", *args], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
 
     return run
 
 
+def drop_indexes(out: str):
+    def drop() -> None:
+        for root, _, names in os.walk(out):
+            if INDEX_NAME in names:
+                os.unlink(os.path.join(root, INDEX_NAME))
+
+    return drop
+
+
 def measure(out: str, count: int, repeat: int) -> dict:
     made = make_runs(out, count)
-    rows = scan(out, as_frame=False)
+    time.sleep(RECENT_NS / 1e9)  # the index does not keep runs modified a moment ago
+    rows = scan(out, as_frame=False, index=False)
     assert len(rows) == count and all(r["status"] == "complete" for r in rows), "runs were not all made"
+    assert scan(out, as_frame=False) == rows, "the index changed a row"
     return {
         "runs": count,
         "make_seconds": round(made, 2),
+        "scan_list_no_index_seconds": round(best_of(repeat, lambda: scan(out, as_frame=False, index=False)), 3),
         "scan_list_seconds": round(best_of(repeat, lambda: scan(out, as_frame=False)), 3),
         "scan_frame_seconds": round(best_of(repeat, lambda: scan(out)), 3),
+        "cli_sweep_no_index_seconds": round(best_of(repeat, command("sweep", out, "--no-index")), 3),
+        "cli_sweep_first_seconds": round(best_of(repeat, command("sweep", out), drop_indexes(out)), 3),
         "cli_sweep_seconds": round(best_of(repeat, command("sweep", out)), 3),
         "cli_sweep_csv_seconds": round(best_of(repeat, command("sweep", out, "--csv", "--sort", "ESS")), 3),
         "cli_ls_seconds": round(best_of(repeat, command("ls", out)), 3),
