@@ -6,6 +6,7 @@ Small and dependency-free on purpose: the writer process imports it.
 from __future__ import annotations
 
 import os
+import threading
 
 __all__ = ["create_exclusive", "atomic_write", "open_for_writing", "write_start", "open_started"]
 
@@ -62,11 +63,11 @@ def atomic_write(path: str, data: bytes | str, replace: bool = True) -> None:
     """
     if isinstance(data, str):
         data = data.encode("utf-8")
-    tmp = f"{path}.{os.getpid()}.tmp"
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"  # threads of one process write apart too
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
     try:
         fd = os.open(tmp, flags, 0o644)
-    except FileExistsError:  # left by a crashed process that had our pid
+    except FileExistsError:  # left by a crashed process that had our pid (and thread id)
         os.unlink(tmp)
         fd = os.open(tmp, flags, 0o644)
     try:
