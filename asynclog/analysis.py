@@ -152,7 +152,7 @@ def _read_ranks(folder: str) -> RunFacts:
     shards = [read_run(os.path.join(folder, shard_name(r))) for r in range(int(manifest.get("world_size", 0)))]
     facts = RunFacts(folder)
     if shards:
-        facts.header, facts.footer = shards[0].header, shards[0].footer
+        facts.header, facts.footer, facts.summary = shards[0].header, shards[0].footer, shards[0].summary
     facts.size = sum(shard.size or 0 for shard in shards)
     bad = [(rank, shard) for rank, shard in enumerate(shards) if shard.status != "complete"]
     if bad:

@@ -247,3 +247,17 @@ def test_the_config_section_may_name_the_run_for_every_rank(tmp_path, no_launche
     folder = logger.log_run_start("/ckpt/step_3")
     assert os.path.basename(folder) == "entropy_probe_sweep-a_step_3"
     logger.finalize_log({})
+
+
+def test_show_reads_rank_0s_summary_for_a_run_folder(tmp_path, no_launcher, capsys):
+    loggers = [DetailedLogger(_config(tmp_path / "logs"), rank=r, world_size=2, run_name="job") for r in (0, 1)]
+    folders = {logger.log_run_start("/ckpt/step_5") for logger in loggers}
+    for logger in loggers:
+        logger.log_core_results({"deltaH1": 0.125, "bars_dot": 2.5})
+        logger.finalize_log({})
+    [folder] = folders
+    from asynclog import cli
+
+    assert cli.main(["show", folder]) == 0
+    out = capsys.readouterr().out
+    assert "0.125" in out and "no summary sidecar" not in out
