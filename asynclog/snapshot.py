@@ -76,6 +76,11 @@ class Stager:
             raise LogInputError(f"a piece of {nbytes} bytes is larger than the staging pool takes at once "
                                 f"({self.pool.max_piece()}); raise staging_bytes")
         with self._lock:
+            if policy != "block" and self.channel.full():
+                # Its descriptor could not be handed over without waiting, and space once allocated must be.
+                if policy == "error":
+                    raise QueueFullError("asynclog queue is full (policy 'error')")
+                return False
             slot = self._allocate(nbytes, policy)
             if slot is None:
                 return False

@@ -134,8 +134,9 @@ def test_error_policy_refuses_without_keeping_the_refused_call(logdir):
         for _ in range(50):
             with pytest.raises(asynclog.QueueFullError):
                 run.event("e", i=-1, payload="x" * 2000)
-        with pytest.raises(asynclog.QueueFullError):
-            run.tensor("refused", torch.zeros(16_000))  # 64 KB: rides inline, would ship the batch
+        for small_then_pooled in (4_000, 16_000):  # 16 KB rides inline and would ship the batch; 64 KB is pooled
+            with pytest.raises(asynclog.QueueFullError):
+                run.tensor("refused", torch.zeros(small_then_pooled))
         assert (len(run._batch), len(run._inline)) == buffered  # nothing refused was kept, nothing re-queued
     run.close()
     with asynclog.open(run.path) as log:
