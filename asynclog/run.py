@@ -39,7 +39,7 @@ __all__ = ["Run"]
 
 _clock = time.perf_counter_ns
 _now = time.time  # msgpack array header with a 32-bit count
-_INLINE_BYTES = 64 << 10  # CPU tensors up to this size travel inline with the record batch
+_INLINE_BYTES = 16 << 10  # CPU tensors up to this size travel inline with the record batch
 
 
 class Accounting:
