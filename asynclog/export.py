@@ -164,14 +164,14 @@ def _with_rank(chunk) -> dict:
     return chunk.columns if rank is None else {**chunk.columns, "rank": [rank] * chunk.rows}
 
 
-def _shards(log) -> list[tuple[int | None, object]]:
+def shards_of(log) -> list[tuple[int | None, object]]:
     """``(rank, Log)`` for each shard of a run folder of ranks; ``[(None, log)]`` for one file."""
     return sorted(log.shards.items()) if hasattr(log, "shards") else [(None, log)]
 
 
 def _tensors(log) -> Iterator[tuple[str, int, object, int | None]]:
     """Each tensor as ``(name, occurrence, tensor, rank)``, rank by rank."""
-    for rank, shard in _shards(log):
+    for rank, shard in shards_of(log):
         for name in shard.tensor_names():
             for k in range(shard.tensor_count(name)):
                 yield name, k, shard.tensor(name, k), rank
@@ -260,7 +260,7 @@ def write_csv(table: Table, path: str) -> None:
 def write_npz(table: Table, path: str) -> None:
     import numpy as np
 
-    shards = dict(_shards(table.log))
+    shards = dict(shards_of(table.log))
     with _writing(path) as tmp, zipfile.ZipFile(tmp, "w", allowZip64=True) as npz:
         for name, k, tensor, rank in _tensors(table.log):
             key = name if shards[rank].tensor_count(name) == 1 else f"{name}#{k}"
