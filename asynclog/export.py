@@ -411,7 +411,7 @@ def register(subparsers) -> None:
     """Add ``export``, ``query`` and ``plot`` to the console script's subcommands."""
     p = subparsers.add_parser("export", help="write a run's events, streams or tensors as parquet, csv, jsonl or npz",
                               description=cmd_export.__doc__)
-    p.add_argument("run", help="the run's .alog file (with --dataset: a folder of runs, or a run folder of ranks)")
+    p.add_argument("run", help="the run's .alog file or run folder of ranks (with --dataset: also a folder of runs)")
     into = p.add_mutually_exclusive_group(required=True)
     into.add_argument("--to", choices=FORMATS, help="output format")
     into.add_argument("--dataset", metavar="OUT", default=None,

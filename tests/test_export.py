@@ -192,6 +192,7 @@ def log_rank(directory, rank: int, name: str = "job") -> None:
     """Rank ``rank`` of a job of two: an event and a ragged tokens stream of its own length."""
     with asynclog.start(directory, name=name, rank=rank, world_size=2) as run:
         run.event("step", step=rank)
+        run.tensor("E_batch/S", torch.arange(4.0) + rank)
         tokens = run.stream("tokens/E_batch", chunk_rows=4)
         for i in range(5 + 3 * rank):
             tokens.append(sequence_id=1000 * rank + i, tokens=torch.arange(1 + i % 3))
@@ -225,6 +226,15 @@ def test_a_run_folders_events_carry_their_rank_as_a_column(ranks_path, tmp_path,
     assert all("rank" not in json.loads(r[2]) for r in rows)  # a column of its own, not inside data
     with open(exported(ranks_path, tmp_path, "events", "csv", here), newline="", encoding="utf-8") as f:
         assert sorted(r["rank"] for r in csv.DictReader(f) if r["name"] == "step") == ["0", "1"]
+
+
+def test_a_run_folders_tensors_are_kept_apart_by_rank(ranks_path, tmp_path, here):
+    rows = pq.read_table(exported(ranks_path, tmp_path, "tensors", "parquet", here)).to_pylist()
+    assert [(r["rank"], r["name"], r["values"]) for r in rows] == [(k, "E_batch/S", [k + 0.0, k + 1, k + 2, k + 3])
+                                                                 for k in range(2)]
+    with np.load(exported(ranks_path, tmp_path, "tensors", "npz", here)) as npz:
+        assert sorted(npz.files) == ["rank-00000/E_batch/S", "rank-00001/E_batch/S"]
+        assert npz["rank-00001/E_batch/S"].tolist() == [1.0, 2.0, 3.0, 4.0]
 
 
 def test_a_run_folder_with_a_killed_rank_exports_what_is_there_and_names_it(tmp_path):
