@@ -14,6 +14,11 @@ What each table holds:
   ``values`` (flattened, as float64). npz holds each tensor exactly (bfloat16/float8 as float32), keyed by
   its name (``name#k`` for the k-th repeat of a name logged more than once).
 
+A run folder of ranks (``shards.py``) exports as one run: every table gets a ``rank`` column (events,
+stream rows, tensors), rows rank by rank (events in time order); npz keys are ``rank-NNNNN/<name>``. A run
+not closed normally, or a folder with a rank's shard incomplete or missing, exports what is there; the
+console script then names it on stderr and exits as ``verify`` would (2 incomplete, 1 damaged).
+
 In JSON (events' ``data``, jsonl, CSV cells holding lists) NaN and ±inf are the strings "NaN", "Infinity",
 "-Infinity": JSON has no such numbers, and null would hide them.
 
@@ -94,10 +99,13 @@ def plain(value):
 
 
 def event_row(record: dict) -> dict:
-    rest = {k: v for k, v in record.items() if k not in ("type", "name", "time")}
+    """A record as a row: ``type``, ``name``, ``time``, ``data`` as JSON text, and ``rank`` when the record
+    came from a run folder of ranks (a column of its own, so queries need not parse ``data`` for it)."""
+    rest = {k: v for k, v in record.items() if k not in ("type", "name", "time", "rank")}
     data = rest["data"] if rest.keys() == {"data"} else rest
-    return {"type": record.get("type"), "name": record.get("name"), "time": record.get("time"),
-            "data": _json.encode(plain(data)).decode()}
+    row = {"type": record.get("type"), "name": record.get("name"), "time": record.get("time"),
+           "data": _json.encode(plain(data)).decode()}
+    return row if "rank" not in record else {**row, "rank": record["rank"]}
 
 
 # --- what to export -------------------------------------------------------------------------------------
@@ -118,11 +126,11 @@ class Table:
 
     def batches(self) -> Iterator:
         if self.what == "events":
-            return (_arrow_batch(dict(zip(("type", "name", "time", "data"), zip(*(event_row(r).values()
-                    for r in group))))) for group in _groups(self.log.events(), EVENT_BATCH))
+            return (_arrow_batch(_columns([event_row(r) for r in group]))
+                    for group in _groups(self.log.events(), EVENT_BATCH))
         if self.what == "tensors":
-            return (_tensor_batch(name, k, t) for name, k, t in _tensors(self.log))
-        return (_arrow_batch(chunk.columns) for chunk in self.log.stream(self.what))
+            return (_tensor_batch(*tensor) for tensor in _tensors(self.log))
+        return (_arrow_batch(_with_rank(chunk)) for chunk in self.log.stream(self.what))
 
 
 def tables(log, what: str, to: str) -> list[Table]:
@@ -146,10 +154,27 @@ def _groups(items: Iterable, size: int) -> Iterator[list]:
         yield group
 
 
-def _tensors(log) -> Iterator[tuple[str, int, object]]:
-    for name in log.tensor_names():
-        for k in range(log.tensor_count(name)):
-            yield name, k, log.tensor(name, k)
+def _columns(rows: list[dict]) -> dict:
+    return {key: [row[key] for row in rows] for key in rows[0]}
+
+
+def _with_rank(chunk) -> dict:
+    """A chunk's columns, and its ``rank`` (``ShardedLog.stream`` sets it) as one more column."""
+    rank = getattr(chunk, "rank", None)
+    return chunk.columns if rank is None else {**chunk.columns, "rank": [rank] * chunk.rows}
+
+
+def shards_of(log) -> list[tuple[int | None, object]]:
+    """``(rank, Log)`` for each shard of a run folder of ranks; ``[(None, log)]`` for one file."""
+    return sorted(log.shards.items()) if hasattr(log, "shards") else [(None, log)]
+
+
+def _tensors(log) -> Iterator[tuple[str, int, object, int | None]]:
+    """Each tensor as ``(name, occurrence, tensor, rank)``, rank by rank."""
+    for rank, shard in shards_of(log):
+        for name in shard.tensor_names():
+            for k in range(shard.tensor_count(name)):
+                yield name, k, shard.tensor(name, k), rank
 
 
 # --- Arrow ----------------------------------------------------------------------------------------------
@@ -173,13 +198,14 @@ def _arrow_batch(columns: dict):
     return pa.RecordBatch.from_pydict({name: _arrow_column(list(values)) for name, values in columns.items()})
 
 
-def _tensor_batch(name: str, occurrence: int, tensor):
+def _tensor_batch(name: str, occurrence: int, tensor, rank: int | None = None):
     pa = need("pyarrow", "export")
     values = to_numpy(tensor).reshape(-1).astype("float64")
-    return pa.RecordBatch.from_pydict({
+    columns = {
         "name": [name], "occurrence": [occurrence], "dtype": [str(tensor.dtype).removeprefix("torch.")],
         "shape": pa.array([list(tensor.shape)], pa.list_(pa.int64())),
-        "values": pa.ListArray.from_arrays(pa.array([0, len(values)], pa.int32()), pa.array(values))})
+        "values": pa.ListArray.from_arrays(pa.array([0, len(values)], pa.int32()), pa.array(values))}
+    return pa.RecordBatch.from_pydict(columns if rank is None else {**columns, "rank": [rank]})
 
 
 def _schema(first, rest: Callable[[], Iterator]):
@@ -234,10 +260,11 @@ def write_csv(table: Table, path: str) -> None:
 def write_npz(table: Table, path: str) -> None:
     import numpy as np
 
-    log = table.log
+    shards = dict(shards_of(table.log))
     with _writing(path) as tmp, zipfile.ZipFile(tmp, "w", allowZip64=True) as npz:
-        for name, k, tensor in _tensors(log):
-            key = name if log.tensor_count(name) == 1 else f"{name}#{k}"
+        for name, k, tensor, rank in _tensors(table.log):
+            key = name if shards[rank].tensor_count(name) == 1 else f"{name}#{k}"
+            key = key if rank is None else f"rank-{rank:05d}/{key}"
             with npz.open(key + ".npy", "w", force_zip64=True) as f:
                 np.lib.format.write_array(f, to_numpy(tensor), allow_pickle=False)
 
@@ -278,7 +305,7 @@ def _targets(path: str, chosen: list[Table], to: str, out) -> list[str]:
         return [out]
     folder = out or os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    stem = os.path.splitext(os.path.basename(path))[0]
+    stem = os.path.splitext(os.path.basename(path.rstrip(os.sep)))[0]
     return [os.path.join(folder, f"{stem}_{t.label}{_EXT[to]}") for t in chosen]
 
 
@@ -347,12 +374,15 @@ def command(name: str, target: str, write: Callable[[], list[str]], mistakes: tu
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Exit 0 when every file was written (their paths on stdout); otherwise one line on stderr and the CLI's
-    exit code (3 a mistake in the arguments, 4 no such run, 5 cannot read or write).
+    exit code (3 a mistake in the arguments, 4 no such run, 5 cannot read or write). A run that was not
+    closed normally (for a run folder of ranks: any rank's shard) is exported as far as it goes, and then
+    named on stderr with why: exit 2 when it is incomplete, 1 when a shard is missing or damaged.
 
     With --dataset OUT: every run below RUN (a folder) joins one hive-partitioned Parquet dataset in OUT;
     runs exported before and unchanged since are skipped (docs/DATASET.md)."""
     if args.dataset is None:
-        return command("export", args.run, lambda: export(args.run, args.to, args.what, args.out), (ExportError,))
+        done = command("export", args.run, lambda: export(args.run, args.to, args.what, args.out), (ExportError,))
+        return done or _unfinished(args.run)
     if args.what or args.out:
         print("asynclog export: --dataset writes every table into its folder; --what and -o go with --to",
               file=sys.stderr)
@@ -364,11 +394,24 @@ def cmd_export(args: argparse.Namespace) -> int:
     return command("export", args.run, lambda: export_dataset(args.run, args.dataset), (ExportError,))
 
 
+def _unfinished(path: str) -> int:
+    """0 for a run closed normally; else one line on stderr naming what is not (each rank of a run folder
+    that is not, as ``asynclog ls`` says it) and the exit status ``verify`` gives such a run."""
+    from .analysis import read_run
+    from .cli import DAMAGED, INCOMPLETE
+
+    facts = read_run(path)
+    if facts.status == "complete":
+        return 0
+    print(f"asynclog export: {path}: {facts.status}, exported as far as it goes: {facts.reason}", file=sys.stderr)
+    return DAMAGED if facts.status == "damaged" else INCOMPLETE
+
+
 def register(subparsers) -> None:
     """Add ``export``, ``query`` and ``plot`` to the console script's subcommands."""
     p = subparsers.add_parser("export", help="write a run's events, streams or tensors as parquet, csv, jsonl or npz",
                               description=cmd_export.__doc__)
-    p.add_argument("run", help="the run's .alog file (with --dataset: a folder of runs, or a run folder of ranks)")
+    p.add_argument("run", help="the run's .alog file or run folder of ranks (with --dataset: also a folder of runs)")
     into = p.add_mutually_exclusive_group(required=True)
     into.add_argument("--to", choices=FORMATS, help="output format")
     into.add_argument("--dataset", metavar="OUT", default=None,

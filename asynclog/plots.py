@@ -1,18 +1,18 @@
 """``asynclog plot RUN|DIR -o FOLDER``: PNGs of a sweep or of one run, drawn with matplotlib (Agg).
 
-A folder is a sweep: every ``*_summary.json`` below it is one checkpoint, and ``sweep.png`` shows δH₁
-against δH_true with the y = x line, ESS and w_max per checkpoint, and per-phase timing (summaries only:
-fast for many runs). A ``.alog`` file is one run: ``token_entropy.png`` and ``token_logprob.png`` (real
-response tokens of every ``tokens/*`` stream), ``sequence_length.png`` (``generation_length`` of every
-``sequences/*`` stream) and ``importance_weight.png`` (the ``E_batch/importance_weights`` tensor, else the
-``importance/*`` streams). A plot whose data the run's level did not log is skipped with a note on stderr.
+A folder is a sweep: every run below it that ``asynclog sweep`` lists and that has a ``*_summary.json`` is
+one checkpoint (a run folder of ranks is one run, read from rank 0's summary, as ``sweep`` reads it), and
+``sweep.png`` shows δH₁ against δH_true with the y = x line, ESS and w_max per checkpoint, and per-phase
+timing (summaries only: fast for many runs). A ``.alog`` file, or a run folder of ranks, is one run:
+``token_entropy.png`` and ``token_logprob.png`` (real response tokens of every ``tokens/*`` stream, every
+rank's), ``sequence_length.png`` (``generation_length`` of every ``sequences/*`` stream) and
+``importance_weight.png`` (the ``E_batch/importance_weights`` tensor of every rank, else the ``importance/*``
+streams). A plot whose data the run's level did not log is skipped with a note on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
-import json
 import math
 import os
 import sys
@@ -56,36 +56,36 @@ def _number(value) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 
-def _point(path: str, summary: dict) -> dict:
-    core = summary.get("core_results") or {}
-    diagnostics = (summary.get("ground_truth") or {}).get("diagnostics") or {}
-    checkpoint = ((summary.get("run_metadata") or {}).get("checkpoint_path") or "").rstrip("/")
-    stem = os.path.basename(path).removesuffix("_summary.json")
-    timing = {k: _number(v) for k, v in (summary.get("timing") or {}).items() if k != "total_time"}
-    return {"checkpoint": os.path.basename(checkpoint) or stem, "deltaH1": _number(core.get("deltaH1")),
-            "deltaH_true": _number(core.get("deltaH_true")), "ESS": _number(diagnostics.get("ESS")),
-            "w_max": _number(diagnostics.get("w_max")), "timing": timing}
+def _point(facts) -> dict:
+    """A run's point: its numbers from its row of the sweep table, its phases' timing from its summary."""
+    from .analysis import row
+
+    sweep_row = row(facts)
+    timing = {k: _number(v) for k, v in (facts.summary.get("timing") or {}).items() if k != "total_time"}
+    return {"checkpoint": sweep_row["checkpoint"], "timing": timing,
+            **{k: _number(sweep_row[k]) for k in ("deltaH1", "deltaH_true", "ESS", "w_max")}}
 
 
 def sweep_points(folder: str) -> list[dict]:
-    """One point per ``*_summary.json`` below ``folder`` (unreadable ones skipped), ordered by checkpoint."""
+    """One point per run below ``folder`` with a summary (the runs ``asynclog sweep`` lists; a run folder of
+    ranks is one), ordered by checkpoint; a summary that cannot be read is skipped with a note."""
+    from .analysis import find_logs, read_run
+
     points = []
-    for path in glob.glob(os.path.join(glob.escape(folder), "**", "*_summary.json"), recursive=True):
-        try:
-            with open(path, encoding="utf-8") as f:
-                summary = json.load(f)
-        except (OSError, ValueError) as exc:
-            print(f"asynclog plot: skipped {path}: {exc}", file=sys.stderr)
-            continue
-        if isinstance(summary, dict):
-            points.append(_point(path, summary))
+    for path in find_logs(folder):
+        facts = read_run(path)
+        for problem in facts.problems:
+            print(f"asynclog plot: skipped {path}: {problem}", file=sys.stderr)
+        if isinstance(facts.summary, dict):
+            points.append(_point(facts))
     return sorted(points, key=lambda p: p["checkpoint"])
 
 
 def plot_sweep(folder: str, out: str) -> list[str]:
     points = sweep_points(folder)
     if not points:
-        raise PlotError(f"no *_summary.json below {folder}: point plot at a run's .alog or a sweep's folder")
+        raise PlotError(f"no *_summary.json beside any run below {folder}: point plot at a run's .alog or a "
+                        f"sweep's folder")
     plt = _pyplot()
     fig, ((deltas, ess), (wmax, timing)) = _figure(plt, SWEEP_PIXELS, nrows=2, ncols=2)
     names = [p["checkpoint"] for p in points]
@@ -150,10 +150,14 @@ def _column_values(log, prefix: str, column: str):
 
 
 def _importance_weights(log):
-    from .export import to_numpy
+    import numpy as np
 
-    if "E_batch/importance_weights" in log.tensor_names():
-        return to_numpy(log.tensor("E_batch/importance_weights")).reshape(-1)
+    from .export import shards_of, to_numpy
+
+    name = "E_batch/importance_weights"  # every rank's: each weighs its own part of the E batch
+    found = [to_numpy(shard.tensor(name)).reshape(-1) for _, shard in shards_of(log) if name in shard.tensor_names()]
+    if found:
+        return np.concatenate(found)
     return _column_values(log, "importance/", "importance_weight")
 
 
@@ -166,17 +170,26 @@ _RUN_DATA = {
 }
 
 
+def _level(log) -> str | None:
+    """The level the run logged at (rank 0's, or the first readable rank's, for a run folder)."""
+    from .export import shards_of
+
+    shards = shards_of(log)
+    return shards[0][1].header.get("level") if shards else None
+
+
 def plot_run(path: str, out: str) -> list[str]:
     from .reader import open_log
 
     written = []
     with open_log(path) as log:
+        level = _level(log)
         for name in RUN_PLOTS:
             load, title, xlabel = _RUN_DATA[name]
             values = load(log)
             if values is None or len(values) == 0:
-                print(f"asynclog plot: no data for {name} in {path} (not logged at level "
-                      f"{log.header.get('level')!r})", file=sys.stderr)
+                print(f"asynclog plot: no data for {name} in {path} (not logged at level {level!r})",
+                      file=sys.stderr)
                 continue
             plt = _pyplot()
             fig, ax = _figure(plt, RUN_PIXELS)
@@ -190,11 +203,16 @@ def plot_run(path: str, out: str) -> list[str]:
 
 
 def plot(target: str, out: str) -> list[str]:
-    """Plot a sweep (a folder) or one run (a .alog file) into ``out``; return the PNGs written."""
+    """Plot a sweep (a folder) or one run (a .alog file or a run folder of ranks) into ``out``; return the
+    PNGs written."""
+    from .shards import is_run_folder
+
     if not os.path.exists(target):
         raise PlotError(f"{target}: no such file or folder")
     os.makedirs(out, exist_ok=True)
-    return plot_sweep(target, out) if os.path.isdir(target) else plot_run(target, out)
+    if os.path.isdir(target) and not is_run_folder(target):
+        return plot_sweep(target, out)
+    return plot_run(target, out)
 
 
 # --- the console script ---------------------------------------------------------------------------------
@@ -208,6 +226,6 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser("plot", help="PNG plots of one run (a .alog) or of a sweep (a folder of runs)",
                               description=cmd_plot.__doc__)
-    p.add_argument("target", help="a run's .alog file, or a folder with runs' *_summary.json below it")
+    p.add_argument("target", help="a run's .alog file or run folder of ranks, or a folder with runs below it")
     p.add_argument("-o", "--out", required=True, help="folder for the PNGs (created if missing)")
     p.set_defaults(func=cmd_plot)

@@ -172,3 +172,78 @@ def test_table_views_give_one_row_per_sequence_and_per_token(run_path):
     assert first["position"].tolist() == list(range(len(want[3]["tokens"])))
     assert first["tokens"].tolist() == want[3]["tokens"].tolist()
     assert first["token_texts"].tolist() == want[3]["token_texts"]
+
+
+# --- a run folder of ranks ------------------------------------------------------------------------------
+KILLED_RANK = """
+import os, signal, sys, torch, asynclog
+run = asynclog.start(sys.argv[1], name="job", rank=1, world_size=2)
+run.event("step", step=0)
+tokens = run.stream("tokens/E_batch", chunk_rows=4)
+for i in range(6):
+    tokens.append(sequence_id=1000 + i, tokens=torch.arange(1 + i % 3))
+tokens.flush()
+run.flush()
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def log_rank(directory, rank: int, name: str = "job") -> None:
+    """Rank ``rank`` of a job of two: an event and a ragged tokens stream of its own length."""
+    with asynclog.start(directory, name=name, rank=rank, world_size=2) as run:
+        run.event("step", step=rank)
+        run.tensor("E_batch/S", torch.arange(4.0) + rank)
+        tokens = run.stream("tokens/E_batch", chunk_rows=4)
+        for i in range(5 + 3 * rank):
+            tokens.append(sequence_id=1000 * rank + i, tokens=torch.arange(1 + i % 3))
+
+
+@pytest.fixture(scope="module")
+def ranks_path(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ranks")
+    for rank in range(2):
+        log_rank(folder, rank)
+    return str(folder / "job")
+
+
+def test_a_run_folder_exports_as_one_run_with_a_rank_column(ranks_path, tmp_path, here):
+    path = exported(ranks_path, tmp_path, "tokens/E_batch", "parquet", here)
+    with asynclog.open(ranks_path) as log:
+        want = [(r["rank"], r["sequence_id"], r["tokens"].tolist()) for r in log.rows("tokens/E_batch")]
+    got = pq.read_table(path).to_pylist()
+    assert [(g["rank"], g["sequence_id"], g["tokens"]) for g in got] == want
+    assert {g["rank"] for g in got} == {0, 1} and len(got) == 5 + 8
+    assert pq.ParquetFile(path).metadata.num_row_groups == 2 + 2  # a chunk at a time, rank by rank
+    with open(exported(ranks_path, tmp_path, "tokens/E_batch", "jsonl", here), encoding="utf-8") as f:
+        assert [(r["rank"], r["sequence_id"]) for r in map(json.loads, f)] == [w[:2] for w in want]
+
+
+def test_a_run_folders_events_carry_their_rank_as_a_column(ranks_path, tmp_path, here):
+    path = exported(ranks_path, tmp_path, "events", "parquet", here)
+    rows = duckdb.sql(f"select rank, (data->>'step')::int, data from '{path}' where name = 'step' "
+                      "order by rank").fetchall()
+    assert [r[:2] for r in rows] == [(0, 0), (1, 1)]
+    assert all("rank" not in json.loads(r[2]) for r in rows)  # a column of its own, not inside data
+    with open(exported(ranks_path, tmp_path, "events", "csv", here), newline="", encoding="utf-8") as f:
+        assert sorted(r["rank"] for r in csv.DictReader(f) if r["name"] == "step") == ["0", "1"]
+
+
+def test_a_run_folders_tensors_are_kept_apart_by_rank(ranks_path, tmp_path, here):
+    rows = pq.read_table(exported(ranks_path, tmp_path, "tensors", "parquet", here)).to_pylist()
+    assert [(r["rank"], r["name"], r["values"]) for r in rows] == [(k, "E_batch/S", [k + 0.0, k + 1, k + 2, k + 3])
+                                                                 for k in range(2)]
+    with np.load(exported(ranks_path, tmp_path, "tensors", "npz", here)) as npz:
+        assert sorted(npz.files) == ["rank-00000/E_batch/S", "rank-00001/E_batch/S"]
+        assert npz["rank-00001/E_batch/S"].tolist() == [1.0, 2.0, 3.0, 4.0]
+
+
+def test_a_run_folder_with_a_killed_rank_exports_what_is_there_and_names_it(tmp_path):
+    log_rank(tmp_path, 0)
+    killed = subprocess.run([sys.executable, "-c", KILLED_RANK, str(tmp_path)], capture_output=True, timeout=120)
+    assert killed.returncode == -9, killed.stderr
+    out = tmp_path / "tokens.parquet"
+    done = cli(str(tmp_path / "job"), "--to", "parquet", "--what", "tokens/E_batch", "-o", str(out))
+    assert done.returncode == 2 and "rank 1" in done.stderr and "incomplete" in done.stderr, done.stderr
+    assert "rank 0" not in done.stderr and "Traceback" not in done.stderr and done.stdout.split() == [str(out)]
+    got = pq.read_table(out).to_pylist()
+    assert [(g["rank"], g["sequence_id"]) for g in got] == [(0, i) for i in range(5)] + [(1, 1000 + i) for i in range(6)]

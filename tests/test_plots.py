@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import glob
+import json
+import shutil
 import struct
 import subprocess
 import sys
 
 import pytest
+import torch
 
+import asynclog
 from asynclog.cli import main as cli_main
 from asynclog import export, plots
 
@@ -65,3 +69,46 @@ def test_sweep_points_come_from_the_summaries(sweep):
 def test_a_folder_without_summaries_is_one_clear_line(tmp_path):
     done = plot(str(tmp_path), "-o", str(tmp_path / "figs"))
     assert done.returncode == 3 and "no *_summary.json" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.fixture(scope="module")
+def sweep_with_ranks(sweep, tmp_path_factory):
+    """The demo sweep and a run folder of two ranks, each rank with its tokens and sequences streams and the
+    summary a DetailedLogger leaves beside its shard (the demo's, for checkpoint step_002, δH₁ of its own)."""
+    folder = tmp_path_factory.mktemp("ranks") / "logs"
+    shutil.copytree(sweep, folder)
+    [summary] = glob.glob(str(folder / "*" / "*step_000_summary.json"))
+    g = torch.Generator().manual_seed(5)
+    for rank in range(2):
+        with asynclog.start(folder, name="job", rank=rank, world_size=2) as run:
+            tokens, sequences = run.stream("tokens/E_batch"), run.stream("sequences/E_batch")
+            for i in range(6):
+                n = 2 + i
+                tokens.append(sequence_id=i, rb_entropies=torch.rand(n, generator=g),
+                              token_logprobs=-torch.rand(n, generator=g))
+                sequences.append(sequence_id=i, generation_length=n)
+        with open(summary, encoding="utf-8") as f:
+            data = json.load(f)
+        data["run_metadata"]["checkpoint_path"] = "toy/tiny/step_002"
+        data["core_results"]["deltaH1"] = 0.5 + rank
+        with open(folder / "job" / f"rank-{rank:05d}_summary.json", "w", encoding="utf-8") as f:
+            json.dump(data, f)
+    return folder
+
+
+def test_a_run_folder_of_ranks_is_one_checkpoint_of_the_sweep(sweep_with_ranks, tmp_path):
+    points = plots.sweep_points(str(sweep_with_ranks))
+    assert [p["checkpoint"] for p in points] == ["step_000", "step_001", "step_002"]
+    assert points[2]["deltaH1"] == 0.5  # rank 0's summary, as asynclog sweep reads it
+    done = plot(str(sweep_with_ranks), "-o", str(tmp_path))
+    assert done.returncode == 0 and done.stdout.split() == [str(tmp_path / "sweep.png")], done.stderr
+
+
+def test_a_run_folder_of_ranks_plots_as_one_run_of_every_rank(sweep_with_ranks, tmp_path, capsys):
+    assert cli_main(["plot", str(sweep_with_ranks / "job"), "-o", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert [p.rsplit("/", 1)[1] for p in out.split()] == ["token_entropy.png", "token_logprob.png",
+                                                          "sequence_length.png"]
+    assert "importance_weight" in err and "level" in err
+    with asynclog.open(sweep_with_ranks / "job") as log:
+        assert plots._token_values(log, "rb_entropies").size == 2 * sum(range(2, 8))  # both ranks' tokens
