@@ -126,7 +126,7 @@ def test_bench_command_rejects_an_unknown_workload(capsys):
 def test_only_names_workloads_and_peers_and_asynclog_is_always_the_reference():
     from asynclog.bench import selection
 
-    assert selection("tensors,sync,torch_save") == (["tensors"], ["asynclog", "sync", "torch_save"])
+    assert selection("tensors,torch_save,sync") == (["tensors"], ["asynclog", "sync", "torch_save"])
     assert selection("events") == (["events"], None)
     assert selection("stdlib") == (None, ["asynclog", "stdlib"])
     assert selection(None) == (None, None)

@@ -30,7 +30,7 @@ __all__ = ["main", "run", "plan", "report", "table", "goals", "Cell", "PEERS", "
 
 
 def selection(only: str | None) -> tuple[list[str] | None, list[str] | None]:
-    """The workloads and the peers ``--only`` names (None: all); asynclog comes first among peers named.
+    """The workloads and the peers ``--only`` names (None: all); peers in the table's order, asynclog first.
 
     Raises ValueError naming what is neither a workload nor a peer.
     """
@@ -41,7 +41,7 @@ def selection(only: str | None) -> tuple[list[str] | None, list[str] | None]:
                          f"peers: {', '.join(PEERS)}")
     workloads = [n for n in names if n in WORKLOADS] or None
     named = [n for n in names if n in PEERS]
-    return workloads, (list(dict.fromkeys(["asynclog", *named])) if named else None)
+    return workloads, ([k for k in PEERS if k == "asynclog" or k in named] if named else None)
 
 
 def command_line(args: argparse.Namespace) -> str:
