@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import pathlib
 
 import pytest
 
@@ -119,4 +120,62 @@ def test_bench_command_rejects_an_unknown_workload(capsys):
     from asynclog.bench import main
 
     assert main(argparse.Namespace(full=False, only="events,nope")) == 2
-    assert "unknown workload nope" in capsys.readouterr().err
+    assert "unknown workload or peer nope" in capsys.readouterr().err
+
+
+def test_only_names_workloads_and_peers_and_asynclog_is_always_the_reference():
+    from asynclog.bench import selection
+
+    assert selection("tensors,torch_save,sync") == (["tensors"], ["asynclog", "sync", "torch_save"])
+    assert selection("events") == (["events"], None)
+    assert selection("stdlib") == (None, ["asynclog", "stdlib"])
+    assert selection(None) == (None, None)
+
+
+def test_the_report_names_the_command_that_reproduces_it():
+    from asynclog.bench import command_line
+
+    args = argparse.Namespace(full=True, only="events,stdlib")
+    assert command_line(args) == "asynclog bench --full --only events,stdlib"
+
+
+# --- bench_core: its own sections, on the same adapters and workloads -----------------------------------------
+@pytest.fixture(scope="module")
+def bench_core():
+    path = pathlib.Path(__file__).parents[1] / "benchmarks" / "bench_core.py"
+    spec = importlib.util.spec_from_file_location("bench_core", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_core_drives_the_shared_peer_adapters(bench_core):
+    shared = {"AsyncLog": "asynclog", "SyncFloor": "sync", "StdlibQueue": "stdlib", "TorchSave": "torch_save"}
+    for name, key in shared.items():
+        assert getattr(bench_core, name, None) is peers.load(key), name
+    own = [n for n, v in vars(bench_core).items() if isinstance(v, type) and v.__module__ == bench_core.__name__]
+    assert own == [], "bench_core defines its own peers or baselines"
+
+
+def test_bench_core_makes_records_rows_and_tensors_with_the_workloads_makers(bench_core):
+    from asynclog.bench import workloads
+
+    for name in ("event_fields", "token_row", "snapshots"):
+        assert getattr(bench_core, name, None) is getattr(workloads, name), name
+
+
+def test_bench_core_before_after_table_shows_each_figure_and_its_change(bench_core):
+    before = {"events": {"p50_us": 2.0, "peers": {"sync": 1.0}}, "startup": {"first_start_s": 0.2}}
+    after = {"events": {"p50_us": 3.0, "peers": {"sync": 1.0}}, "startup": {"first_start_s": 0.1}}
+    rows = bench_core.before_after(before, after).splitlines()
+    assert "| events p50_us | 2 | 3 | +50 % |" in rows
+    assert "| events peers sync | 1 | 1 | 0 % |" in rows
+    assert "| startup first_start_s | 0.2 | 0.1 | -50 % |" in rows
+
+
+def test_bench_core_sections_measure_at_the_tiny_scale(bench_core, tmp_path):
+    gate = bench_core.bench_gate(str(tmp_path), 20)
+    assert 0 < gate["muted_p50_us"] and 0 < gate["accepted_p50_us"] and 0 < gate["refused_p50_us"]
+    through = bench_core.bench_throughput(str(tmp_path), "tiny")
+    for kind in ("records", "token_rows"):
+        assert through[kind]["asynclog_per_s"] > 0 and through[kind]["sync_per_s"] > 0, through

@@ -5,9 +5,14 @@ driven through its own documented API; the runner (``_runner``) samples helper p
 the report (``_report``) prints one table per workload with asynclog's ratio to each peer, then the goals.
 Peers whose package is not installed are reported missing: ``pip install asynclog[bench]`` brings them.
 
-    asynclog bench                 # the short set, under a minute
-    asynclog bench --full          # the whole set (minutes)
-    asynclog bench --only events,tensors
+    asynclog bench                             # the short set, under a minute
+    asynclog bench --full                      # the whole set (minutes)
+    asynclog bench --only events,tensors       # two workloads, every peer
+    asynclog bench --full --only tensors,sync,torch_save   # one workload, two peers (and asynclog)
+
+``--only`` takes workload and peer names alike (no name is both): the workloads named, or all, for the
+peers named, or all; asynclog, the reference every ratio is taken against, always runs. The report's first
+line is the command that reproduces it.
 """
 
 from __future__ import annotations
@@ -20,23 +25,40 @@ from ._runner import Cell, plan, run
 from .peers import PEERS
 from .workloads import WORKLOADS
 
-__all__ = ["main", "run", "plan", "report", "table", "goals", "Cell", "PEERS", "WORKLOADS"]
+__all__ = ["main", "run", "plan", "report", "table", "goals", "Cell", "PEERS", "WORKLOADS", "selection",
+           "command_line"]
+
+
+def selection(only: str | None) -> tuple[list[str] | None, list[str] | None]:
+    """The workloads and the peers ``--only`` names (None: all); peers in the table's order, asynclog first.
+
+    Raises ValueError naming what is neither a workload nor a peer.
+    """
+    names = [n.strip() for n in (only or "").split(",") if n.strip()]
+    unknown = [n for n in names if n not in WORKLOADS and n not in PEERS]
+    if unknown:
+        raise ValueError(f"unknown workload or peer {', '.join(unknown)}; workloads: {', '.join(WORKLOADS)}; "
+                         f"peers: {', '.join(PEERS)}")
+    workloads = [n for n in names if n in WORKLOADS] or None
+    named = [n for n in names if n in PEERS]
+    return workloads, ([k for k in PEERS if k == "asynclog" or k in named] if named else None)
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces this report (a script wrapping ``main`` passes its own)."""
+    return getattr(args, "command_line", None) or " ".join(
+        ["asynclog bench", *(["--full"] if args.full else []), *([f"--only {args.only}"] if args.only else [])])
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the short set (or ``args.full``), limited to ``args.only``; print the report. Exit 1 on a bad name."""
+    """Run the short set (or ``args.full``), limited to ``args.only``; print the report. Exit 2 on a bad name."""
     scale = "full" if args.full else "short"
-    workloads = None
-    if args.only:
-        workloads = [w.strip() for w in args.only.split(",") if w.strip()]
-        unknown = [w for w in workloads if w not in WORKLOADS]
-        if unknown:
-            print(f"asynclog bench: unknown workload {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}",
-                  file=sys.stderr)
-            return 2
-    command = " ".join(["asynclog bench", *(["--full"] if args.full else []),
-                        *([f"--only {args.only}"] if args.only else [])])
-    command = getattr(args, "command_line", None) or command
+    try:
+        workloads, peer_keys = selection(args.only)
+    except ValueError as exc:
+        print(f"asynclog bench: {exc}", file=sys.stderr)
+        return 2
+    command = command_line(args)
 
     def progress(cell: Cell) -> None:
         took = cell.figures.get("wall_s")
@@ -44,7 +66,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"  {cell.workload:8} {cell.name:22} {cell.status}{detail}", file=sys.stderr, flush=True)
 
     print(f"asynclog bench: {scale} set, each peer in its own subprocess, one at a time", file=sys.stderr)
-    cells = run(scale, workload_keys=workloads, progress=progress)
+    cells = run(scale, peer_keys=peer_keys, workload_keys=workloads, progress=progress)
     text = report(cells, scale, command)
     print(text)
     markdown = getattr(args, "markdown", None)

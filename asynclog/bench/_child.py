@@ -27,7 +27,7 @@ def main(argv: list[str]) -> int:
     for job in spec["jobs"]:
         _phase(spec["phase_file"], job["workload"])
         try:
-            result = _measure(spec["peer"], job)
+            result = measure(spec["peer"], job)
         except BaseException as exc:  # noqa: BLE001 - whatever broke is this workload's answer
             result = {"status": "error", "note": f"{type(exc).__name__}: {exc}",
                       "traceback": traceback.format_exc()}
@@ -44,7 +44,8 @@ def _phase(path: str, workload: str) -> None:
     os.replace(path + ".tmp", path)
 
 
-def _measure(peer: str, job: dict) -> dict:
+def measure(peer: str, job: dict) -> dict:
+    """Drive peer ``peer`` through ``job`` (workload, params, directory, result) in this process; its figures."""
     if job["workload"] == "demo":
         return _measure_demo(peer, job)
     from . import peers

@@ -21,10 +21,14 @@ import time
 from array import array
 from dataclasses import dataclass, field
 
-__all__ = ["Workload", "WORKLOADS", "SCALES", "prepare", "drive"]
+__all__ = ["Workload", "WORKLOADS", "SCALES", "TENSOR_SIZES", "prepare", "drive", "event_fields", "token_row",
+           "snapshots"]
 
 SCALES = ("tiny", "short", "full")
 VOCAB = 50257
+ROW_TOKENS = 150
+# The size sweep of ``benchmarks/bench_core.py`` (run.tensor against a copy); the workload uses 512 KiB and 16 MiB.
+TENSOR_SIZES = (1 << 10, 64 << 10, 1 << 20, 16 << 20, 64 << 20)
 _CHECKPOINTS = [f"ckpt_{i:04d}" for i in range(8)]
 
 
@@ -64,9 +68,9 @@ WORKLOADS = {
         "full": {"count": 100_000, "every": 100, "pause_s": 0.001},
     }),
     "tokens": Workload("tokens", {
-        "tiny": {"sequences": 40, "length": 150, "every": 16, "pause_s": 0.005},
-        "short": {"sequences": 256, "length": 150, "every": 64, "pause_s": 0.02},
-        "full": {"sequences": 2048, "length": 150, "every": 64, "pause_s": 0.02},
+        "tiny": {"sequences": 40, "length": ROW_TOKENS, "every": 16, "pause_s": 0.005},
+        "short": {"sequences": 256, "length": ROW_TOKENS, "every": 64, "pause_s": 0.02},
+        "full": {"sequences": 2048, "length": ROW_TOKENS, "every": 64, "pause_s": 0.02},
     }),
     "tensors": Workload("tensors", {
         "tiny": {"count": 3, "nbytes": 64 << 10, "pause_s": 0.005},
@@ -89,11 +93,37 @@ def prepare(workload: str, params: dict) -> dict:
     if workload in ("tokens", "tensors"):
         import torch  # noqa: F401 - imported here so its memory is in the baseline, not the growth
     if workload == "tensors":
-        g = torch.Generator().manual_seed(0)
         # Eight distinct tensors used in turn: a repeat is 8 tensors back, beyond any compressor's window.
-        numel = params["nbytes"] // 4
-        state["tensors"] = [torch.randn(numel, generator=g) for _ in range(min(calls, 8))]
+        state["tensors"] = snapshots(params["nbytes"], min(calls, 8))
     return state
+
+
+def snapshots(nbytes: int, count: int) -> list:
+    """``count`` distinct float32 tensors of ``nbytes`` each, seeded: the tensors every peer is given."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(nbytes // 4, generator=g) for _ in range(count)]
+
+
+def event_fields(i: int, count: int, rng: random.Random) -> dict:
+    """Record ``i`` of ``count``: the 10 fields of a ``core_results`` row (step, checkpoint name, 8 floats)."""
+    decay = math.exp(-i / count)
+    return {"step": i, "checkpoint": _CHECKPOINTS[i * len(_CHECKPOINTS) // count],
+            "loss": 2.0 * decay + 0.05 * rng.random(), "entropy_mean": 3.0 * decay + rng.random(),
+            "entropy_std": 0.5 + 0.1 * rng.random(), "kl": 0.01 * rng.random(),
+            "reward": 1.0 - decay + 0.1 * rng.random(), "grad_norm": rng.lognormvariate(0, 0.5),
+            "lr": 3e-4 * decay, "tokens_per_s": 12000.0 + 1000.0 * rng.random()}
+
+
+def token_row(g, length: int = ROW_TOKENS) -> tuple:
+    """One sequence of the token stream from generator ``g``: int64 ids, float32 log-probs and entropies."""
+    import torch
+
+    tokens = torch.randint(0, VOCAB, (length,), generator=g)
+    logprobs = torch.empty(length).exponential_(generator=g).neg_()
+    entropies = torch.rand(length, generator=g).mul_(math.log(VOCAB))
+    return tokens, logprobs, entropies
 
 
 def drive(adapter, workload: str, params: dict, state: dict) -> array:
@@ -107,12 +137,7 @@ def _events(adapter, p: dict, state: dict) -> array:
     lat = state["lat"]
     clock = time.perf_counter_ns
     for i in range(count):
-        decay = math.exp(-i / count)
-        fields = {"step": i, "checkpoint": _CHECKPOINTS[i * len(_CHECKPOINTS) // count],
-                  "loss": 2.0 * decay + 0.05 * rng.random(), "entropy_mean": 3.0 * decay + rng.random(),
-                  "entropy_std": 0.5 + 0.1 * rng.random(), "kl": 0.01 * rng.random(),
-                  "reward": 1.0 - decay + 0.1 * rng.random(), "grad_norm": rng.lognormvariate(0, 0.5),
-                  "lr": 3e-4 * decay, "tokens_per_s": 12000.0 + 1000.0 * rng.random()}
+        fields = event_fields(i, count, rng)
         t0 = clock()
         adapter.event("core_results", fields)
         lat[i] = clock() - t0
@@ -129,9 +154,7 @@ def _tokens(adapter, p: dict, state: dict) -> array:
     lat = state["lat"]
     clock = time.perf_counter_ns
     for i in range(sequences):
-        tokens = torch.randint(0, VOCAB, (length,), generator=g)
-        logprobs = torch.empty(length).exponential_(generator=g).neg_()
-        entropies = torch.rand(length, generator=g).mul_(math.log(VOCAB))
+        tokens, logprobs, entropies = token_row(g, length)
         t0 = clock()
         adapter.row(i, tokens, logprobs, entropies)
         lat[i] = clock() - t0

@@ -1,6 +1,7 @@
 """asynclog itself: ``asynclog.start``, ``run.event``, ``run.stream(...).append``, ``run.tensor``, ``run.close``.
 
-Default config at debug level: the numbers are what a user gets without tuning.
+Default config at debug level: the numbers are what a user gets without tuning. ``benchmarks/bench_core.py``
+passes a config (policy ``error``) or a level of its own for the figures only asynclog has.
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ class AsyncLog(Adapter):
     name = "asynclog"
     how = {"events": "native", "tokens": "native (stream)", "tensors": "native"}
 
+    def __init__(self, config: dict | None = None, level: str = "debug"):
+        self.config, self.level = config, level
+
     def open(self, directory: str, workload: str) -> None:
         import asynclog
 
-        self.run = asynclog.start(directory, name="bench", level="debug")
+        self.run = asynclog.start(directory, name="bench", level=self.level, config=self.config)
         self.stream = self.run.stream("tokens") if workload == "tokens" else None
 
     def event(self, name: str, fields: dict) -> None:
