@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("bench", help="compare asynclog with the usual alternatives on this machine")
     p.add_argument("--full", action="store_true", help="run the whole set (minutes), not the short one")
-    p.add_argument("--only", default=None, help="comma-separated workloads to run")
+    p.add_argument("--only", default=None, help="comma-separated workloads and peers to run (asynclog always runs)")
     p.set_defaults(func=cmd_bench)
     for name in COMMAND_MODULES:
         _command_module(name).register(sub)
