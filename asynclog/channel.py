@@ -85,9 +85,10 @@ class Channel:
     """One writer process and the pipes and pool it shares with this process. Thread-safe."""
 
     def __init__(self, staging_bytes: int, queue_batches: int, flush_interval_s: float, writer_options: dict,
-                 timeout_s: float = 120.0):
+                 timeout_s: float = 120.0, first_open: bytes | None = None):
+        """``first_open``, an encoded ``wire.Open``, is handed to the writer on its command line: it takes that
+        run over first thing, so a probe killed before the handshake still gets its run closed, marked so."""
         self.pool = StagingPool(staging_bytes)
-        self._prefault = self.pool.prefault()
         # The outbox: a deque (append and popleft are atomic) bounded by ``queue_batches``. A producer wakes
         # the sender only when it may be asleep, so a hand-over costs an append, not a lock and a notify.
         self._outbox: collections.deque[bytes | None] = collections.deque()
@@ -110,13 +111,18 @@ class Channel:
         self._closed = False
         self._released = False
         self._ready = threading.Event()  # the writer answered its handshake
-        self._spawn(writer_options)
+        self._prefault: threading.Thread | None = None
+        self._spawn(writer_options if first_open is None else {**writer_options, "first_open": first_open})
         self._sender = threading.Thread(target=self._guarded, args=(self._send_loop, "sender"),
                                         name="asynclog-sender", daemon=True)
         self._receiver = threading.Thread(target=self._guarded, args=(self._receive_loop, "receiver"),
                                           name="asynclog-receiver", daemon=True)
         self._sender.start()
         self._receiver.start()
+        # Last: starting a thread waits for it to run, which the page-touching thread would slow down.
+        with self._lock:
+            if not self._released:  # a writer that died at once has had the pool released already
+                self._prefault = self.pool.prefault()
 
     # --- start-up -------------------------------------------------------------------------------------------
     def _spawn(self, writer_options: dict) -> None:
@@ -266,7 +272,8 @@ class Channel:
         return reply.value
 
     def wait_prefault(self) -> None:
-        self._prefault.join()
+        if self._prefault is not None:
+            self._prefault.join()
 
     # --- background threads ---------------------------------------------------------------------------------
     def _guarded(self, loop: Callable[[], None], role: str) -> None:
@@ -419,7 +426,8 @@ class Channel:
                 conn.close()
             except OSError:
                 pass
-        self._prefault.join()
+        if self._prefault is not None:
+            self._prefault.join()
         self.pool.close()
 
     def forget_in_child(self) -> None:

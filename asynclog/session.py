@@ -47,17 +47,28 @@ _WRITER_KEYS = ("staging_bytes", "queue_batches", "flush_interval_s", "compress_
                 "timeout_s", "grace_s", "writer_nice")
 
 
-def _channel_for(config: Config) -> tuple[Channel, Stager]:
-    """The writer for this config: runs share one when these keys agree (the rest is per run)."""
+_FIRST_OPEN_MAX = 32 << 10  # an Open on the writer's command line (as hex) stays well inside one argument's limit
+
+
+def _channel_for(config: Config, opening: bytes) -> tuple[Channel, Stager]:
+    """The writer for this config, which is handed ``opening`` (an encoded Open): runs share one writer when
+    these keys agree (the rest is per run). A new writer gets it on its command line, so it holds the run from
+    its first instant; a running one through the queue, not waited for. A failure reaches the run's next call."""
     key = tuple(getattr(config, k) for k in _WRITER_KEYS)
     pair = _channels.get(key)
-    if pair is not None and pair[0].error is None:
-        return pair
-    writer_options = {"compress_threads": config.compress_threads, "fsync_interval_s": config.fsync_interval_s,
-                      "grace_s": config.grace_s, "nice": config.writer_nice}
-    channel = Channel(config.staging_bytes, config.queue_batches, config.flush_interval_s, writer_options,
-                      config.timeout_s)
-    pair = _channels[key] = (channel, Stager(channel))
+    if pair is None or pair[0].error is not None:
+        writer_options = {"compress_threads": config.compress_threads, "fsync_interval_s": config.fsync_interval_s,
+                          "grace_s": config.grace_s, "nice": config.writer_nice}
+        first = opening if len(opening) <= _FIRST_OPEN_MAX else None
+        channel = Channel(config.staging_bytes, config.queue_batches, config.flush_interval_s, writer_options,
+                          config.timeout_s, first_open=first)
+        pair = _channels[key] = (channel, Stager(channel))
+        if first is not None:
+            return pair
+    try:
+        pair[0].put(opening, "block")
+    except WriterError:
+        pass  # the writer failed (to start, perhaps): the run, attached next, raises it at its next call
     return pair
 
 
@@ -149,18 +160,14 @@ def start(directory: str | os.PathLike = "logs", name: str | None = None, *, lev
             ranks.write_manifest(os.path.dirname(path), name, where)
         start_bytes = b""
         try:
-            channel, stager = _channel_for(config)
             run_id = next(_run_ids)
             # The file's first bytes are written here, so it reads as a run from now on, even if this process
-            # dies before the writer is up; the Open is not waited for: a failure reaches the run's next call.
+            # dies before the writer is up.
             first = log_start(encode_value(header, "run metadata"))
             write_start(path, first, overwrite)
             start_bytes = first
-            message = wire.Open(wire.NO_ANSWER, run_id, path, len(first), summary, options)
-            try:
-                channel.put(wire.encode(message), "block")
-            except WriterError:
-                pass  # the writer failed (to start, perhaps): the run, attached below, raises it at its next call
+            opening = wire.encode(wire.Open(wire.NO_ANSWER, run_id, path, len(first), summary, options))
+            channel, stager = _channel_for(config, opening)
         except BaseException:
             _unlink_quietly(path, len(start_bytes))  # the reservation, or only what this start wrote
             raise

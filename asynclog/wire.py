@@ -19,9 +19,10 @@ Writer -> probe, on the back pipe::
     Done(ask, value)                   the answer to a request (Sync, Close; an Open with ask > 0)
     Failed(run, ask, message, errno)   a run failed (ask > 0: that request) or, with run 0, the writer did
 
-``start()`` writes the file's preamble and header frame itself (``start_len`` bytes) and sends ``Open``
-without waiting: the writer appends after them, so a file exists and reads as a run from the moment
-``start()`` returns, whether or not the writer is up yet.
+``start()`` writes the file's preamble and header frame itself (``start_len`` bytes) and hands over ``Open``
+without waiting (on the new writer's command line when that start() spawned it): the writer appends after
+them, so a file exists and reads as a run from the moment ``start()`` returns, whether or not the writer is
+up yet.
 
 Frame meta travels as ``msgspec.Raw``: encoded once by the probe and written by the writer as it came.
 The few facts the writer needs for its footer index ride beside it in ``FrameSpec``.

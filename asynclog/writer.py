@@ -265,6 +265,13 @@ class Writer:
                 self._handle(msg)
             self._sync_due()
 
+    def take_first(self, opening: bytes | None) -> None:
+        """The Open that came on the command line, handled as if it had come through the pipe."""
+        if opening is not None:
+            msg = self._decode(opening)
+            if msg is not None:
+                self._handle(msg)
+
     def _decode(self, data: bytes):
         try:
             return wire.probe_decoder.decode(data)
@@ -335,9 +342,10 @@ class Writer:
         try:
             self.runs[msg.run] = RunFile(msg, codec)
         except OSError as exc:
-            self.reply(wire.Failed(msg.run, msg.ask, f"cannot create {msg.path}: {exc}", exc.errno))
+            self.reply(wire.Failed(msg.run, msg.ask, f"cannot take over {msg.path}: {exc}", exc.errno))
             return
-        self.reply(wire.Done(msg.ask))
+        if msg.ask != wire.NO_ANSWER:
+            self.reply(wire.Done(msg.ask))
 
     def on_records(self, msg: wire.Records) -> None:
         if msg.count:
@@ -469,7 +477,14 @@ def main(argv: list[str]) -> int:
     writer = Writer(data, back, pool, options)
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, writer.on_signal)
-    back.send_bytes(wire.encode(wire.Ready(os.getpid(), socket.gethostname(), wire.WIRE_VERSION)))
+    first = options.get("first_open")  # the run whose start() spawned us: ours from our first instant
+    try:
+        back.send_bytes(wire.encode(wire.Ready(os.getpid(), socket.gethostname(), wire.WIRE_VERSION)))
+    except OSError:  # the probe died before it heard from us: close the run it had started, marked so
+        writer.take_first(first)
+        writer.finish_all(_ON_PROBE_DEATH)
+        return 0
+    writer.take_first(first)  # after Ready: its answer, if any, must not pass for the handshake
     try:
         writer.serve()
     except BaseException:

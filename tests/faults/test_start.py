@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 
 import asynclog
 
@@ -82,13 +83,40 @@ def test_a_writer_killed_while_it_starts_fails_the_run_and_leaves_a_readable_fil
         assert not log.complete and log.header["name"] == "killed"
 
 
-def test_a_probe_killed_right_after_start_leaves_a_file_that_reads_as_its_run(tmp_path):
+def test_a_probe_killed_right_after_start_still_gets_its_run_closed_by_the_writer(tmp_path):
     done = probe("""
         import os, signal, sys, asynclog
-        run = asynclog.start(sys.argv[1], name="gone", metadata={"checkpoint": "step_7"})
-        os.kill(os.getpid(), signal.SIGKILL)  # before the writer can have taken the file over
+        run = asynclog.start(sys.argv[1], name="gone", metadata={"checkpoint": "step_7"},
+                             summary={"summary_path": sys.argv[1] + "/gone_summary.json", "summary": {"n": 1}})
+        os.kill(os.getpid(), signal.SIGKILL)  # before the writer can have said it is up
     """, str(tmp_path))
     assert done.returncode == -9
+    summary = tmp_path / "gone_summary.json"
+    for _ in range(200):  # the writer, orphaned, closes the run on its own
+        if summary.exists():
+            break
+        time.sleep(0.05)
     with asynclog.open(tmp_path / "gone.alog") as log:
         assert not log.complete and log.header["metadata"] == {"checkpoint": "step_7"}
+        assert log.footer is not None and "probe" in log.footer["reason"]
         assert list(log.events()) == []
+    assert summary.exists()
+
+
+def test_bytes_staged_right_after_start_are_written_as_they_were(tmp_path):
+    """The pool's pages are faulted in behind start()'s back while the probe already fills them."""
+    done = probe("""
+        import sys, torch, asynclog
+        changed = 0
+        for trial in range(3):  # each a writer and pool of its own (the staging size is part of the key)
+            g = torch.Generator().manual_seed(trial)
+            tensors = [torch.randint(1, 255, (8 << 20,), dtype=torch.uint8, generator=g) for _ in range(6)]
+            run = asynclog.start(sys.argv[1], name=f"early{trial}", config={"staging_bytes": (512 + trial) << 20})
+            for k, tensor in enumerate(tensors):
+                run.tensor(f"t{k}", tensor)
+            run.close()
+            with asynclog.open(run.path) as log:
+                changed += sum(not torch.equal(log.tensor(f"t{k}"), t) for k, t in enumerate(tensors))
+        print("changed", changed)
+    """, str(tmp_path))
+    assert done.stdout.splitlines() == ["changed 0"], done.stdout + done.stderr[-2000:]
