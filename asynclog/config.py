@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from typing import Any, Literal, NamedTuple
 
 import msgspec
-import yaml
 
 from .errors import ConfigError
 from .layout import check_template
@@ -221,6 +220,8 @@ def _section(data: dict, key: str, source: str) -> dict:
 
 def load_yaml(path: str | os.PathLike) -> dict:
     """Parse a YAML mapping; an unreadable file or a non-mapping is a ConfigError naming the file."""
+    import yaml  # here: a probe that passes dicts never pays for importing it
+
     try:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)

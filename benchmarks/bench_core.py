@@ -224,15 +224,21 @@ def bench_rss(tmp: str, gib: float) -> dict:
 
 
 def bench_startup(tmp: str) -> dict:
-    """Time for a fresh process's ``import asynclog`` and first ``start`` (spawn, handshake, open), against
-    ``import torch``. The import is timed too: asynclog loads its modules on first use."""
-    code = ("import time; t = time.perf_counter(); import asynclog; r = asynclog.start({tmp!r}, name='s'); "
-            "print(time.perf_counter() - t); r.close()")
-    starts = [float(subprocess.check_output([sys.executable, "-c", code.format(tmp=tmp)])) for _ in range(5)]
+    """A fresh probe process that has imported torch (as a probe has): the first ``import asynclog`` plus
+    ``start`` on the probe's thread (the writer starts in the background), that ``start`` alone, and the time
+    until a first event is in the file (``flush``: the writer is up); against ``import torch``."""
+    code = ("import time, torch; t0 = time.perf_counter(); import asynclog.session; t1 = time.perf_counter(); "
+            "r = asynclog.start({tmp!r}, name='s{i}'); t2 = time.perf_counter(); r.event('x'); r.flush(); "
+            "t3 = time.perf_counter(); print(t2 - t0, t2 - t1, t3 - t0); r.close()")
+    runs = [[float(x) for x in subprocess.check_output([sys.executable, "-c", code.format(tmp=tmp, i=i)]).split()]
+            for i in range(7)]
     torch_import = [float(subprocess.check_output([sys.executable, "-c",
                     "import time; t = time.perf_counter(); import torch; print(time.perf_counter() - t)"]))
                     for _ in range(3)]
-    return {"first_start_s": statistics.median(starts), "import_torch_s": statistics.median(torch_import)}
+    import_and_start, start, first_event = zip(*runs)
+    return {"first_start_s": statistics.median(import_and_start), "start_alone_s": statistics.median(start),
+            "first_event_written_s": statistics.median(first_event),
+            "import_torch_s": statistics.median(torch_import)}
 
 
 # --- before / after ----------------------------------------------------------------------------------------
