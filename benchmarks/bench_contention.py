@@ -2,6 +2,7 @@
 level, against the same probe with logging off, side by side in one process run. Prints JSON and the ratio.
 
     .venv/bin/python benchmarks/bench_contention.py [--steps 40] [--repeats 3] [--torch-threads N]
+        [--compression zstd|raw] [--zstd-level 3]
 
 Each step multiplies two 1024x1024 float32 matrices a few times (torch uses every core) and logs what a debug
 probe logs per step: 10 events, 64 token rows of 150 tokens (ids, log-probs, entropies), one 1 MiB tensor.
@@ -63,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--torch-threads", type=int, default=0,
                         help="torch's intra-op threads (default: torch's own choice, every core)")
+    parser.add_argument("--compression", default="zstd", choices=["zstd", "raw"], help="the runs' compression")
+    parser.add_argument("--zstd-level", type=int, default=3)
     args = parser.parse_args(argv)
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
@@ -74,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.repeats):  # interleaved, so drift hits every variant alike
             times["off"].append(run_probe(args.steps, None))
             for variant, nice in (("nice 0 (default)", 0), ("nice 10", 10)):
-                config = {"writer_nice": nice, "level": "debug"}
+                config = {"writer_nice": nice, "level": "debug", "compression": args.compression,
+                          "zstd_level": args.zstd_level}
                 with asynclog.start(tmp, name=f"contention{i}_{nice}", config=config) as run:
                     run.flush()  # the writer is up: its start-up is not the probe's logging
                     writer = psutil.Process(run._channel.process.pid)
