@@ -39,7 +39,7 @@ from .export import EVENT_BATCH, ExportError, _arrow_batch, _groups, _per_token,
 from .files import atomic_write
 from .format import SUFFIX
 
-__all__ = ["export_dataset", "is_dataset", "connect", "STATE", "TABLES"]
+__all__ = ["export_dataset", "is_dataset", "connect", "table", "STATE", "TABLES"]
 
 STATE = "_asynclog_exported.json"
 TABLES = ("runs", "events", "sequences", "importance", "tokens")
@@ -236,6 +236,28 @@ def is_dataset(path: str | os.PathLike) -> bool:
     path = os.fspath(path)
     return os.path.isfile(os.path.join(path, STATE)) or any(
         os.path.isdir(os.path.join(path, f"table={t}")) for t in TABLES)
+
+
+def table(dataset: str | os.PathLike, name: str):
+    """One table of the dataset as a ``pyarrow.dataset.Dataset`` with every column any of its files has.
+
+    Runs differ in columns (a debug run has token texts, another run may not), and pyarrow, pandas and Dask
+    take a dataset's columns from one file unless told otherwise; this gives them the union.
+    """
+    if name not in TABLES:
+        raise AsyncLogError(f"a dataset's tables are {', '.join(TABLES)}, not {name!r}")
+    need("pyarrow", "export")
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    folder = os.path.join(os.fspath(dataset), f"table={name}")
+    if not os.path.isdir(folder):
+        raise AsyncLogError(f"{folder}: no such table in the dataset (export some runs first)")
+    found = ds.dataset(folder, partitioning="hive")
+    schemas = [fragment.physical_schema for fragment in found.get_fragments()]
+    partitions = [found.partitioning.schema] if found.partitioning is not None else []  # runs: none
+    schema = pa.unify_schemas([*schemas, *partitions], promote_options="permissive")
+    return ds.dataset(folder, partitioning="hive", schema=schema)
 
 
 def connect(dataset: str | os.PathLike):

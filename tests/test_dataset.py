@@ -182,3 +182,57 @@ def test_an_unreadable_run_keeps_its_runs_row_and_the_others_export(tmp_path):
     assert _token_rows(out, "good") == sum(1 + i % 4 for i in range(5))
     runs = duckdb.sql(f"SELECT run, status FROM read_parquet('{out}/table=runs/*.parquet')").fetchall()
     assert sorted(r[0] for r in runs) == ["good", "junk"]
+
+
+def _counts_by_partition(rows) -> dict:
+    return dict(Counter((str(c), int(r)) for c, r in rows))
+
+
+def _token_texts(rows) -> int:
+    """Token texts present: only the demo's debug runs have them, and the rank folder's run sorts first."""
+    return sum(text is not None for text in rows)
+
+
+@pytest.mark.parametrize("engine", ["pyarrow", "pandas", "polars", "dask"])
+def test_the_documented_reads_see_every_token_and_every_column(logs, dataset, engine):
+    """docs/DATASET.md's lines, run as written from the dataset's parent folder (as data/)."""
+    pytest.importorskip(engine)
+    want = {key: n for key, (n, _) in tokens_per_partition(logs).items()}
+    data = os.path.join(os.path.dirname(dataset), "data")
+    if not os.path.exists(data):
+        os.symlink(dataset, data)
+    here = os.getcwd()
+    os.chdir(os.path.dirname(dataset))
+    try:
+        got, texts = _read_with(engine)
+    finally:
+        os.chdir(here)
+    assert got == want
+    if texts is not None:  # every engine but Dask, which is given the columns every run has
+        assert texts == sum(n for (checkpoint, _), n in want.items() if checkpoint.startswith("step_"))
+
+
+def _read_with(engine: str):
+    if engine in ("pyarrow", "pandas"):
+        import asynclog.dataset
+
+        frame = asynclog.dataset.table("data", "tokens").to_table()
+        if engine == "pandas":
+            frame = frame.to_pandas()
+            return _counts_by_partition(zip(frame["checkpoint"], frame["rank"])), _token_texts(
+                None if t is None or t != t else t for t in frame["token_texts"])
+        return (_counts_by_partition(zip(frame["checkpoint"].to_pylist(), frame["rank"].to_pylist())),
+                _token_texts(frame["token_texts"].to_pylist()))
+    if engine == "polars":
+        import glob
+
+        import polars
+
+        frame = polars.concat([polars.scan_parquet(f, hive_partitioning=True) for f in glob.glob(
+            "data/table=tokens/**/*.parquet", recursive=True)], how="diagonal_relaxed").collect()
+        return (_counts_by_partition(zip(frame["checkpoint"].to_list(), frame["rank"].to_list())),
+                _token_texts(frame["token_texts"].to_list()))
+    import dask.dataframe
+
+    frame = dask.dataframe.read_parquet("data/table=tokens", columns=["checkpoint", "rank", "run", "tokens"]).compute()
+    return _counts_by_partition(zip(frame["checkpoint"].tolist(), frame["rank"].tolist())), None
