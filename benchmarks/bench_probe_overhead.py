@@ -14,6 +14,7 @@ and the CPU time of the process and its children (asynclog's writer) are printed
 measured in a separate pass (tracemalloc slows Python down): the peak of Python allocations during one run.
 
     .venv/bin/python benchmarks/bench_probe_overhead.py [--size small] [--repeats 7] [--device cuda] [--no-naive]
+        [--profile]
 
 On a GPU (``--device cuda``) the probe's tensors live there and every variant's time is measured to a
 ``torch.cuda.synchronize()``, so work still queued on the GPU counts.
@@ -155,12 +156,31 @@ def peak_memory(setup, logger) -> float:
     return peak / 2**20
 
 
+def logger_profile(setup, logger) -> str:
+    """cProfile of one run: the cumulative time of each DetailedLogger method the probe called."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    run_once(setup, logger, 998)
+    profiler.disable()
+    methods = [(cumulative, function, calls)
+               for (file, _, function), (_, calls, _, cumulative, _) in pstats.Stats(profiler).stats.items()
+               if file.endswith(os.path.join("asynclog", "probe.py")) and function.startswith(("log_", "finalize"))]
+    lines = [f"  {function:34s} {calls:3d} calls {cumulative * 1e3:8.1f} ms"
+             for cumulative, function, calls in sorted(methods, reverse=True)]
+    return "\n".join(["where the logger's time goes in one run (cProfile, cumulative ms; profiling inflates it):",
+                      *lines])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", default="small", choices=sorted(toyprobe.SIZES))
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="cpu", help="where the probe runs: cpu (default), cuda, cuda:N")
     parser.add_argument("--no-naive", action="store_true", help="leave out the naive logger (it is slow)")
+    parser.add_argument("--profile", action="store_true", help="also print where asynclog's logging time goes")
     args = parser.parse_args(argv)
     size = toyprobe.SIZES[args.size]
     model, tokenizer, prompts = toyprobe.build(size, device=args.device)
@@ -186,7 +206,10 @@ def main(argv: list[str] | None = None) -> int:
         if "naive" in loggers:
             sizes["naive"] = os.path.getsize(loggers["naive"].path)
         pool = loggers["asynclog"].engine_config.staging_bytes
+        profile = logger_profile(setup, loggers["asynclog"]) if args.profile else None
     print(report(args, size, times, cpus, memory, sizes, cost, pool))
+    if profile:
+        print("\n" + profile)
     return 0
 
 
