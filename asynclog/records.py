@@ -54,9 +54,9 @@ def encode_value(value: Any, what: str) -> bytes:
 
 def encode_record(record: dict, fields: dict) -> bytes:
     """Encode a record whose own keys are str and whose ``fields`` came in as keyword arguments (str keys):
-    only containers among the field values need their keys checked."""
+    only field values that are not plain scalars need their keys checked."""
     try:
-        if not _CONTAINERS.isdisjoint(map(type, fields.values())):
+        if not _SCALARS.issuperset(map(type, fields.values())):
             _check_keys(fields)
         return _encoder.encode(record)
     except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
@@ -66,17 +66,21 @@ def encode_record(record: dict, fields: dict) -> bytes:
                             f"too deeply") from None
 
 
-_CONTAINERS = frozenset({dict, list, tuple})
+_SCALARS = frozenset({str, int, float, bool, type(None), bytes})  # nothing inside them to check
 
 
 def _check_keys(value: Any) -> None:
-    """Mapping keys must be str everywhere, so every record is also valid JSON for ``asynclog cat``."""
-    kind = type(value)
-    if kind is dict:
+    """Mapping keys must be str everywhere, so every record is also valid JSON for ``asynclog cat``.
+
+    Subclasses count (an OrderedDict, a defaultdict, a namedtuple): the encoder writes them as maps and arrays.
+    """
+    if isinstance(value, dict):
         for key, item in value.items():
-            if type(key) is not str:
+            if not isinstance(key, str):
                 raise TypeError(f"mapping keys must be str, found {key!r}")
-            _check_keys(item)
-    elif kind is list or kind is tuple:
+            if type(item) not in _SCALARS:
+                _check_keys(item)
+    elif isinstance(value, (list, tuple)):
         for item in value:
-            _check_keys(item)
+            if type(item) not in _SCALARS:
+                _check_keys(item)

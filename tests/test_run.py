@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import collections
 import os
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -20,6 +23,8 @@ BAD_EVENTS = [
     ({"value": Opaque()}, "Opaque"),
     ({"nested": {1: "int key"}}, "keys must be str"),
     ({"deep": [{"ok": {None: 1}}]}, "keys must be str"),
+    ({"ordered": collections.OrderedDict({(1, 2): 3})}, "keys must be str"),  # a dict subclass, top level
+    ({"deep": [collections.defaultdict(int, {7: 1})]}, "keys must be str"),  # and inside a list
     ({"huge": 2**64}, "2\\*\\*64"),
     ({"tensor": torch.zeros(1000)}, "run.tensor"),
 ]
@@ -55,6 +60,8 @@ def test_bad_input_raises_at_the_call_site_and_loses_nothing(logdir):
     assert [e["name"] for e in events] == ["before", "after"]
     assert events[1]["data"] == {"i": 2, "small": [1.5, 2.5], "scalar": 0.5}
     assert [r["b"] for r in rows] == ["x", "y"] and torch.equal(rows[1]["a"], torch.zeros(3))
+    cat = subprocess.run([sys.executable, "-m", "asynclog", "cat", str(run.path)], capture_output=True, text=True)
+    assert cat.returncode == 0 and cat.stderr == "", cat.stderr  # every record is valid JSON for jq
 
 
 def test_calls_on_a_closed_run_raise_and_close_twice_is_safe(logdir):
