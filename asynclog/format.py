@@ -158,6 +158,14 @@ def frame_prefix(kind: FrameKind, filt: Filter, itemsize: int, meta: bytes, body
     return head + _CRC.pack(checksum(version)(head)) + meta
 
 
+RECORDS_FRAME_BYTES = 64 << 20  # a records frame holds one batch: batch_bytes plus the record that crossed it
+
+
+def records_frame_limit(batch_bytes: int) -> int:
+    """The most raw bytes a records frame may hold, for a run batching up to ``batch_bytes``: readers refuse more."""
+    return max(RECORDS_FRAME_BYTES, 4 * batch_bytes)
+
+
 def log_start(header_meta: bytes) -> bytes:
     """A log's first bytes: the preamble and the header frame (raw, no body), which ``start()`` writes."""
     prefix = frame_prefix(FrameKind.HEADER, Filter.RAW, 0, header_meta, 0, 0)

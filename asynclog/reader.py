@@ -35,7 +35,6 @@ __all__ = ["Log", "Chunk", "Damage", "Verdict", "open_log", "verify", "check", "
 
 MAX_FRAME_BYTES = 256 << 20  # the largest frame body a reader accepts when the header's config says nothing
 _MAX_STAGING = 1 << 40  # a staging pool above this is a crafted header, not a machine
-_RECORDS_FRAME_BYTES = 64 << 20  # records frames hold one batch: batch_bytes plus the record that crossed it
 
 _decode = msgspec.msgpack.Decoder().decode
 _decode_records = msgspec.msgpack.Decoder(list[dict[str, Any]]).decode
@@ -51,9 +50,9 @@ def frame_limits(config: Any) -> dict[int, int]:
     staging, batch = config.get("staging_bytes"), config.get("batch_bytes")
     if type(staging) is not int or not 1 << 20 <= staging <= _MAX_STAGING:
         staging = MAX_FRAME_BYTES
-    records = _RECORDS_FRAME_BYTES
+    records = fmt.RECORDS_FRAME_BYTES
     if type(batch) is int and 0 < batch <= _MAX_STAGING:
-        records = max(records, 4 * batch)
+        records = fmt.records_frame_limit(batch)
     return {FrameKind.RECORDS: records, FrameKind.TENSOR: staging, FrameKind.CHUNK: staging}
 
 

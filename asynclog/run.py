@@ -29,7 +29,7 @@ from . import wire
 from .channel import Channel
 from .config import LEVELS, Config, level_rank
 from .errors import ClosedError, LogInputError, QueueFullError, WriterError
-from .format import FrameKind, encode_meta, msgpack_array
+from .format import FrameKind, encode_meta, msgpack_array, records_frame_limit
 from .names import check_key
 from .records import encode_record
 from .snapshot import Stager, check_tensor, device_bytes, host_bytes, shuffle_hint, tensor_meta
@@ -113,6 +113,8 @@ class Run:
         self._inline: collections.deque[tuple] = collections.deque()  # small tensors riding with records
         self._batch_nbytes = 0
         self._batch_limit = (config.batch_records, config.batch_bytes)
+        # A batch ships once past batch_bytes, so one record may add at most this and its frame stay readable.
+        self._record_limit = records_frame_limit(config.batch_bytes) - config.batch_bytes
         self._last_ship = time.monotonic()
         self._tids = itertools.count()
         self._keys: set[str] = set()  # tensor names already checked
@@ -171,6 +173,9 @@ class Run:
         self._append(encode_record(record, fields), start)
 
     def _append(self, data: bytes, start: int) -> None:
+        if len(data) > self._record_limit:
+            raise LogInputError(f"a record of {len(data)} bytes is more than a records frame holds "
+                                f"({self._record_limit}); log large arrays with run.tensor or a stream")
         batch = self._batch
         nbytes = self._batch_nbytes + len(data)
         if len(batch) + 1 >= self._batch_limit[0] or nbytes >= self._batch_limit[1]:

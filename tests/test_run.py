@@ -26,6 +26,7 @@ BAD_EVENTS = [
     ({"ordered": collections.OrderedDict({(1, 2): 3})}, "keys must be str"),  # a dict subclass, top level
     ({"deep": [collections.defaultdict(int, {7: 1})]}, "keys must be str"),  # and inside a list
     ({"huge": 2**64}, "2\\*\\*64"),
+    ({"text": "x" * (80 << 20)}, "records frame"),  # would make its frame, and the records around it, unreadable
     ({"tensor": torch.zeros(1000)}, "run.tensor"),
 ]
 
