@@ -5,6 +5,7 @@ Small and dependency-free on purpose: the writer process imports it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 
@@ -32,12 +33,20 @@ def open_for_writing(path: str, overwrite: bool) -> int:
 
 
 def write_start(path: str, data: bytes, overwrite: bool) -> None:
-    """Write a log's first bytes (the probe's ``start()``), replacing whatever the reserved file held."""
+    """Write a log's first bytes (the probe's ``start()``), replacing whatever the reserved file held.
+
+    All or nothing: a write that fails part way (a full disk, a file-size limit) leaves the file empty, so
+    no torn header is left for a reader to stumble on.
+    """
     fd = open_for_writing(path, overwrite)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
+    except BaseException:
+        with contextlib.suppress(OSError):  # the write's own error is the one to raise
+            os.ftruncate(fd, 0)
+        raise
     finally:
         os.close(fd)
 

@@ -120,3 +120,18 @@ def test_bytes_staged_right_after_start_are_written_as_they_were(tmp_path):
         print("changed", changed)
     """, str(tmp_path))
     assert done.stdout.splitlines() == ["changed 0"], done.stdout + done.stderr[-2000:]
+
+
+def test_a_start_that_cannot_write_the_header_raises_and_leaves_no_torn_file(tmp_path):
+    done = probe("""
+        import os, resource, signal, sys, asynclog
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit, a write fails (EFBIG) instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100, resource.RLIM_INFINITY))  # the header is longer
+        try:
+            asynclog.start(sys.argv[1], name="torn", metadata={"note": "x" * 1000})
+            print("started")
+        except OSError as exc:
+            print("raised", exc.errno)
+    """, str(tmp_path))
+    assert done.stdout.split()[:1] == ["raised"], done.stdout + done.stderr[-2000:]
+    assert not (tmp_path / "torn.alog").exists()
