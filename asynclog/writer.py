@@ -44,6 +44,7 @@ from .filters import Codec
 _RAW = Codec("raw")
 _ON_PROBE_DEATH = "the probe process ended without closing the run"
 _ON_SHUTDOWN = "the probe shut the writer down without closing the run"
+_UNOPENED_KEPT = 1000  # runs whose Open failed, remembered for their later requests (a bound, not a need)
 _WATCH_S = 0.25  # how often an idle writer checks that its probe is alive and no grace period has run out
 _CHECKSUM = f"CRC-32C in {'hardware' if fmt.CHECKSUM_IN_HARDWARE else 'software'}"  # in the footer's stats
 
@@ -240,6 +241,7 @@ class Writer:
         self.fsync_interval = options.get("fsync_interval_s", 1.0)
         self.grace_s = options.get("grace_s", 30.0)
         self.runs: dict[int, RunFile] = {}
+        self.unopened: dict[int, str] = {}  # why a run's Open failed, the answer to its later requests
         self.probe_pid = options.get("probe_pid") or os.getppid()  # given: the probe may be gone already
         self.signalled_at: float | None = None
         self.handlers = {wire.Open: self.on_open, wire.Records: self.on_records, wire.Staged: self.on_staged,
@@ -342,7 +344,10 @@ class Writer:
         try:
             self.runs[msg.run] = RunFile(msg, codec)
         except OSError as exc:
-            self.reply(wire.Failed(msg.run, msg.ask, f"cannot take over {msg.path}: {exc}", exc.errno))
+            why = f"cannot take over {msg.path}: {exc}"
+            if len(self.unopened) < _UNOPENED_KEPT:
+                self.unopened[msg.run] = why
+            self.reply(wire.Failed(msg.run, msg.ask, why, exc.errno))
             return
         if msg.ask != wire.NO_ANSWER:
             self.reply(wire.Done(msg.ask))
@@ -364,16 +369,20 @@ class Writer:
         if run is not None and not run.failed and msg.durable:
             self._guard(msg.run, run.sync, "syncing")
         if run is None or run.failed:
-            text = run.failed if run else f"run {msg.run} is not open"
+            text = run.failed if run else self._not_open(msg.run)
             self.reply(wire.Failed(msg.run, msg.ask, text, run.errno if run else None))
         else:
             self.reply(wire.Done(msg.ask))
+
+    def _not_open(self, run: int) -> str:
+        return self.unopened.get(run) or f"run {run} is not open"
 
     def on_close(self, msg: wire.Close) -> None:
         self.frames.flush()
         run = self.runs.pop(msg.run, None)
         if run is None:
-            self.reply(wire.Failed(msg.run, msg.ask, f"run {msg.run} is not open"))
+            self.reply(wire.Failed(msg.run, msg.ask, self._not_open(msg.run)))
+            self.unopened.pop(msg.run, None)
             return
         footer = msg.footer
         complete = bool(footer.get("complete", True)) and not run.failed

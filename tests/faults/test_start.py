@@ -135,3 +135,15 @@ def test_a_start_that_cannot_write_the_header_raises_and_leaves_no_torn_file(tmp
     """, str(tmp_path))
     assert done.stdout.split()[:1] == ["raised"], done.stdout + done.stderr[-2000:]
     assert not (tmp_path / "torn.alog").exists()
+
+
+def test_a_file_changed_before_the_writer_takes_it_over_fails_the_run_not_the_file(tmp_path):
+    done = probe("""
+        import sys, asynclog
+        run = asynclog.start(sys.argv[1], name="meddled")
+        with open(run.path, "ab") as f:  # someone else writes to it while the writer is still starting
+            f.write(b"not ours")
+        next_call(run)
+    """, str(tmp_path))
+    lines = done.stdout.splitlines()
+    assert lines and lines[0].startswith("raised:") and "changed by someone else" in lines[0], done.stdout + done.stderr
