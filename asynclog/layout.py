@@ -173,8 +173,9 @@ def rank_run_paths(output_directory: str | os.PathLike, template: str, checkpoin
 
     ``name`` (shared by every rank) takes the place of ``{timestamp}``; ``occurrence`` n > 0 (the same
     logger's n-th run of this name and checkpoint) adds ``-n``. The day (and ``{date}``) is this rank's,
-    unless the folder exists already under the day before or after: ranks that start on both sides of
-    midnight still meet. ``main`` is the run folder, which ``asynclog.open`` reads as one run.
+    unless there is no such folder today but one under the day before or after still waits for this rank's
+    shard: ranks that start on both sides of midnight meet, and a name used again another day starts a run
+    of that day. ``main`` is the run folder, which ``asynclog.open`` reads as one run.
     """
     check_template(template)
     now = now or datetime.now()
@@ -185,10 +186,14 @@ def rank_run_paths(output_directory: str | os.PathLike, template: str, checkpoin
         stem = _stem(template, _values(when, checkpoint_path, level, name)) + suffix
         return os.path.join(root, when.strftime("%Y-%m-%d"), stem)
 
-    found = [f for when in (now - timedelta(days=1), now + timedelta(days=1)) if os.path.isdir(f := folder_on(when))]
-    if not found:
-        _day_folder(root, now)
-    return rank_run_paths_in(root, found[0] if found else folder_on(now), rank)
+    if not os.path.isdir(folder_on(now)):
+        for when in (now - timedelta(days=1), now + timedelta(days=1)):
+            folder = folder_on(when)
+            if os.path.isdir(folder) and not os.path.lexists(os.path.join(folder, shard_name(rank))):
+                _day_folder(root, when)  # refuses a symlinked day folder, as for today's
+                return rank_run_paths_in(root, folder, rank)
+    _day_folder(root, now)
+    return rank_run_paths_in(root, folder_on(now), rank)
 
 
 def new_rank_run_folder(output_directory: str | os.PathLike, template: str, checkpoint_path, level: str,

@@ -215,6 +215,8 @@ class DetailedLogger:
         name = name or ranks.job_name()
         if name is not None:
             key = (name, layout.checkpoint_name(checkpoint_path))
+            # Counted when attempted, started or not: every rank attempts the same runs in the same order, so
+            # the n-th attempt names the same folder on every rank even where one rank's start failed.
             occurrence = self._occurrences[key] = self._occurrences.get(key, -1) + 1
             return layout.rank_run_paths(s.output_directory, s.filename_template, checkpoint_path, s.level, name,
                                          where.rank, occurrence)
@@ -229,7 +231,7 @@ class DetailedLogger:
         if where.rank == 0:
             try:
                 folder = layout.new_rank_run_folder(s.output_directory, s.filename_template, checkpoint_path, s.level)
-            except OSError as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever it is, the other ranks must hear of it, not wait
                 error = f"{type(exc).__name__}: {exc}"
         folder, error = ranks.broadcast_from_rank0((folder, error))  # sent even on failure: no rank waits forever
         if error is not None:

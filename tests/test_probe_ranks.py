@@ -261,3 +261,43 @@ def test_show_reads_rank_0s_summary_for_a_run_folder(tmp_path, no_launcher, caps
     assert cli.main(["show", folder]) == 0
     out = capsys.readouterr().out
     assert "0.125" in out and "no summary sidecar" not in out
+
+
+BAD_CHECKPOINT = """
+import sys, torch.distributed as dist, asynclog
+from asynclog import DetailedLogger
+out, rank, init = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=2)
+logger = DetailedLogger({"detailed_logging": {"enabled": True, "output_directory": out}}, broadcast_name=True)
+try:
+    logger.log_run_start(object())  # rank 0 fails naming the folder: the others must hear of it, not wait
+    print("started")
+except (asynclog.LogInputError, TypeError) as exc:
+    print("raised", type(exc).__name__)
+"""
+
+
+def test_rank_0_failing_to_name_the_run_tells_the_others_instead_of_leaving_them_waiting(tmp_path, no_launcher):
+    procs = [subprocess.Popen([sys.executable, "-c", BAD_CHECKPOINT, str(tmp_path / "logs"), str(rank),
+                               str(tmp_path / "pg_init")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank in (0, 1)]
+    try:
+        outs = [proc.communicate(timeout=60)[0] for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+    assert [out.split()[:1] for out in outs] == [["raised"], ["raised"]], outs
+
+
+def test_a_name_used_again_on_another_day_starts_a_run_of_that_day(tmp_path):
+    from datetime import datetime
+
+    from asynclog.layout import rank_run_paths
+
+    template = "probe_{timestamp}_{checkpoint_name}"
+    monday = [rank_run_paths(tmp_path, template, "/c/step_1", "standard", "sweep", r, now=datetime(2025, 1, 13, 12))
+              for r in (0, 1)]
+    for paths, rank in zip(monday, (0, 1)):  # Monday's run is there, every rank's shard in it
+        open(os.path.join(paths.main, f"rank-{rank:05d}.alog"), "wb").close()
+    tuesday = rank_run_paths(tmp_path, template, "/c/step_1", "standard", "sweep", 0, now=datetime(2025, 1, 14, 0, 1))
+    assert tuesday.main.endswith("2025-01-14/probe_sweep_step_1") and tuesday.main != monday[0].main
