@@ -35,9 +35,10 @@ import msgspec
 
 from .analysis import COLUMNS, find_logs, read_run, row
 from .errors import AsyncLogError
-from .export import EVENT_BATCH, ExportError, _arrow_batch, _groups, _per_token, _writing, event_row, need
+from .export import EVENT_BATCH, ExportError, _arrow_batch, _groups, _per_token, _writing, event_row, need, shards_of
 from .files import atomic_write
 from .format import SUFFIX
+from .index import INDEX_NAME
 
 __all__ = ["export_dataset", "is_dataset", "connect", "table", "STATE", "TABLES"]
 
@@ -75,11 +76,13 @@ def _safe(text: str) -> str:
 
 
 def _signature(path: str) -> list[int]:
-    """Size and mtime of the run: of its file, or summed and latest over a run folder's files."""
+    """Size and mtime of the run: of its file, or summed and latest over a run folder's files (not counting
+    the sweep index a listing may keep there: it is a cache, not the run)."""
     if not os.path.isdir(path):
         st = os.stat(path)
         return [st.st_size, st.st_mtime_ns]
-    stats = [entry.stat() for entry in os.scandir(path) if entry.is_file(follow_symlinks=False)]
+    stats = [entry.stat() for entry in os.scandir(path)
+             if entry.is_file(follow_symlinks=False) and not entry.name.startswith(INDEX_NAME)]
     return [sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0), len(stats)]
 
 
@@ -131,9 +134,9 @@ def _export_run(path: str, run: str, out: str) -> list[str]:
         print(f"asynclog export: {path}: only its runs row is exported ({exc})", file=sys.stderr)
         return parts
     with log:
-        for rank, shard in sorted((getattr(log, "shards", None) or {0: log}).items()):
+        for rank, shard in shards_of(log):
             for table, sources in _tables(shard, run).items():
-                part = _part(out, table, run, checkpoint, rank)
+                part = _part(out, table, run, checkpoint, rank or 0)  # a single file is rank 0
                 if _write(os.path.join(out, part), sources):
                     parts.append(part)
     return parts

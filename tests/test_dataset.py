@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections import Counter
 
 import pytest
@@ -125,8 +126,11 @@ def parquet_mtimes(folder) -> dict[str, int]:
 def test_exporting_again_rewrites_nothing_and_adds_a_new_run(logs, tmp_path):
     folder, out = tmp_path / "logs", tmp_path / "dataset"
     shutil.copytree(logs, folder)
+    for name in os.listdir(folder / "ranks"):  # an hour old, so a sweep keeps an index of the run folder
+        os.utime(folder / "ranks" / name, (time.time() - 3600,) * 2)
     assert asynclog_cli("export", str(folder), "--dataset", str(out)).returncode == 0
     before = parquet_mtimes(out)
+    assert asynclog_cli("ls", str(folder / "ranks")).returncode == 0  # leaves its index in the run folder
     again = asynclog_cli("export", str(folder), "--dataset", str(out))
     assert again.returncode == 0 and again.stdout == "" and parquet_mtimes(out) == before
     log_ranks(folder, name="late", world_size=3)
