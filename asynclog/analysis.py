@@ -299,6 +299,8 @@ def rows_below(directory: str | os.PathLike, use_index: bool = True) -> list[dic
     False or ``ASYNCLOG_NO_INDEX`` is set)."""
     use_index, rows = index.enabled(use_index), []
     for folder, names in _walk(directory):
+        if not names:
+            continue  # no runs here: no index to open
         if use_index:
             rows += _folder_rows(folder, names)
         else:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import os
 import stat
-import threading
 import time
 from typing import Any, Generic, TypeVar
 
@@ -60,8 +59,6 @@ class _File(msgspec.Struct, Generic[Row]):
 
 
 _decoders: dict[Any, msgspec.msgpack.Decoder] = {}
-# atomic_write's temporary file is named after the process: two threads saving at once would share it.
-_saving = threading.Lock()
 
 
 def enabled(wanted: bool = True) -> bool:
@@ -123,8 +120,7 @@ class FolderIndex:
         if self._new == self._old:
             return
         try:
-            with _saving:
-                atomic_write(self.path, msgspec.msgpack.encode(_File(_KIND, self._schema, self._new)))
+            atomic_write(self.path, msgspec.msgpack.encode(_File(_KIND, self._schema, self._new)))
         except OSError:
             pass  # read-only folder, full disk, something in the way: the next sweep reads those runs again
 

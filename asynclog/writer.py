@@ -184,8 +184,6 @@ class RunFile:
             self.fd = -1
 
 
-
-
 def _build(codec: Codec, kind: int, meta: bytes | msgspec.Raw, body, itemsize: int = 0,
            shuffle_ok: bool = False) -> list:
     """Filter the body and frame it: [prefix (header + meta), stored body, payload checksum]."""
