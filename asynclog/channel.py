@@ -102,6 +102,7 @@ class Channel:
         self._early_faults: dict[int, WriterError] = {}  # a run failed before it attached (its Open failed)
         self._last_attached = 0  # run ids grow, so a fault for a larger one is for a run not attached yet
         self._release_hooks: list[Callable[[], None]] = []
+        self._poll_hooks: list[Callable[[], None]] = []
         self._lock = threading.Lock()
         self.flush_interval_s = flush_interval_s
         self.timeout_s = timeout_s
@@ -195,6 +196,11 @@ class Channel:
     def on_release(self, hook: Callable[[], None]) -> None:
         """Call ``hook`` (under no lock of ours) before the pool is unmapped, when the channel dies or shuts down."""
         self._release_hooks.append(hook)
+
+    def on_poll(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` on the sender thread each time it wakes (at least every ``_SENDER_POLL_S``); it must
+        never block, and messages it hands over go through ``put_nowait``."""
+        self._poll_hooks.append(hook)
 
     def put(self, message: bytes, policy: str, wake: bool = True) -> bool:
         """Hand a message to the sender; return False if it was dropped under the ``drop`` policy.
@@ -293,6 +299,8 @@ class Channel:
         while True:
             wake.wait(min(_SENDER_POLL_S, max(0.0, next_flush - time.monotonic())))
             wake.clear()  # before draining: a message appended from here on sets it again
+            for hook in self._poll_hooks:
+                hook()
             while box:
                 message = box.popleft()
                 if message is None:

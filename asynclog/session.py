@@ -56,7 +56,7 @@ def _channel_for(config: Config, opening: bytes) -> tuple[Channel, Stager]:
     its first instant; a running one through the queue, not waited for. A failure reaches the run's next call."""
     key = tuple(getattr(config, k) for k in _WRITER_KEYS)
     pair = _channels.get(key)
-    if pair is None or pair[0].error is not None:
+    if pair is None or pair[0].error is not None or pair[1].failure is not None:  # failed: a new writer
         writer_options = {"compress_threads": config.compress_threads, "fsync_interval_s": config.fsync_interval_s,
                           "grace_s": config.grace_s, "nice": config.writer_nice}
         first = opening if len(opening) <= _FIRST_OPEN_MAX else None

@@ -5,7 +5,8 @@ The guarantee ``run.tensor`` gives: once it returns, the caller may modify or fr
 - CPU tensors are copied before the call returns.
 - CUDA tensors are copied with ``non_blocking=True`` on the tensor's current stream into the pool, which
   is page-locked with ``cudaHostRegister`` the first time a CUDA tensor arrives. A CUDA event marks the end of
-  the copy, and the writer is told only after that event has completed (the completion thread waits on it).
+  the copy, and the writer is told only after that event has completed (the producer's next call, a flush,
+  or the sender's poll sees it has).
   Work the caller queues on the same stream after the call runs after the copy, so modifying the tensor
   there is safe; the source tensor is kept alive until the copy ends, so freeing it is safe too. A caller
   who modifies the tensor from another stream must synchronise with the current one first.
@@ -21,6 +22,7 @@ import collections
 import threading
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 from . import wire
 from .channel import Channel
@@ -34,6 +36,13 @@ _SPARE_EVENTS = 16
 _FLOAT_KINDS = ("float", "bfloat", "half", "double", "complex")
 
 
+class _Pending(NamedTuple):
+    event: object  # the CUDA event that marks the copy's end; None for a piece queued behind one
+    message: bytes
+    nbytes: int
+    keepalive: object  # the source tensor, alive until its copy has ended
+
+
 class Stager:
     """Allocates pool space, fills it, and hands descriptors to the channel, in allocation order.
 
@@ -44,13 +53,12 @@ class Stager:
         self.channel = channel
         self.pool = channel.pool
         self._lock = threading.Lock()
-        self._pending: collections.deque = collections.deque()
-        self._pending_cv = threading.Condition(self._lock)
-        self._thread: threading.Thread | None = None
+        self._pending: collections.deque[_Pending] = collections.deque()  # copies still running, or queued behind one
         self._pool_tensor = None
         self._pinned = False
         self._spare_events: dict[int, list] = {}  # device index -> completed CUDA events, to record again
         channel.on_release(self.close)
+        channel.on_poll(self._poll)
 
     def max_piece(self) -> int:
         """The largest body one ``stage`` call accepts."""
@@ -76,6 +84,10 @@ class Stager:
             raise LogInputError(f"a piece of {nbytes} bytes is larger than the staging pool takes at once "
                                 f"({self.pool.max_piece()}); raise staging_bytes")
         with self._lock:
+            if self.failure is not None:
+                raise self.failure
+            if self._pending:
+                self._hand_over_copied()
             if policy != "block" and self.channel.full():
                 # Its descriptor could not be handed over without waiting, and space once allocated must be.
                 if policy == "error":
@@ -89,10 +101,8 @@ class Stager:
             message = _encode(wire.Staged(run_id, frame, offset, nbytes, mark))
             if event is None and not self._pending:
                 self.channel.put(message, "block", wake=nbytes >= _WAKE_BYTES)
-            else:
-                self._pending.append((event, message, keepalive))
-                self._start_completions()
-                self._pending_cv.notify()
+            else:  # handed over by a later call, a flush, or the sender's poll, once its copy is done
+                self._pending.append(_Pending(event, message, nbytes, keepalive))
         return True
 
     def _allocate(self, nbytes: int, policy: str) -> tuple[int, int] | None:
@@ -112,10 +122,18 @@ class Stager:
             if time.monotonic() > deadline:
                 raise WriterError(f"the writer freed no staging space for {self.channel.timeout_s} s "
                                   f"(pid {self.channel.process.pid}: stopped or stuck?)")
-            # Called under self._lock: wait on it, not in sleep, so the completion thread can hand pending
-            # CUDA pieces to the writer, which is what frees the space this call waits for.
-            self._pending_cv.wait(pause)
-            pause = min(pause * 2, 1e-3)
+            self._hand_over_copied()  # space comes back once the writer has the pending copies
+            pause = self._sleep_unlocked(pause)
+
+    def _sleep_unlocked(self, pause: float) -> float:
+        """Sleep ``pause`` s with ``self._lock`` let go (the sender's poll and other producers go on), and
+        return the next, longer pause."""
+        self._lock.release()
+        try:
+            time.sleep(pause)
+        finally:
+            self._lock.acquire()
+        return min(pause * 2, 1e-3)
 
     # --- CUDA ------------------------------------------------------------------------------------------
     def pin_for_cuda(self) -> None:
@@ -163,47 +181,65 @@ class Stager:
         if len(spare) < _SPARE_EVENTS:
             spare.append(event)
 
-    def _start_completions(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._complete_loop, name="asynclog-cuda-completion",
-                                            daemon=True)
-            self._thread.start()
+    # --- handing over copies that finish later ------------------------------------------------------------
+    # No thread waits on CUDA events: waking one per copy made every call wait for it under the GIL. The
+    # producer's own calls hand over what has finished (one ``event.query()`` each), a flush or a close waits
+    # for the rest, and the sender's poll hands over what finished while the probe made no call.
+    def _hand_over_copied(self, wait_until: float | None = None, from_sender: bool = False) -> None:
+        """Hand the pending pieces to the channel, in order, while their copies are done (with
+        ``wait_until``, wait for each until then). Call with ``self._lock`` held; a CUDA error is stored
+        in ``failure`` and raised on every later call."""
+        pending = self._pending
+        try:
+            while pending:
+                piece = pending[0]
+                if piece.event is not None and not piece.event.query():
+                    if wait_until is None:
+                        return
+                    self._wait_for(piece.event, wait_until)
+                    continue  # the lock was let go: the sender's poll may have handed it over meanwhile
+                if from_sender:
+                    if not self.channel.put_nowait(piece.message):
+                        return
+                else:
+                    self.channel.put(piece.message, "block", wake=piece.nbytes >= _WAKE_BYTES)
+                pending.popleft()
+                if piece.event is not None:
+                    self._recycle(piece.event)
+        except WriterError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a CUDA error: the stored failure is every caller's next raise
+            self.failure = WriterError(f"asynclog: copying a CUDA tensor to the host failed: {exc}")
+            pending.clear()
+            raise self.failure from exc
 
-    def _complete_loop(self) -> None:
-        """Hand over each CUDA piece once its copy has completed; a CUDA error fails the channel, never hangs."""
-        while True:
-            with self._lock:
-                while not self._pending:
-                    self._pending_cv.wait()
-                event, message, _ = self._pending[0]
+    def _wait_for(self, event, wait_until: float) -> None:
+        """Poll ``event`` (never ``synchronize``, which cannot time out) with the lock let go in between."""
+        pause = 20e-6
+        while not event.query():
+            self.channel.check()
+            if time.monotonic() > wait_until:
+                raise WriterError(f"CUDA snapshot copies did not complete within {self.channel.timeout_s} s")
+            pause = self._sleep_unlocked(pause)
+
+    def _poll(self) -> None:
+        """The sender's backstop: hand over copies that finished after the probe's last call; never blocks."""
+        if self._pending and self.failure is None and self._lock.acquire(blocking=False):
             try:
-                if event is not None:
-                    event.synchronize()
-                    self._recycle(event)
-                self.channel.put(message, "block")
-            except BaseException as exc:  # noqa: BLE001 - stored; every caller's next call raises it
-                self.failure = WriterError(f"asynclog CUDA completion thread failed: {exc!r}")
-                with self._lock:
-                    self._pending.clear()
-                    self._pending_cv.notify_all()
-                return
-            with self._lock:
-                self._pending.popleft()
-                self._pending_cv.notify_all()
+                self._hand_over_copied(from_sender=True)
+            except WriterError:
+                pass  # stored in failure: the probe's next call raises it
+            finally:
+                self._lock.release()
 
     failure: WriterError | None = None
 
     def wait_copies(self) -> None:
-        """Block until every pending CUDA copy has been handed over (before a flush or a close)."""
-        deadline = time.monotonic() + self.channel.timeout_s
+        """Hand over every pending copy, waiting for each (before a flush or a close)."""
         with self._lock:
-            while self._pending:
-                self._pending_cv.wait(0.05)
-                self.channel.check()
-                if time.monotonic() > deadline:
-                    raise WriterError(f"CUDA snapshot copies did not complete within {self.channel.timeout_s} s")
-        if self.failure is not None:
-            raise self.failure
+            if self.failure is not None:
+                raise self.failure
+            self._hand_over_copied(wait_until=time.monotonic() + self.channel.timeout_s)
 
     def close(self) -> None:
         """Drop this process's hold on the pool (before the channel unmaps it); no copy is in progress then."""
