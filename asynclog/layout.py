@@ -31,8 +31,9 @@ import stat
 import string
 import time
 import unicodedata
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple, TypeVar
 
 from .errors import ConfigError, CorruptLogError
 from .files import atomic_write, create_exclusive
@@ -54,6 +55,7 @@ __all__ = [
     "SUFFIX",
 ]
 
+_T = TypeVar("_T")  # what _read_log reads from a log
 LAYOUT_ID = "asynclog.probe/1"  # the marker's id: bump it if the layout's files change
 SUMMARY_SUFFIX = "_summary.json"
 CONFIG_SUFFIX = "_config.yaml"
@@ -289,13 +291,15 @@ _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONB
 
 
 class _Run(NamedTuple):
-    """One run of this layout's, found by its marker."""
+    """One run of this layout's, found by its marker. Whether it is closed is not known yet: footers are read
+    only for the runs retention is about to remove (``_closed``)."""
 
     mtime: float
     day: str
     stem: str
     identity: tuple[int, int]  # (st_dev, st_ino) of the main log, or of the run folder
-    removable: bool
+    owned: bool  # each of its logs that is a regular file has one name
+    stale: bool  # unchanged for STALE_SECONDS: removable even without its footers
     folder: bool = False  # a run folder of several ranks
 
 
@@ -309,22 +313,33 @@ def _owned(st: os.stat_result) -> bool:
     return stat.S_ISREG(st.st_mode) and st.st_nlink == 1
 
 
-def _header_marker(f) -> tuple[dict | None, bool]:
-    """The ``layout`` marker in the header frame (None without one) and whether the log has its footer."""
+def _header_meta(f: BinaryIO) -> dict | None:
+    """The header frame's meta; None when the first frame is no header, or too large to read, let alone trust."""
     read_preamble(f)
     header = read_header(f, PREAMBLE_SIZE)
     if header.kind != FrameKind.HEADER or header.meta_len + header.body_len > _MAX_MARKER_FRAME:
-        return None, False
+        return None
     meta, _ = read_payload(f, header)
-    found = meta.get("metadata") if isinstance(meta, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
+def _layout_marker(f: BinaryIO) -> dict | None:
+    """The ``layout`` marker in the header frame (None without one)."""
+    found = (_header_meta(f) or {}).get("metadata")
     found = found.get("layout") if isinstance(found, dict) else None
+    return found if isinstance(found, dict) else None
+
+
+def _finished(f: BinaryIO) -> bool:
+    """Whether the log has a sound header frame and its footer: its writer closed it."""
+    if _header_meta(f) is None:
+        return False
     footer = read_trailer(f)
-    closed = footer is not None and read_header(f, footer).kind == FrameKind.FOOTER
-    return (found if isinstance(found, dict) else None), closed
+    return footer is not None and read_header(f, footer).kind == FrameKind.FOOTER
 
 
-def _read_log(dir_fd: int, name: str) -> tuple[os.stat_result, dict | None, bool] | None:
-    """(stat, marker, closed) of the regular log ``name`` in the folder; None for anything else."""
+def _read_log(dir_fd: int, name: str, read: Callable[[BinaryIO], _T]) -> tuple[os.stat_result, _T] | None:
+    """(stat, ``read(file)``) of the regular log ``name`` in the folder; None for anything else."""
     try:
         if not stat.S_ISREG(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
             return None
@@ -332,9 +347,18 @@ def _read_log(dir_fd: int, name: str) -> tuple[os.stat_result, dict | None, bool
             st = os.fstat(f.fileno())
             if not stat.S_ISREG(st.st_mode):
                 return None
-            return (st, *_header_marker(f))
+            return st, read(f)
     except (OSError, CorruptLogError):
         return None
+
+
+def _stat_log(dir_fd: int, name: str) -> os.stat_result | None:
+    """The stat of the regular log ``name`` in the folder, not opened; None for anything else."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return None
+    return st if stat.S_ISREG(st.st_mode) else None
 
 
 def _read_run(day_fd: int, day: str, name: str, template: str) -> _Run | None:
@@ -342,64 +366,81 @@ def _read_run(day_fd: int, day: str, name: str, template: str) -> _Run | None:
     ``template``."""
     if not name.endswith(SUFFIX):
         return _read_rank_run(day_fd, day, name, template)
-    read = _read_log(day_fd, name)
+    read = _read_log(day_fd, name, _layout_marker)
     stem = name[: -len(SUFFIX)]
     if read is None or read[1] != {"id": LAYOUT_ID, "template": template, "stem": stem}:
         return None
-    st, _, closed = read
-    stale = time.time() - st.st_mtime > STALE_SECONDS
-    return _Run(st.st_mtime, day, stem, (st.st_dev, st.st_ino), st.st_nlink == 1 and (closed or stale))
+    st = read[0]
+    return _Run(st.st_mtime, day, stem, (st.st_dev, st.st_ino), st.st_nlink == 1, _stale(st.st_mtime))
 
 
 def _read_rank_run(day_fd: int, day: str, name: str, template: str) -> _Run | None:
-    """A run folder of a job of several ranks, as one run: known by the marker in rank 0's shard, as old as
-    its newest shard, removable when every shard is closed (or all are stale) and has one name."""
+    """A run folder of a job of several ranks, as one run: known by the marker in rank 0's shard (the only
+    shard opened here), as old as its newest shard, owned when every shard has one name."""
     try:
-        folder_fd = os.open(name, _DIR_FLAGS, dir_fd=day_fd)  # a file or a link fails here
+        with _folder(day_fd, name) as folder_fd:  # a file or a link fails here
+            folder = os.fstat(folder_fd)
+            first = _read_log(folder_fd, shard_name(0), _layout_marker)
+            if first is None or first[1] != {"id": LAYOUT_ID, "template": template, "stem": name}:
+                return None
+            names = [n for n in os.listdir(folder_fd) if _SHARD.match(n) and n != shard_name(0)]
+            others = [_stat_log(folder_fd, n) for n in names]
     except OSError:
         return None
+    # A shard that is no regular file (a link, a FIFO) is left out here; _closed finds it not closed.
+    read = [first[0], *filter(None, others)]
+    mtime = max(st.st_mtime for st in read)
+    owned = all(st.st_nlink == 1 for st in read)
+    return _Run(mtime, day, name, (folder.st_dev, folder.st_ino), owned, _stale(mtime), folder=True)
+
+
+def _stale(mtime: float) -> bool:
+    return time.time() - mtime > STALE_SECONDS
+
+
+def _closed(root_fd: int, run: _Run) -> bool:
+    """Whether every log of the run has its footer; read only for a run old enough to be removed."""
     try:
-        folder = os.fstat(folder_fd)
-        shards = {n: _read_log(folder_fd, n) for n in os.listdir(folder_fd) if _SHARD.match(n)}
+        with _folder(root_fd, run.day) as day_fd:
+            if not run.folder:
+                return _closed_log(day_fd, run.stem + SUFFIX)
+            with _folder(day_fd, run.stem) as folder_fd:
+                return all(_closed_log(folder_fd, n) for n in os.listdir(folder_fd) if _SHARD.match(n))
     except OSError:
-        return None
+        return False
+
+
+def _closed_log(dir_fd: int, name: str) -> bool:
+    read = _read_log(dir_fd, name, _finished)
+    return read is not None and read[1]
+
+
+@contextlib.contextmanager
+def _folder(dir_fd: int, name: str):
+    """The folder ``name`` in ``dir_fd``, opened as a directory descriptor (never through a link)."""
+    fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    try:
+        yield fd
     finally:
-        os.close(folder_fd)
-    first = shards.get(shard_name(0))
-    if first is None or first[1] != {"id": LAYOUT_ID, "template": template, "stem": name}:
-        return None
-    read = [r for r in shards.values() if r is not None]
-    mtime = max(st.st_mtime for st, _, _ in read)
-    closed = len(read) == len(shards) and all(closed for _, _, closed in read)
-    owned = all(st.st_nlink == 1 for st, _, _ in read)
-    stale = time.time() - mtime > STALE_SECONDS
-    return _Run(mtime, day, name, (folder.st_dev, folder.st_ino), owned and (closed or stale), folder=True)
+        os.close(fd)
 
 
 def _day_runs(root_fd: int, day: str, template: str) -> list[_Run]:
     try:
-        day_fd = os.open(day, _DIR_FLAGS, dir_fd=root_fd)  # a linked day folder fails here
+        with _folder(root_fd, day) as day_fd:  # a linked day folder fails here
+            return [run for name in os.listdir(day_fd) if (run := _read_run(day_fd, day, name, template))]
     except OSError:
         return []
-    try:
-        return [run for name in os.listdir(day_fd) if (run := _read_run(day_fd, day, name, template))]
-    finally:
-        os.close(day_fd)
 
 
 def _remove_run(root_fd: int, run: _Run) -> list[str]:
     """Unlink the run's log (or run folder), if it is still the one that was read, and its sidecars; return
     what went."""
     try:
-        day_fd = os.open(run.day, _DIR_FLAGS, dir_fd=root_fd)
-    except OSError:
-        return []  # gone, or turned into a link, since it was read
-    try:
-        removed = (_remove_folder_run if run.folder else _remove_file_run)(day_fd, run)
+        with _folder(root_fd, run.day) as day_fd:  # fails if gone, or turned into a link, since it was read
+            removed = (_remove_folder_run if run.folder else _remove_file_run)(day_fd, run)
     except OSError:
         return []
-    finally:
-        os.close(day_fd)
     try:
         os.rmdir(run.day, dir_fd=root_fd)
     except OSError:
@@ -417,15 +458,12 @@ def _remove_file_run(day_fd: int, run: _Run) -> list[str]:
 
 def _remove_folder_run(day_fd: int, run: _Run) -> list[str]:
     """The run folder's own files (shards, summaries, manifest, config), then the folder if that empties it."""
-    folder_fd = os.open(run.stem, _DIR_FLAGS, dir_fd=day_fd)
-    try:
+    with _folder(day_fd, run.stem) as folder_fd:
         st = os.fstat(folder_fd)
         if (st.st_dev, st.st_ino) != run.identity:
             return []
         names = sorted(n for n in os.listdir(folder_fd) if _RANK_FILE.match(n))
         removed = [os.path.join(run.day, run.stem, n) for n in names if _unlink_owned(folder_fd, n)]
-    finally:
-        os.close(folder_fd)
     try:
         os.rmdir(run.stem, dir_fd=day_fd)
     except OSError:
@@ -448,11 +486,16 @@ def prune(root: str, keep: int, template: str, protect: str | None = None) -> li
 
     A run is known by its marker (see ``marker``), read from the header frame of a regular ``.alog`` file in
     a day folder (of a run folder's ``rank-00000.alog``); the marker must name this template and the file's
-    (the folder's) own stem. A run folder goes as a whole: its shards, summaries, manifest and config. Removing a run unlinks its
-    log and its summary and config sidecars. Never removed: ``protect`` (the run being opened, which counts
-    as one of the ``keep``), a link or a file with more than one name, a run whose footer is missing that
-    changed within STALE_SECONDS (another process may be writing it), anything else in the folders. A day
-    folder is removed only when that leaves it empty. ``keep <= 0`` keeps everything.
+    (the folder's) own stem. A run folder goes as a whole: its shards, summaries, manifest and config.
+    Removing a run unlinks its log and its summary and config sidecars. Never removed: ``protect`` (the run
+    being opened, which counts as one of the ``keep``), a link or a file with more than one name, a run whose
+    footer is missing (any shard's) that changed within STALE_SECONDS (another process may be writing it),
+    anything else in the folders. A day folder is removed only when that leaves it empty. ``keep <= 0``
+    keeps everything.
+
+    What it reads, so that a sweep stays cheap with many ranks and many kept runs: one header per run (the
+    main log's, or rank 0's shard's; the other shards are only stat'ed), and footers only of the runs beyond
+    ``keep`` that are not yet stale.
     """
     if keep <= 0:
         return []
@@ -492,7 +535,8 @@ def _prune(root: str, keep: int, template: str, protect: str | None) -> list[str
         runs = [run for day in os.listdir(root_fd) if _DAY.match(day)
                 for run in _day_runs(root_fd, day, template) if run.identity != shielded]
         runs.sort(key=lambda run: run.mtime, reverse=True)  # newest first
-        doomed = [run for run in runs[keep - (protect is not None):] if run.removable]
+        old = [run for run in runs[keep - (protect is not None):] if run.owned]
+        doomed = [run for run in old if run.stale or _closed(root_fd, run)]
         return [os.path.join(base, name) for run in reversed(doomed) for name in _remove_run(root_fd, run)]
     finally:
         os.close(root_fd)

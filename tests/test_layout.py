@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+import re
+import shutil
 import string
 import struct
 import subprocess
+import sys
 import time
 import tracemalloc
 from datetime import datetime
@@ -15,6 +20,7 @@ import pytest
 import asynclog
 import asynclog.format
 from asynclog import DetailedLogger, layout
+from asynclog.ranks import shard_name
 
 from conftest import spawn_script
 
@@ -334,3 +340,75 @@ def test_a_symlinked_day_folder_is_refused_not_followed(tmp_path):
     with pytest.raises(FileExistsError, match="symlink"):
         layout.run_paths(root, "entropy_probe_{timestamp}_{checkpoint_name}.json", "/ckpt/step_1", "debug", now=now)
     assert list(elsewhere.iterdir()) == []
+
+
+# --- what retention reads ----------------------------------------------------------------------------------
+@functools.cache
+def _open_listeners() -> list[list[str]]:
+    """The lists the audit hook fills with every opened path; a hook cannot be removed, so it is added once."""
+    listeners: list[list[str]] = []
+
+    def hook(event: str, args: tuple) -> None:
+        if event == "open" and listeners and isinstance(args[0], (str, bytes)):
+            for opened in listeners:
+                opened.append(os.path.basename(os.fsdecode(args[0])))
+
+    sys.addaudithook(hook)
+    return listeners
+
+
+@contextlib.contextmanager
+def _shards_opened():
+    """The names of the rank shards opened inside the block, once per open."""
+    opened: list[str] = []
+    _open_listeners().append(opened)
+    try:
+        yield opened
+    finally:
+        _open_listeners().remove(opened)
+        opened[:] = [name for name in opened if re.fullmatch(r"rank-\d{5}\.alog", name)]
+
+
+def _rank_runs(root, shards: list[int], first_mtime: float = 1000) -> list[str]:
+    """One finished run folder per entry of ``shards`` (how many rank shards it holds), aged oldest first.
+
+    Ranks 0 and 1 log for real; the other ranks' shards are copies of rank 1's: closed logs, each its own file.
+    """
+    config = _config(root)
+    loggers = [DetailedLogger(config, rank=rank, world_size=max(shards), run_name="job") for rank in (0, 1)]
+    folders = []
+    for i, count in enumerate(shards):
+        folders.append([logger.log_run_start(f"step_{i}") for logger in loggers][0])
+        for logger in loggers:
+            logger.finalize_log({})
+        for rank in range(2, count):
+            shutil.copyfile(os.path.join(folders[-1], "rank-00001.alog"), os.path.join(folders[-1], shard_name(rank)))
+    for i, folder in enumerate(folders):
+        _age([os.path.join(folder, name) for name in os.listdir(folder)], first_mtime + i)
+    return folders
+
+
+def test_retention_opens_only_rank_0s_shard_of_a_run_it_keeps(tmp_path):
+    runs, ranks = 5, 8
+    _rank_runs(tmp_path, [ranks] * runs)
+    with _shards_opened() as opened:
+        assert layout.prune(str(tmp_path), keep=runs, template=TEMPLATE) == []
+    assert opened == [shard_name(0)] * runs  # the marker, once per run; the others are only stat'ed
+
+
+def test_retention_reads_footers_only_of_the_runs_about_to_go(tmp_path):
+    now = time.time()
+    doomed, unclosed, *newest = _rank_runs(tmp_path, [4, 2, 4, 4], first_mtime=now - 600)
+    writing = os.path.join(unclosed, shard_name(1))  # rank 1 of an older job is still writing, or so it seems
+    mtime = os.stat(writing).st_mtime
+    _cut_footer(writing)
+    _age(writing, mtime)
+    gone = {os.path.join(doomed, name) for name in os.listdir(doomed)}
+
+    with _shards_opened() as opened:
+        removed = layout.prune(str(tmp_path), keep=2, template=TEMPLATE)
+
+    assert set(removed) == gone and not os.path.exists(doomed)
+    assert os.path.isdir(unclosed) and len(os.listdir(unclosed)) == len(os.listdir(newest[0])) - 2
+    # Shards 2 and 3 exist in the doomed run and the two newest: only the doomed run's were opened.
+    assert opened.count(shard_name(2)) == opened.count(shard_name(3)) == 1
