@@ -157,7 +157,10 @@ class _ObjectColumn:
 
     def prepare(self, value: Any) -> bytes:
         if type(value) in _SCALARS:
-            return _encode_scalar(value)
+            try:
+                return _encode_scalar(value)
+            except (OverflowError, UnicodeEncodeError) as exc:  # an int beyond 64 bits, a lone surrogate
+                raise LogInputError(f"column {self.name!r}: {exc}") from None
         if _dtype_of(value) is not None:
             raise LogInputError(f"column {self.name!r} holds plain values, got {_describe(value)}")
         return encode_value(value, f"column {self.name!r}")
@@ -169,8 +172,15 @@ class _ObjectColumn:
         """Encode a batch column; return the encoded values and each row's byte size."""
         if _dtype_of(values) is not None or len(values) != batch.rows:
             raise LogInputError(f"column {self.name!r} needs a list of {batch.rows} plain values")
-        encoded = [self.prepare(value) for value in values]
-        return encoded, [len(value) for value in encoded]
+        encoded = None
+        if type(values) is list and _SCALARS.issuperset(map(type, values)):  # ids, scores: one C loop
+            try:
+                encoded = list(map(_encode_scalar, values))
+            except (OverflowError, UnicodeEncodeError):
+                pass  # the loop below names the value
+        if encoded is None:
+            encoded = [self.prepare(value) for value in values]
+        return encoded, list(map(len, encoded))
 
     def add_many(self, encoded: list[bytes], batch: "_Batch", lo: int, hi: int) -> None:
         self.parts.extend(encoded[lo:hi])

@@ -203,6 +203,24 @@ def test_refused_first_call_leaves_the_columns_undefined(logdir, call):
     _check_rows(run.path, "rows", [1])
 
 
+@pytest.mark.parametrize("bad", [2**70, -(2**64), "\ud800"], ids=["int too big", "int too small", "lone surrogate"])
+@pytest.mark.parametrize("call", ["append", "extend"])
+def test_a_plain_value_msgpack_cannot_hold_is_refused_as_bad_input(logdir, call, bad):
+    with asynclog.start(logdir, name="plain") as run:
+        stream = run.stream("rows")
+        stream.append(step=1, note="fine")
+        with pytest.raises(asynclog.LogInputError, match="column 'step'|column 'note'"):
+            if call == "append":
+                stream.append(step=bad, note="x") if isinstance(bad, int) else stream.append(step=2, note=bad)
+            else:
+                columns = {"step": [2, bad], "note": ["x", "y"]} if isinstance(bad, int) else \
+                    {"step": [2, 3], "note": ["x", bad]}
+                stream.extend(**columns)
+        stream.append(step=4, note="after")
+    with asynclog.open(run.path) as log:
+        assert [(row["step"], row["note"]) for row in log.rows("rows")] == [(1, "fine"), (4, "after")]
+
+
 def test_a_muted_stream_takes_batches_too(logdir):
     with asynclog.start(logdir, name="muted", level="standard") as run:
         run.at("debug").stream("rows").extend(**_padded([0, 1]))
