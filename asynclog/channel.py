@@ -112,15 +112,24 @@ class Channel:
         self._closed = False
         self._released = False
         self._ready = threading.Event()  # the writer answered its handshake
+        self._spawned = threading.Event()  # the writer process exists (or failed to: then ``error`` is set)
         self._prefault: threading.Thread | None = None
-        self._spawn(writer_options if first_open is None else {**writer_options, "first_open": first_open})
         self._sender = threading.Thread(target=self._guarded, args=(self._send_loop, "sender"),
                                         name="asynclog-sender", daemon=True)
         self._receiver = threading.Thread(target=self._guarded, args=(self._receive_loop, "receiver"),
                                           name="asynclog-receiver", daemon=True)
+        # Before the writer boots: starting a thread waits for it to run, which takes well under a millisecond
+        # on an idle CPU and several while a new interpreter competes for the cores.
         self._sender.start()
         self._receiver.start()
-        # Last: starting a thread waits for it to run, which the page-touching thread would slow down.
+        try:
+            self._spawn(writer_options if first_open is None else {**writer_options, "first_open": first_open})
+        except BaseException as exc:
+            self.error = WriterError(f"cannot start the writer process: {exc!r}")  # the threads end on it
+            raise
+        finally:
+            self._spawned.set()
+        # Last: the page-touching thread would slow the other threads' start, and the writer's.
         with self._lock:
             if not self._released:  # a writer that died at once has had the pool released already
                 self._prefault = self.pool.prefault()
@@ -328,6 +337,9 @@ class Channel:
                 run.on_fault(WriterError(f"handing a partial batch to the writer failed: {exc!r}"))
 
     def _receive_loop(self) -> None:
+        self._spawned.wait()
+        if self.error is not None:
+            return  # no writer process was started
         try:
             self._handshake()
         except WriterError as exc:

@@ -147,3 +147,27 @@ def test_a_file_changed_before_the_writer_takes_it_over_fails_the_run_not_the_fi
     """, str(tmp_path))
     lines = done.stdout.splitlines()
     assert lines and lines[0].startswith("raised:") and "changed by someone else" in lines[0], done.stdout + done.stderr
+
+
+def test_a_writer_process_that_cannot_be_spawned_raises_at_start_and_leaves_no_thread(tmp_path):
+    done = probe("""
+        import os, resource, sys, threading, time, asynclog
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 1, hard))
+        try:
+            asynclog.start(sys.argv[1], name="nofds")
+            print("started")
+        except (OSError, asynclog.AsyncLogError) as exc:
+            print("raised:", type(exc).__name__)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        time.sleep(0.3)  # the sender and receiver, started before the spawn, see its failure and end
+        print("threads:", sorted(t.name for t in threading.enumerate() if t.name.startswith("asynclog")))
+        again = asynclog.start(sys.argv[1], name="again")
+        again.event("y", i=2)
+        again.close()
+    """, str(tmp_path))
+    lines = done.stdout.splitlines()
+    assert lines[:2] == ["raised: OSError", "threads: []"] or lines[:2] == ["raised: WriterError", "threads: []"], \
+        done.stdout + done.stderr[-2000:]
+    with asynclog.open(tmp_path / "again.alog") as log:
+        assert log.complete and [e["name"] for e in log.events()] == ["y"]
