@@ -84,6 +84,33 @@ def test_a_full_pool_behind_a_running_copy_waits_for_it_and_loses_nothing(logdir
         assert all(torch.equal(log.tensor(f"t{i}"), t) for i, t in enumerate(tensors))
 
 
+def test_threads_mixing_running_copies_and_cpu_tensors_through_a_full_pool_lose_nothing(logdir):
+    per_thread = 12
+
+    def produce(run, t: int) -> None:
+        for k in range(per_thread):
+            tensor = torch.full((40_000,), float(t * 100 + k))  # 160 KiB: a 1 MiB pool fills at once
+            if k % 3 == 0:
+                stage_late(run, f"t{t}/{k}", tensor, delay=0.002 * (k % 5))
+            else:
+                run.tensor(f"t{t}/{k}", tensor)
+            if k % 5 == 4:
+                run.flush()
+
+    with asynclog.start(logdir, name="threads", config={"staging_bytes": 1 << 20}) as run:
+        threads = [threading.Thread(target=produce, args=(run, t)) for t in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    with asynclog.open(logdir / "threads.alog") as log:
+        names = log.tensor_names()
+        for t in range(4):
+            assert [n for n in names if n.startswith(f"t{t}/")] == [f"t{t}/{k}" for k in range(per_thread)]
+            assert all(torch.equal(log.tensor(f"t{t}/{k}"), torch.full((40_000,), float(t * 100 + k)))
+                       for k in range(per_thread))
+
+
 def test_a_finished_copy_reaches_the_writer_though_the_probe_makes_no_other_call(logdir):
     tensor = torch.arange(16384, dtype=torch.float32)
     run = asynclog.start(logdir, name="idle", config={"flush_interval_s": 60})
