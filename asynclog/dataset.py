@@ -226,15 +226,18 @@ def _conform(batch, schema):
 
 
 def _dictionary_columns(schema) -> list[str]:
-    """The columns worth a Parquet dictionary: all but floating-point ones. Names, ids and positions repeat;
-    measured values (log-probs, entropies) are nearly all distinct, so a dictionary there only costs: it
-    made the file bigger and took most of the write's time."""
-    pa = need("pyarrow", "export")
+    """The Parquet columns worth a dictionary: all but floating-point ones. Names, ids, positions and tokens
+    repeat; measured values (log-probs, entropies) are nearly all distinct, so a dictionary there only costs:
+    it made the file bigger and took most of the write's time. Parquet names a nested column's leaves by
+    path (``x.list.element``), so the paths are the ones an empty file of ``schema`` gets."""
+    import io
 
-    def values(t):
-        return values(t.value_type) if pa.types.is_list(t) or pa.types.is_large_list(t) else t
-
-    return [f.name for f in schema if not pa.types.is_floating(values(f.type))]
+    pq = need("pyarrow.parquet", "export")
+    empty = io.BytesIO()
+    pq.write_table(schema.empty_table(), empty)
+    leaves = pq.read_metadata(io.BytesIO(empty.getvalue())).schema
+    return [leaves.column(i).path for i in range(len(leaves))
+            if leaves.column(i).physical_type not in ("FLOAT", "DOUBLE")]
 
 
 def _write(path: str, sources: Sources) -> bool:
