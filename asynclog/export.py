@@ -361,7 +361,11 @@ def _flat(values: list):
     if values and all(is_tensor(v) for v in values):
         import torch
 
-        return to_numpy(torch.cat([v.reshape(-1) for v in values]))
+        try:  # rows of one trailing shape join as they are: flattened whole, the same values in the same order
+            joined = torch.cat(values)
+        except RuntimeError:  # 0-d rows, or trailing shapes that differ
+            joined = torch.cat([v.reshape(-1) for v in values])
+        return to_numpy(joined.reshape(-1))
     parts = [to_numpy(v).reshape(-1) if is_tensor(v) else np.asarray(v, dtype=object) for v in values]
     return np.concatenate(parts) if parts else []
 
