@@ -225,19 +225,34 @@ def _conform(batch, schema):
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-def _dictionary_columns(schema) -> list[str]:
-    """The Parquet columns worth a dictionary: all but floating-point ones. Names, ids, positions and tokens
-    repeat; measured values (log-probs, entropies) are nearly all distinct, so a dictionary there only costs:
-    it made the file bigger and took most of the write's time. Parquet names a nested column's leaves by
-    path (``x.list.element``), so the paths are the ones an empty file of ``schema`` gets."""
+def _dictionary_columns(schema, firsts: list) -> list[str]:
+    """The Parquet columns worth a dictionary: a flat column whose values repeat in the first batch that has
+    it (at most half of them distinct), and every nested one (as Parquet's default). Names, ids and positions
+    repeat; measured values and ids drawn from a large range are nearly all distinct, and a dictionary there
+    made the file bigger and took most of the write's time. Parquet's own fallback to plain values comes only
+    past a 1 MiB dictionary, which a chunk's row group seldom reaches. Parquet names a nested column's leaves
+    by path (``x.list.element``), so the paths are the ones an empty file of ``schema`` gets."""
     import io
 
-    pq = need("pyarrow.parquet", "export")
+    pa, pq = need("pyarrow", "export"), need("pyarrow.parquet", "export")
     empty = io.BytesIO()
     pq.write_table(schema.empty_table(), empty)
     leaves = pq.read_metadata(io.BytesIO(empty.getvalue())).schema
-    return [leaves.column(i).path for i in range(len(leaves))
-            if leaves.column(i).physical_type not in ("FLOAT", "DOUBLE")]
+    flat = {f.name for f in schema if not pa.types.is_nested(f.type)}
+    present = [b for b in firsts if b is not None]
+    samples = {name: b.column(name) for b in reversed(present) for name in b.schema.names}  # the first wins
+    paths = [leaves.column(i).path for i in range(len(leaves))]
+    return [p for p in paths if p not in flat or p not in samples or _repeats(samples[p])]
+
+
+def _repeats(values) -> bool:
+    """Whether at most half of the non-null values are distinct (True for none, or a type not counted)."""
+    pc = need("pyarrow.compute", "export")
+    present = len(values) - values.null_count
+    try:
+        return present == 0 or 2 * pc.count_distinct(values).as_py() <= present
+    except NotImplementedError:  # pa.ArrowNotImplementedError: no count for this type
+        return True
 
 
 def _write(path: str, sources: Sources) -> bool:
@@ -252,7 +267,8 @@ def _write(path: str, sources: Sources) -> bool:
     if schema is None:
         return False
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with _writing(path) as tmp, pq.ParquetWriter(tmp, schema, use_dictionary=_dictionary_columns(schema)) as writer:
+    dictionary = _dictionary_columns(schema, firsts)
+    with _writing(path) as tmp, pq.ParquetWriter(tmp, schema, use_dictionary=dictionary) as writer:
         for k, rest in enumerate(passes):
             if firsts[k] is not None:
                 writer.write_batch(_conform(firsts[k], schema))
