@@ -182,23 +182,26 @@ def _stream_batches(log, name: str, run: str, batch: str, per_row: Callable[[dic
         if per_row is dict:
             arrow = _arrow_batch(columns)
         else:
-            arrow = pa.RecordBatch.from_pydict({k: pa.array(v) for k, v in columns.items()})
-        n = arrow.num_rows
-        yield _prepend(arrow, {"run": pa.array([run] * n), "batch": pa.array([batch] * n)})
+            arrow = pa.RecordBatch.from_arrays([pa.array(v) for v in columns.values()], names=list(columns))
+        yield _prepend(arrow, {"run": run, "batch": batch})
 
 
-def _prepend(batch, columns: dict):
+def _prepend(batch, constants: dict):
+    """``batch`` after one column per constant, each its value in every row (a chunk's own ``run`` or
+    ``batch`` column gives way). ``pa.repeat`` fills them in Arrow: a Python list of a value per token row
+    was most of a chunk's cost."""
     pa = need("pyarrow", "export")
-    rest = {n: batch.column(n) for n in batch.schema.names if n not in columns}
-    return pa.RecordBatch.from_pydict({**columns, **rest})
+    rest = [n for n in batch.schema.names if n not in constants]
+    arrays = [pa.repeat(value, batch.num_rows) for value in constants.values()]
+    return pa.RecordBatch.from_arrays(arrays + [batch.column(n) for n in rest], names=[*constants, *rest])
 
 
 # --- one part file ------------------------------------------------------------------------------------------
-def _schema(sources: Sources):
-    """One schema for every source's batches: their first batches' unified, every batch read once only when
-    a column is still all null there, and a column null throughout as float64. None when there are no rows."""
+def _schema(firsts: list, sources: Sources):
+    """One schema for every source's batches: their first batches' unified, every batch read once more only
+    when a column is still all null there, and a column null throughout as float64. None when there are no rows."""
     pa = need("pyarrow", "export")
-    firsts = [b for b in (next(source(), None) for source in sources) if b is not None]
+    firsts = [b for b in firsts if b is not None]
     if not firsts:
         return None
     schema = pa.unify_schemas([b.schema for b in firsts], promote_options="permissive")
@@ -211,6 +214,8 @@ def _schema(sources: Sources):
 def _conform(batch, schema):
     """``batch`` with ``schema``'s columns in its order: cast, and columns it lacks as nulls."""
     pa = need("pyarrow", "export")
+    if batch.schema == schema:
+        return batch
     names = batch.schema.names
     try:
         arrays = [batch.column(f.name).cast(f.type) if f.name in names else pa.nulls(batch.num_rows, f.type)
@@ -220,16 +225,55 @@ def _conform(batch, schema):
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
+def _dictionary_columns(schema, firsts: list) -> list[str]:
+    """The Parquet columns worth a dictionary: a flat column whose values repeat in the first batch that has
+    it (at most half of them distinct), and every nested one (as Parquet's default). Names, ids and positions
+    repeat; measured values and ids drawn from a large range are nearly all distinct, and a dictionary there
+    made the file bigger and took most of the write's time. Parquet's own fallback to plain values comes only
+    past a 1 MiB dictionary, which a chunk's row group seldom reaches. Parquet names a nested column's leaves
+    by path (``x.list.element``), so the paths are the ones an empty file of ``schema`` gets."""
+    import io
+
+    pa, pq = need("pyarrow", "export"), need("pyarrow.parquet", "export")
+    empty = io.BytesIO()
+    pq.write_table(schema.empty_table(), empty)
+    leaves = pq.read_metadata(io.BytesIO(empty.getvalue())).schema
+    flat = {f.name for f in schema if not pa.types.is_nested(f.type)}
+    present = [b for b in firsts if b is not None]
+    samples = {name: b.column(name) for b in reversed(present) for name in b.schema.names}  # the first wins
+    paths = [leaves.column(i).path for i in range(len(leaves))]
+    return [p for p in paths if p not in flat or p not in samples or _repeats(samples[p])]
+
+
+def _repeats(values) -> bool:
+    """Whether at most half of the non-null values are distinct (True for none, or a type not counted)."""
+    pc = need("pyarrow.compute", "export")
+    present = len(values) - values.null_count
+    try:
+        return present == 0 or 2 * pc.count_distinct(values).as_py() <= present
+    except NotImplementedError:  # pa.ArrowNotImplementedError: no count for this type
+        return True
+
+
 def _write(path: str, sources: Sources) -> bool:
-    """Write the sources' batches to one Parquet file, a batch at a time; False (nothing written) when empty."""
+    """Write the sources' batches to one Parquet file, a batch at a time; False (nothing written) when empty.
+
+    Each source's pass is begun once: its first batch serves for the schema and is then written, not decoded
+    again. Only the first batches wait together (as the schema needs them all); the rest come one at a time."""
     pq = need("pyarrow.parquet", "export")
-    schema = _schema(sources)
+    passes = [source() for source in sources]
+    firsts = [next(rest, None) for rest in passes]
+    schema = _schema(firsts, sources)
     if schema is None:
         return False
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with _writing(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
-        for source in sources:
-            for batch in source():
+    dictionary = _dictionary_columns(schema, firsts)
+    with _writing(path) as tmp, pq.ParquetWriter(tmp, schema, use_dictionary=dictionary) as writer:
+        for k, rest in enumerate(passes):
+            if firsts[k] is not None:
+                writer.write_batch(_conform(firsts[k], schema))
+                firsts[k] = None  # written: let it go
+            for batch in rest:
                 writer.write_batch(_conform(batch, schema))
     return True
 

@@ -344,13 +344,30 @@ def _per_token(columns: dict) -> dict:
         if name not in ragged:
             out[name] = np.repeat(np.asarray(values), lengths)
             if name == "sequence_id":
-                out["position"] = np.concatenate([np.arange(n) for n in lengths]) if len(lengths) else lengths
+                starts = np.cumsum(lengths) - lengths
+                out["position"] = np.arange(lengths.sum()) - np.repeat(starts, lengths)
             continue
         if [len(v) for v in values] != lengths.tolist():
             raise ValueError(f"column {name!r} is not aligned with {ragged[0]!r} position by position")
-        parts = [to_numpy(v).reshape(-1) if is_tensor(v) else np.asarray(v, dtype=object) for v in values]
-        out[name] = np.concatenate(parts) if parts else []
+        out[name] = _flat(values)
     return out
+
+
+def _flat(values: list):
+    """A ragged column's rows back to back as one numpy array, each row flattened. Tensor rows are joined
+    by torch in one call and converted once: per row, the conversion cost more than the copy."""
+    import numpy as np
+
+    if values and all(is_tensor(v) for v in values):
+        import torch
+
+        try:  # rows of one trailing shape join as they are: flattened whole, the same values in the same order
+            joined = torch.cat(values)
+        except RuntimeError:  # 0-d rows, or trailing shapes that differ
+            joined = torch.cat([v.reshape(-1) for v in values])
+        return to_numpy(joined.reshape(-1))
+    parts = [to_numpy(v).reshape(-1) if is_tensor(v) else np.asarray(v, dtype=object) for v in values]
+    return np.concatenate(parts) if parts else []
 
 
 # --- the console script ---------------------------------------------------------------------------------

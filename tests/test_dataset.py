@@ -240,3 +240,32 @@ def _read_with(engine: str):
 
     frame = dask.dataframe.read_parquet("data/table=tokens", columns=["checkpoint", "rank", "run", "tokens"]).compute()
     return _counts_by_partition(zip(frame["checkpoint"].tolist(), frame["rank"].tolist())), None
+
+
+def log_mixed_batches(directory) -> None:
+    """One run, two batches of each stream kind in several chunks: E_batch's ``reward`` is null in its first
+    chunk and a number later; U_batch's sequences have a ``judge`` column E_batch's lack."""
+    with asynclog.start(directory, name="mixed") as run:
+        for batch, extra in (("E_batch", {}), ("U_batch", {"judge": "ok"})):
+            sequences = run.stream(f"sequences/{batch}", chunk_rows=2)
+            tokens = run.stream(f"tokens/{batch}", chunk_rows=2)
+            for i in range(5):
+                sequences.append(sequence_id=i, reward=None if i < 2 else i / 4, **extra)
+                tokens.append(sequence_id=i, tokens=torch.arange(i + 1) + 10 * i)
+
+
+def test_every_chunk_and_column_of_each_batch_of_a_kind_lands_in_the_part_file(tmp_path):
+    log_mixed_batches(tmp_path / "logs")
+    out = tmp_path / "dataset"
+    from asynclog.dataset import export_dataset
+
+    export_dataset(tmp_path / "logs", out)
+    sequences = pa_ds.dataset(out / "table=sequences", partitioning="hive").to_table()
+    assert sequences.schema.field("reward").type == "double" and sequences.schema.field("judge").type == "string"
+    assert sequences.select(["batch", "sequence_id", "reward", "judge"]).to_pylist() == [
+        {"batch": batch, "sequence_id": i, "reward": None if i < 2 else i / 4, "judge": judge}
+        for batch, judge in (("E_batch", None), ("U_batch", "ok")) for i in range(5)]
+    tokens = pa_ds.dataset(out / "table=tokens", partitioning="hive").to_table()
+    assert tokens.select(["batch", "sequence_id", "position", "tokens"]).to_pylist() == [
+        {"batch": batch, "sequence_id": i, "position": p, "tokens": 10 * i + p}
+        for batch in ("E_batch", "U_batch") for i in range(5) for p in range(i + 1)]
