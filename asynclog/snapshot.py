@@ -198,20 +198,31 @@ class Stager:
                         return
                     self._wait_for(piece.event, wait_until)
                     continue  # the lock was let go: the sender's poll may have handed it over meanwhile
-                if from_sender:
-                    if not self.channel.put_nowait(piece.message):
-                        return
-                else:
-                    self.channel.put(piece.message, "block", wake=piece.nbytes >= _WAKE_BYTES)
-                pending.popleft()
-                if piece.event is not None:
-                    self._recycle(piece.event)
+                if not self._hand_over(piece, from_sender):
+                    return
         except WriterError:
             raise
         except Exception as exc:  # noqa: BLE001 - a CUDA error: the stored failure is every caller's next raise
             self.failure = WriterError(f"asynclog: copying a CUDA tensor to the host failed: {exc}")
             pending.clear()
             raise self.failure from exc
+
+    def _hand_over(self, piece: _Pending, from_sender: bool) -> bool:
+        """Move the first pending piece to the channel; False if the sender found the queue full."""
+        self._pending.popleft()  # first: a Ctrl-C after the put must not leave it pending, to go twice
+        try:
+            if from_sender:
+                if not self.channel.put_nowait(piece.message):
+                    self._pending.appendleft(piece)
+                    return False
+            else:
+                self.channel.put(piece.message, "block", wake=piece.nbytes >= _WAKE_BYTES)
+        except BaseException:
+            self._pending.appendleft(piece)
+            raise
+        if piece.event is not None:
+            self._recycle(piece.event)
+        return True
 
     def _wait_for(self, event, wait_until: float) -> None:
         """Poll ``event`` (never ``synchronize``, which cannot time out) with the lock let go in between."""
