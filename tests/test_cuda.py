@@ -9,6 +9,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import pytest
 import torch
@@ -96,6 +98,36 @@ def test_a_tensor_on_another_gpu_than_the_current_one(logdir):
         source.zero_()
     with asynclog.open(run.path) as log:
         assert torch.equal(log.tensor("t"), expected)
+
+
+def test_a_copy_reaches_the_writer_though_the_probe_makes_no_other_call(logdir):
+    """No thread waits on the copy: the sender's poll hands it over while the probe only computes."""
+    source = torch.randn(1 << 18, device="cuda")
+    expected = source.cpu()
+    run = asynclog.start(logdir, name="idle", config={**SMALL_POOL, "flush_interval_s": 60})
+    try:
+        run.tensor("t", source)
+        deadline = time.monotonic() + 10
+        while run._stager._pending and time.monotonic() < deadline:
+            torch.cuda._sleep(1_000_000)  # the probe's own GPU work; no logging call
+            time.sleep(0.01)
+        assert not run._stager._pending
+    finally:
+        run.close()
+    with asynclog.open(run.path) as log:
+        assert torch.equal(log.tensor("t"), expected)
+
+
+def test_no_thread_is_started_for_cuda_copies(logdir):
+    with asynclog.start(logdir, name="threads", config=SMALL_POOL) as run:
+        run.tensor("warm", torch.ones(16, device="cuda"))
+        before = {t.ident for t in threading.enumerate()}
+        for i in range(20):
+            run.tensor("t", torch.full((1 << 16,), float(i), device="cuda"))
+        run.flush()
+        assert {t.ident for t in threading.enumerate()} <= before
+    with asynclog.open(run.path) as log:
+        assert [float(log.tensor("t", i)[0]) for i in range(20)] == [float(i) for i in range(20)]
 
 
 def test_a_sticky_cuda_error_reaches_the_caller_instead_of_hanging(logdir):
