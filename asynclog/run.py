@@ -45,6 +45,9 @@ _INLINE_BYTES = 16 << 10  # CPU tensors up to this size travel inline with the r
 class Accounting:
     """What logging cost the caller: calls, time inside asynclog's calls, a latency histogram, drops."""
 
+    __slots__ = ("calls", "ns_total", "histogram", "dropped_records", "dropped_tensors", "dropped_chunks",
+                 "bytes_in")
+
     def __init__(self) -> None:
         self.calls = 0
         self.ns_total = 0
