@@ -5,8 +5,10 @@
 Events, ``run.event("core", i=i, **FIELDS)`` with 10 scalar fields (the ``events`` workload's record):
 - floor: the synchronous floor's ``event`` (``asynclog/bench/peers/sync_floor.py``): build the record, msgspec
   encode it, write it to a zstd stream, all in the caller's thread;
-- api: a bare Python function with ``run.event``'s keyword signature that builds the record and encodes it,
-  what any Python logger with this API pays before it logs anything;
+- call: a Python function with ``run.event``'s keyword signature that does nothing (the call and its
+  keyword dict alone);
+- api: the same function building the record and encoding it, what any Python logger with this API pays
+  before it logs anything;
 - ``run.event`` itself.
 
 Token rows of 150 tokens (int64 ids, float32 log-probs and entropies, an int id; the ``tokens`` workload's row):
@@ -48,6 +50,10 @@ def cpu_ns(call, calls: int, repeats: int) -> float:
     return best
 
 
+def call_only(name: str, /, **fields) -> None:
+    """What calling with ten keyword arguments costs: the call and the dict of them."""
+
+
 def api_only(name: str, /, **fields) -> bytes:
     """What the keyword API costs before any logging: the call, the record, one encode."""
     return encode_record({"type": "event", "name": name, "time": time.time(), "data": fields}, fields)
@@ -59,6 +65,7 @@ def bench_events(tmp: str, calls: int, repeats: int) -> dict:
     floor.open(tmp, "events")
     out = {"floor": cpu_ns(lambda i: floor.event("core", {"i": i, **fields}), calls, repeats)}
     floor.close()
+    out["call"] = cpu_ns(lambda i: call_only("core", i=i, **fields), calls, repeats)
     out["api"] = cpu_ns(lambda i: api_only("core", i=i, **fields), calls, repeats)
     with asynclog.start(tmp, name="events") as run:
         out["run.event"] = cpu_ns(lambda i: run.event("core", i=i, **fields), calls, repeats)
