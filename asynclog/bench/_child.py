@@ -25,9 +25,8 @@ def main(argv: list[str]) -> int:
     spec = json.loads(argv[0])
     failed = False
     for job in spec["jobs"]:
-        _phase(spec["phase_file"], job["workload"])
         try:
-            result = measure(spec["peer"], job)
+            result = measure(spec["peer"], job, lambda: _phase(spec["phase_file"], job["workload"]))
         except BaseException as exc:  # noqa: BLE001 - whatever broke is this workload's answer
             result = {"status": "error", "note": f"{type(exc).__name__}: {exc}",
                       "traceback": traceback.format_exc()}
@@ -44,15 +43,19 @@ def _phase(path: str, workload: str) -> None:
     os.replace(path + ".tmp", path)
 
 
-def measure(peer: str, job: dict) -> dict:
-    """Drive peer ``peer`` through ``job`` (workload, params, directory, result) in this process; its figures."""
+def measure(peer: str, job: dict, begin=lambda: None) -> dict:
+    """Drive peer ``peer`` through ``job`` (workload, params, directory, result) in this process; its figures.
+
+    ``begin()`` marks the workload's start for the parent's sampling of helper processes: after the data is
+    made, so that what importing torch starts (a CUDA build of torch runs ``ldconfig``) is not the peer's."""
     if job["workload"] == "demo":
-        return _measure_demo(peer, job)
+        return _measure_demo(peer, job, begin)
     from . import peers
     from .workloads import drive, prepare
 
     workload, params, directory = job["workload"], job["params"], job["directory"]
     state = prepare(workload, params)
+    begin()
     adapter = peers.load(peer)()
     adapter.open(directory, workload)
     _settle()
@@ -89,7 +92,7 @@ def _call_figures(lat) -> dict:
             "mean_us": calls_s / len(ns) * 1e6, "max_us": ns[-1] / 1e3, "calls_s": calls_s}
 
 
-def _measure_demo(peer: str, job: dict) -> dict:
+def _measure_demo(peer: str, job: dict, begin) -> dict:
     """Workload 4: the toy entropy probe (``asynclog.toyprobe``) over a few checkpoints, logging through
     DetailedLogger at debug level, or with no logger ("off"). A first pass without a logger warms torch up
     and is not measured. Caller figures come from DetailedLogger's own count of the time spent in its calls
@@ -103,6 +106,7 @@ def _measure_demo(peer: str, job: dict) -> dict:
     directory, params = job["directory"], job["params"]
     size = SIZES[params["size"]]
     model, tokenizer, prompts = build(size)
+    begin()
     run_probe(model, tokenizer, prompts, size, logger=None)
     logger = None
     if peer != "off":
