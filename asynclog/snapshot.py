@@ -233,6 +233,18 @@ class Stager:
                 raise WriterError(f"CUDA snapshot copies did not complete within {self.channel.timeout_s} s")
             pause = self._sleep_unlocked(pause)
 
+    def _let_copies_end(self, wait_until: float) -> None:
+        """Wait (until then at most) for the pending copies to end, whatever their outcome: the writer is gone
+        or done, and a copy must not land in a pool that is unmapped."""
+        for piece in self._pending:
+            while piece.event is not None and time.monotonic() < wait_until:
+                try:
+                    if piece.event.query():
+                        break
+                except Exception:  # noqa: BLE001 - a failed copy has ended too
+                    break
+                time.sleep(1e-3)
+
     def _poll(self) -> None:
         """The sender's backstop: hand over copies that finished after the probe's last call; never blocks."""
         if self._pending and self.failure is None and self._lock.acquire(blocking=False):
@@ -253,8 +265,11 @@ class Stager:
             self._hand_over_copied(wait_until=time.monotonic() + self.channel.timeout_s)
 
     def close(self) -> None:
-        """Drop this process's hold on the pool (before the channel unmaps it); no copy is in progress then."""
+        """Drop this process's hold on the pool (before the channel unmaps it), once no copy still runs into it;
+        pieces that can no longer be handed over are let go, and their source tensors with them."""
         with self._lock:
+            self._let_copies_end(time.monotonic() + self.channel.timeout_s)
+            self._pending.clear()
             if self._pinned and self._pool_tensor is not None:
                 import torch
 

@@ -6,6 +6,9 @@ CI has no GPU, so these drive the stager with a copy that a CPU thread finishes 
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -28,10 +31,14 @@ class LateCopy:
     def __init__(self, pool, offset: int, data: bytes, delay: float, fails: bool = False):
         self.fails = fails
         self.done = threading.Event()
+        self.error: BaseException | None = None  # the copy's own failure (a pool unmapped under it)
 
         def copy() -> None:
             time.sleep(delay)
-            pool.mmap[offset : offset + len(data)] = data
+            try:
+                pool.mmap[offset : offset + len(data)] = data
+            except BaseException as exc:  # noqa: BLE001 - what the test asserts on
+                self.error = exc
             self.done.set()
 
         threading.Thread(target=copy, name="late-copy", daemon=True).start()
@@ -125,6 +132,24 @@ def test_a_finished_copy_reaches_the_writer_though_the_probe_makes_no_other_call
         run.close()
     with asynclog.open(logdir / "idle.alog") as log:
         assert torch.equal(log.tensor("late"), tensor)
+
+
+def test_a_writer_dying_during_a_copy_lets_it_finish_before_the_pool_goes(logdir):
+    run = asynclog.start(logdir, name="dying")
+    try:
+        [copy] = stage_late(run, "late", torch.ones(16384), delay=0.3)
+        os.kill(run._channel.process.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while run._channel.error is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert copy.done.wait(10)
+        assert copy.error is None, copy.error  # the pool was still mapped when the copy landed
+        while run._stager._pending and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not run._stager._pending  # and the piece, which can go nowhere now, is let go with its source
+    finally:
+        with contextlib.suppress(asynclog.WriterError):
+            run.close()
 
 
 def test_no_thread_is_started_for_copies(logdir):
