@@ -126,6 +126,7 @@ class Channel:
             self._spawn(writer_options if first_open is None else {**writer_options, "first_open": first_open})
         except BaseException as exc:
             self.error = WriterError(f"cannot start the writer process: {exc!r}")  # the threads end on it
+            self.pool.close()
             raise
         finally:
             self._spawned.set()
@@ -137,7 +138,11 @@ class Channel:
     # --- start-up -------------------------------------------------------------------------------------------
     def _spawn(self, writer_options: dict) -> None:
         data_r, data_w = os.pipe()
-        back_r, back_w = os.pipe()
+        try:
+            back_r, back_w = os.pipe()
+        except OSError:
+            _close_all(data_r, data_w)
+            raise
         args = [sys.executable, "-c", _WRITER_MAIN, str(data_r), str(back_w), str(self.pool.fd),
                 str(self.pool.capacity), wire.encode({**writer_options, "probe_pid": os.getpid()}).hex()]
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -146,11 +151,13 @@ class Channel:
         try:
             self.process = subprocess.Popen(args, pass_fds=(data_r, back_w, self.pool.fd), env=env,
                                             stdin=subprocess.DEVNULL)
+        except BaseException:
+            _close_all(data_w, back_r)
+            raise
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             # Close the child's ends here, so the child's death shows as end-of-file on ``back`` at once.
-            os.close(data_r)
-            os.close(back_w)
+            _close_all(data_r, back_w)
         self._data = Connection(data_w, readable=False)
         self._back = Connection(back_r, writable=False)
 
@@ -464,3 +471,11 @@ class Channel:
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait()
+
+
+def _close_all(*fds: int) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
