@@ -141,7 +141,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise Failure(USAGE, f"--out {args.out} is a file; give a folder (it is created if missing)")
     try:
-        check_device(args.device)
+        args.device = check_device(args.device)
     except ValueError as exc:
         raise Failure(USAGE, str(exc)) from None
     return demo_main(args)

@@ -47,7 +47,7 @@ def main(args: argparse.Namespace) -> int:
     from .toyprobe import SIZES, build, perturbed, run_probe
 
     config = probe_config(args)
-    size, device = SIZES[args.size], check_device(getattr(args, "device", "cpu"))
+    size, device = SIZES[args.size], args.device  # checked by the command line
     model, tokenizer, prompts = build(size, device=device)
     logger = DetailedLogger(config, tokenizer=tokenizer)
     what = "logging disabled" if not logger.enabled else f"level {logger.level}"
