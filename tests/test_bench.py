@@ -9,6 +9,8 @@ import argparse
 import importlib.util
 import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -157,13 +159,6 @@ def test_bench_core_drives_the_shared_peer_adapters(bench_core):
     assert own == [], "bench_core defines its own peers or baselines"
 
 
-def test_bench_core_makes_records_rows_and_tensors_with_the_workloads_makers(bench_core):
-    from asynclog.bench import workloads
-
-    for name in ("event_fields", "token_row", "snapshots"):
-        assert getattr(bench_core, name, None) is getattr(workloads, name), name
-
-
 def test_bench_core_before_after_table_shows_each_figure_and_its_change(bench_core):
     before = {"events": {"p50_us": 2.0, "peers": {"sync": 1.0}}, "startup": {"first_start_s": 0.2}}
     after = {"events": {"p50_us": 3.0, "peers": {"sync": 1.0}}, "startup": {"first_start_s": 0.1}}
@@ -176,6 +171,14 @@ def test_bench_core_before_after_table_shows_each_figure_and_its_change(bench_co
 def test_bench_core_sections_measure_at_the_tiny_scale(bench_core, tmp_path):
     gate = bench_core.bench_gate(str(tmp_path), 20)
     assert 0 < gate["muted_p50_us"] and 0 < gate["accepted_p50_us"] and 0 < gate["refused_p50_us"]
+    tensor = bench_core.bench_tensor(str(tmp_path), (1 << 10,), 1)
+    assert tensor["1 KiB"]["asynclog_us"] > 0, tensor
     through = bench_core.bench_throughput(str(tmp_path), "tiny")
     for kind in ("records", "token_rows"):
         assert through[kind]["asynclog_per_s"] > 0 and through[kind]["sync_per_s"] > 0, through
+
+
+def test_bench_core_refuses_a_section_it_does_not_have():
+    path = pathlib.Path(__file__).parents[1] / "benchmarks" / "bench_core.py"
+    done = subprocess.run([sys.executable, str(path), "--only", "refusal"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "unknown section(s) refusal" in done.stderr, done.stderr
