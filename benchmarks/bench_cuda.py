@@ -155,12 +155,14 @@ def profile_calls(run, nbytes: int, calls: int = 400) -> str:
     return out.getvalue()
 
 
-def _section(results: dict, key: str, compute) -> None:
-    """Run one part of the benchmark; a failure is recorded and the other parts still run."""
+def _section(results: dict, key: str, compute):
+    """Run one part of the benchmark and return what it measured; a failure is recorded under ``key`` (and None
+    returned), and the other parts still run."""
     try:
-        results[key] = compute()
+        return compute()
     except Exception:  # noqa: BLE001 - a lent GPU is rare: report what failed and measure the rest
         results.setdefault("failures", {})[key] = traceback.format_exc()
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,15 +185,15 @@ def main(argv: list[str] | None = None) -> int:
         run = asynclog.start(tmp, name="cuda", config={"staging_bytes": pool_bytes, "compression": "raw"})
         run.tensor("warm", torch.ones(1024, device="cuda"))
         run.flush()
-        _section(results, "breakdown_us", lambda: {n: call_breakdown(run, n) for n in (1 << 10, 4 << 20)})
+        results["breakdown_us"] = _section(results, "breakdown_us",
+                                           lambda: {n: call_breakdown(run, n) for n in (1 << 10, 4 << 20)})
         for nbytes in sizes:
-            _section(results, f"size_{nbytes}", lambda: results["sizes"].append(
-                measure_size(run, nbytes, args.repeats, pool_bytes)))
-        if args.profile:
-            _section(results, "profile_4KiB", lambda: profile_calls(run, 4 << 10))
+            row = _section(results, f"size_{nbytes}", lambda: measure_size(run, nbytes, args.repeats, pool_bytes))
+            if row:
+                results["sizes"].append(row)
+        profile = _section(results, "profile_4KiB", lambda: profile_calls(run, 4 << 10)) if args.profile else None
         run.close()
-    profile = results.pop("profile_4KiB", None)
-    print(json.dumps({k: v for k, v in results.items() if v is not None}, indent=2))
+    print(json.dumps(results, indent=2))
     print_summary(results, args.staging_mib)
     if profile:
         print("\ncProfile, 400 back-to-back run.tensor calls of 4 KiB CUDA tensors:\n" + profile)

@@ -129,7 +129,7 @@ def run_once(setup, logger, index: int) -> tuple[float, float]:
     model, tokenizer, prompts, size = setup
     cpu, start = _cpu_seconds(), time.perf_counter()
     toyprobe.run_probe(model, tokenizer, prompts, size, logger=logger, checkpoint_path=f"toy/step_{index}", seed=0)
-    if torch.cuda.is_available():
+    if next(model.parameters()).is_cuda:  # a CPU run on a GPU machine must not make a CUDA context here
         torch.cuda.synchronize()
     return time.perf_counter() - start, _cpu_seconds() - cpu
 

@@ -24,8 +24,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 status=0
 # A hung test must not eat the whole lease: pytest-timeout, where installed, stops it after 90 s.
 per_test=$($PY -c "import pytest_timeout" 2>/dev/null && echo "--timeout 90")
-timeout 240 $PY -m pytest -q -rs -p no:cacheprovider $per_test tests/test_cuda.py tests/test_cuda_stream.py || status=1
-timeout 150 $PY benchmarks/bench_cuda.py --profile "$@" || status=1
+timeout 200 $PY -m pytest -q -rs -p no:cacheprovider $per_test tests/test_cuda.py tests/test_cuda_stream.py || status=1
+timeout 120 $PY benchmarks/bench_cuda.py --profile "$@" || status=1
 # The demo probe on the GPU at debug level against logging off (goal: <= 1 % wall).
-timeout 150 $PY benchmarks/bench_probe_overhead.py --device cuda --size small --repeats 5 --no-naive || status=1
+timeout 120 $PY benchmarks/bench_probe_overhead.py --device cuda --size small --repeats 5 --no-naive || status=1
 exit $status
