@@ -219,11 +219,16 @@ def new_rank_run_folder(output_directory: str | os.PathLike, template: str, chec
 
 
 def rank_run_paths_in(output_directory: str | os.PathLike, folder: str, rank: int) -> RunPaths:
-    """This rank's paths in the run folder ``folder`` (created here when missing; never through a link)."""
-    root = os.path.abspath(os.fspath(output_directory))
+    """This rank's paths in the run folder ``folder`` (created here when missing; never through a link).
+
+    ``folder`` may come from rank 0 by broadcast: one that is not a day folder's child of the output
+    directory is refused before anything is created."""
+    root, folder = os.path.abspath(os.fspath(output_directory)), os.path.abspath(folder)
+    if os.path.dirname(os.path.dirname(folder)) != root:
+        raise FileExistsError(f"{folder} is outside {root}; run folders are real directories there")
     os.makedirs(folder, exist_ok=True)
-    if os.path.islink(folder) or os.path.dirname(os.path.dirname(folder)) != root:
-        raise FileExistsError(f"{folder} is a symlink or outside {root}; run folders are real directories there")
+    if os.path.islink(folder):
+        raise FileExistsError(f"{folder} is a symlink; run folders are real directories in {root}")
     summary = os.path.join(folder, shard_name(rank).removesuffix(SUFFIX) + SUMMARY_SUFFIX)
     return RunPaths(root, os.path.dirname(folder), folder, summary, os.path.join(folder, RANK_CONFIG))
 

@@ -342,6 +342,15 @@ def test_a_symlinked_day_folder_is_refused_not_followed(tmp_path):
     assert list(elsewhere.iterdir()) == []
 
 
+@pytest.mark.parametrize("where", ["elsewhere/2026-01-02/run", "logs/run", "logs/2026-01-02/../../elsewhere/run"])
+def test_a_run_folder_outside_the_output_directory_is_refused_before_it_is_made(tmp_path, where):
+    (tmp_path / "logs").mkdir()
+    folder = os.path.join(tmp_path, where)  # as a broadcast from rank 0 might bring it
+    with pytest.raises(FileExistsError, match="outside"):
+        layout.rank_run_paths_in(tmp_path / "logs", folder, 1)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["logs"]
+
+
 # --- what retention reads ----------------------------------------------------------------------------------
 @functools.cache
 def _open_listeners() -> list[list[str]]:
