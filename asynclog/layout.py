@@ -38,7 +38,7 @@ from typing import BinaryIO, NamedTuple, TypeVar
 from .errors import ConfigError, CorruptLogError
 from .files import atomic_write, create_exclusive
 from .format import PREAMBLE_SIZE, SUFFIX, FrameKind, read_header, read_payload, read_preamble, read_trailer
-from .ranks import MANIFEST, shard_name
+from .ranks import MANIFEST, SHARD_STEM, shard_name, shard_stem
 
 __all__ = [
     "RunPaths",
@@ -60,8 +60,8 @@ LAYOUT_ID = "asynclog.probe/1"  # the marker's id: bump it if the layout's files
 SUMMARY_SUFFIX = "_summary.json"
 CONFIG_SUFFIX = "_config.yaml"
 RANK_CONFIG = "config.yaml"  # a run folder's config sidecar (rank 0's)
-_RANK_FILE = re.compile(rf"(rank-\d{{5}}({re.escape(SUFFIX)}|{re.escape(SUMMARY_SUFFIX)})|{re.escape(MANIFEST)}|{re.escape(RANK_CONFIG)})\Z")
-_SHARD = re.compile(rf"rank-\d{{5}}{re.escape(SUFFIX)}\Z")
+_RANK_FILE = re.compile(rf"({SHARD_STEM}({re.escape(SUFFIX)}|{re.escape(SUMMARY_SUFFIX)})|{re.escape(MANIFEST)}|{re.escape(RANK_CONFIG)})\Z")
+_SHARD = re.compile(rf"{SHARD_STEM}{re.escape(SUFFIX)}\Z")
 _TEMPLATE_FIELDS = frozenset({"timestamp", "checkpoint_name", "date", "level"})
 # What the plan's templates end with, mapped away: the main log is always an .alog file.
 _FOREIGN_SUFFIXES = (".json.gz", ".json", ".gz", ".jsonl", SUFFIX)
@@ -229,7 +229,7 @@ def rank_run_paths_in(output_directory: str | os.PathLike, folder: str, rank: in
     os.makedirs(folder, exist_ok=True)
     if os.path.islink(folder):
         raise FileExistsError(f"{folder} is a symlink; run folders are real directories in {root}")
-    summary = os.path.join(folder, shard_name(rank).removesuffix(SUFFIX) + SUMMARY_SUFFIX)
+    summary = os.path.join(folder, shard_stem(rank) + SUMMARY_SUFFIX)
     return RunPaths(root, os.path.dirname(folder), folder, summary, os.path.join(folder, RANK_CONFIG))
 
 

@@ -34,7 +34,7 @@ from .errors import LogInputError
 from .files import atomic_write
 from .format import SUFFIX
 
-__all__ = ["Placement", "placement", "per_rank_staging", "shard_name", "MANIFEST", "SHARDS_ID", "write_manifest",
+__all__ = ["Placement", "placement", "per_rank_staging", "shard_name", "shard_stem", "SHARD_STEM", "MANIFEST", "SHARDS_ID", "write_manifest",
            "read_manifest", "RUN_NAME_ENV", "job_name", "broadcast_from_rank0", "no_shared_name"]
 
 MANIFEST = "manifest.json"
@@ -89,8 +89,17 @@ def per_rank_staging(where: Placement, default: int) -> int:
     return max(_MIN_STAGING, min(default, share))
 
 
+SHARD_STEM = r"rank-\d{5,}"  # what shard_stem makes, as a regular expression: ranks past 99999 take more digits
+
+
+def shard_stem(rank: int) -> str:
+    """A rank's name in its run folder: its shard is this plus ``.alog``, its summary sidecar this plus
+    ``_summary.json``."""
+    return f"rank-{rank:05d}"
+
+
 def shard_name(rank: int) -> str:
-    return f"rank-{rank:05d}{SUFFIX}"
+    return shard_stem(rank) + SUFFIX
 
 
 def write_manifest(folder: str, name: str, where: Placement) -> None:

@@ -421,3 +421,13 @@ def test_retention_reads_footers_only_of_the_runs_about_to_go(tmp_path):
     assert os.path.isdir(unclosed) and len(os.listdir(unclosed)) == len(os.listdir(newest[0])) - 2
     # Shards 2 and 3 exist in the doomed run and the two newest: only the doomed run's were opened.
     assert opened.count(shard_name(2)) == opened.count(shard_name(3)) == 1
+
+
+def test_retention_removes_the_shards_of_ranks_past_99999(tmp_path):
+    doomed, kept = _rank_runs(tmp_path, [2, 2])
+    for name in (shard_name(100000), "rank-100000_summary.json"):  # rank 100000 of a world that large
+        shutil.copyfile(os.path.join(doomed, shard_name(1)), os.path.join(doomed, name))
+    _age([os.path.join(doomed, name) for name in os.listdir(doomed)], 1000)
+    removed = layout.prune(str(tmp_path), keep=1, template=TEMPLATE)
+    assert {os.path.join(doomed, shard_name(100000)), os.path.join(doomed, "rank-100000_summary.json")} <= set(removed)
+    assert not os.path.exists(doomed) and os.path.isdir(kept)
