@@ -20,7 +20,7 @@ import pytest
 import asynclog
 import asynclog.format
 from asynclog import DetailedLogger, layout
-from asynclog.ranks import shard_name
+from asynclog.ranks import SHARD_STEM, shard_name
 
 from conftest import spawn_script
 
@@ -375,7 +375,7 @@ def _shards_opened():
         yield opened
     finally:
         _open_listeners().remove(opened)
-        opened[:] = [name for name in opened if re.fullmatch(r"rank-\d{5}\.alog", name)]
+        opened[:] = [name for name in opened if re.fullmatch(rf"{SHARD_STEM}\.alog", name)]
 
 
 def _rank_runs(root, shards: list[int], first_mtime: float = 1000) -> list[str]:
