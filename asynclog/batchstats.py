@@ -141,12 +141,11 @@ def batch_statistics(view: BatchView, aggregates: bool = False) -> dict:
     One host sync: every reduction is stacked into one small tensor read with ``tolist()``.
     """
     dtype = _float_dtype(view.device)
-    parts = _reductions(view, dtype)
-    extra = _aggregate_reductions(view, dtype) if aggregates else {}
-    flat = torch.cat([p.reshape(-1) for p in (*parts.values(), *extra.values())]).tolist()  # the one sync
+    parts = _reductions(view, dtype, aggregates)
+    flat = torch.cat([p.reshape(-1) for p in parts.values()]).tolist()  # the one sync
     stats: dict[str, Any] = {"num_prompts": view.B, "num_sequences": view.N, "G": view.G, "padded_length": view.T}
     at = 0
-    for key, tensor in (*parts.items(), *extra.items()):
+    for key, tensor in parts.items():
         n = tensor.numel()
         values = flat[at : at + n]
         at += n
@@ -155,15 +154,19 @@ def batch_statistics(view: BatchView, aggregates: bool = False) -> dict:
         stats[key] = int(stats[key])
     stats["length_percentiles"] = list(PERCENTILES)
     if aggregates:
-        stats["aggregates"] = _aggregates_of({k: stats.pop(k) for k in extra}, view.B, view.N)
+        raw = {k: stats.pop(k) for k in parts if k.startswith("~")}
+        stats["aggregates"] = _aggregates_of(raw, view.B, view.N)
     return {k: (None if isinstance(v, float) and v != v else v) for k, v in stats.items()}
 
 
-def _reductions(view: BatchView, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def _reductions(view: BatchView, dtype: torch.dtype, aggregates: bool) -> dict[str, torch.Tensor]:
+    """The statistics as tensors; with ``aggregates``, also the raw aggregates under ``~``-prefixed keys
+    (unpacked by ``_aggregates_of``), from the same conversions and means."""
+    prompts = view.prompt_lens.to(dtype)
     lengths, gens = view.lengths.to(dtype).reshape(-1), view.gen_lengths.to(dtype).reshape(-1)
     q = torch.tensor([p / 100 for p in PERCENTILES], dtype=dtype, device=view.device)
     parts = {
-        "avg_prompt_length": view.prompt_lens.to(dtype).mean(),
+        "avg_prompt_length": prompts.mean(),
         "avg_generation_length": gens.mean(),
         "avg_sequence_length": lengths.mean(),
         "max_sequence_length": lengths.max(),
@@ -171,11 +174,17 @@ def _reductions(view: BatchView, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         "sequence_length_distribution": torch.quantile(lengths, q),
         "generation_length_distribution": torch.quantile(gens, q),
     }
+    if aggregates:
+        parts["~prompt_length_sum"] = prompts.sum()
+        parts.update(_histograms(view, dtype))
     for key, tensor in _value_sets(view):
         flat = tensor.to(dtype).reshape(-1)
+        mean = flat.mean()
         std = flat.std() if flat.numel() > 1 else torch.full((), float("nan"), dtype=dtype, device=view.device)
-        parts["avg_" + key] = flat.mean()
+        parts["avg_" + key] = mean
         parts[f"{key}_std"] = std
+        if aggregates:
+            parts[f"~{key}"] = torch.stack([flat.sum(), (flat - mean).square().sum(), flat.min(), flat.max()])
     return parts
 
 
@@ -183,20 +192,14 @@ def _value_sets(view: BatchView) -> list[tuple[str, torch.Tensor]]:
     return [(key, t) for key, t in (("advantages", view.advantages), ("reward", view.rewards)) if t is not None]
 
 
-def _aggregate_reductions(view: BatchView, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """The raw aggregates as tensors, under ``~``-prefixed keys (unpacked by ``_aggregates_of``).
-
-    Histograms have a fixed T + 1 bins (a length is 0..T), so building them needs no sync: ``bincount``
-    and ``unique`` would each read the data's size back to the host first.
-    """
-    parts = {"~prompt_length_sum": view.prompt_lens.to(dtype).sum()}
+def _histograms(view: BatchView, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Sequence and generation length histograms with a fixed T + 1 bins (a length is 0..T), so building
+    them needs no sync: ``bincount`` and ``unique`` would each read the data's size back to the host first."""
+    parts = {}
     for key, lengths in (("sequence_length", view.lengths), ("generation_length", view.gen_lengths)):
         flat = lengths.reshape(-1)
         bins = torch.zeros(view.T + 1, dtype=dtype, device=view.device)
         parts[f"~{key}"] = bins.scatter_add_(0, flat.clamp(0, view.T), torch.ones_like(flat, dtype=dtype))
-    for key, tensor in _value_sets(view):
-        flat = tensor.to(dtype).reshape(-1)
-        parts[f"~{key}"] = torch.stack([flat.sum(), (flat - flat.mean()).square().sum(), flat.min(), flat.max()])
     return parts
 
 

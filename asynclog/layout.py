@@ -38,7 +38,7 @@ from typing import BinaryIO, NamedTuple, TypeVar
 from .errors import ConfigError, CorruptLogError
 from .files import atomic_write, create_exclusive
 from .format import PREAMBLE_SIZE, SUFFIX, FrameKind, read_header, read_payload, read_preamble, read_trailer
-from .ranks import MANIFEST, shard_name
+from .ranks import MANIFEST, SHARD_STEM, shard_name, shard_stem
 
 __all__ = [
     "RunPaths",
@@ -60,8 +60,8 @@ LAYOUT_ID = "asynclog.probe/1"  # the marker's id: bump it if the layout's files
 SUMMARY_SUFFIX = "_summary.json"
 CONFIG_SUFFIX = "_config.yaml"
 RANK_CONFIG = "config.yaml"  # a run folder's config sidecar (rank 0's)
-_RANK_FILE = re.compile(rf"(rank-\d{{5}}({re.escape(SUFFIX)}|{re.escape(SUMMARY_SUFFIX)})|{re.escape(MANIFEST)}|{re.escape(RANK_CONFIG)})\Z")
-_SHARD = re.compile(rf"rank-\d{{5}}{re.escape(SUFFIX)}\Z")
+_RANK_FILE = re.compile(rf"({SHARD_STEM}({re.escape(SUFFIX)}|{re.escape(SUMMARY_SUFFIX)})|{re.escape(MANIFEST)}|{re.escape(RANK_CONFIG)})\Z")
+_SHARD = re.compile(rf"{SHARD_STEM}{re.escape(SUFFIX)}\Z")
 _TEMPLATE_FIELDS = frozenset({"timestamp", "checkpoint_name", "date", "level"})
 # What the plan's templates end with, mapped away: the main log is always an .alog file.
 _FOREIGN_SUFFIXES = (".json.gz", ".json", ".gz", ".jsonl", SUFFIX)
@@ -219,12 +219,17 @@ def new_rank_run_folder(output_directory: str | os.PathLike, template: str, chec
 
 
 def rank_run_paths_in(output_directory: str | os.PathLike, folder: str, rank: int) -> RunPaths:
-    """This rank's paths in the run folder ``folder`` (created here when missing; never through a link)."""
-    root = os.path.abspath(os.fspath(output_directory))
+    """This rank's paths in the run folder ``folder`` (created here when missing; never through a link).
+
+    ``folder`` may come from rank 0 by broadcast: one that is not a day folder's child of the output
+    directory is refused before anything is created."""
+    root, folder = os.path.abspath(os.fspath(output_directory)), os.path.abspath(folder)
+    if os.path.dirname(os.path.dirname(folder)) != root:
+        raise FileExistsError(f"{folder} is outside {root}; run folders are real directories there")
     os.makedirs(folder, exist_ok=True)
-    if os.path.islink(folder) or os.path.dirname(os.path.dirname(folder)) != root:
-        raise FileExistsError(f"{folder} is a symlink or outside {root}; run folders are real directories there")
-    summary = os.path.join(folder, shard_name(rank).removesuffix(SUFFIX) + SUMMARY_SUFFIX)
+    if os.path.islink(folder):
+        raise FileExistsError(f"{folder} is a symlink; run folders are real directories in {root}")
+    summary = os.path.join(folder, shard_stem(rank) + SUMMARY_SUFFIX)
     return RunPaths(root, os.path.dirname(folder), folder, summary, os.path.join(folder, RANK_CONFIG))
 
 
@@ -331,11 +336,13 @@ def _layout_marker(f: BinaryIO) -> dict | None:
 
 
 def _finished(f: BinaryIO) -> bool:
-    """Whether the log has a sound header frame and its footer: its writer closed it."""
-    if _header_meta(f) is None:
+    """Whether the log starts with a header frame and ends with its footer: its writer closed it. The
+    frames' headers are checked, not their payloads: a closed log is all this asks about."""
+    version = read_preamble(f)
+    if read_header(f, PREAMBLE_SIZE, version).kind != FrameKind.HEADER:
         return False
     footer = read_trailer(f)
-    return footer is not None and read_header(f, footer).kind == FrameKind.FOOTER
+    return footer is not None and read_header(f, footer, version).kind == FrameKind.FOOTER
 
 
 def _read_log(dir_fd: int, name: str, read: Callable[[BinaryIO], _T]) -> tuple[os.stat_result, _T] | None:

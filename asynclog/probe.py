@@ -227,15 +227,9 @@ class DetailedLogger:
     def _broadcast_paths(self, checkpoint_path, where: ranks.Placement) -> layout.RunPaths:
         """Rank 0 names and creates the run folder from its clock and tells the others (``broadcast_name``)."""
         s = self.settings
-        folder, error = None, None
-        if where.rank == 0:
-            try:
-                folder = layout.new_rank_run_folder(s.output_directory, s.filename_template, checkpoint_path, s.level)
-            except Exception as exc:  # noqa: BLE001 - whatever it is, the other ranks must hear of it, not wait
-                error = f"{type(exc).__name__}: {exc}"
-        folder, error = ranks.broadcast_from_rank0((folder, error))  # sent even on failure: no rank waits forever
-        if error is not None:
-            raise LogInputError(f"rank 0 could not create the run folder: {error}")
+        folder = ranks.broadcast_from_rank0(
+            lambda: layout.new_rank_run_folder(s.output_directory, s.filename_template, checkpoint_path, s.level),
+            "create the run folder")
         return layout.rank_run_paths_in(s.output_directory, folder, where.rank)
 
     def _start(self, paths: layout.RunPaths, where: ranks.Placement | None, header: dict, start_summary: dict):

@@ -25,7 +25,8 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple, TypeVar
 
 import msgspec
 
@@ -33,11 +34,12 @@ from .errors import LogInputError
 from .files import atomic_write
 from .format import SUFFIX
 
-__all__ = ["Placement", "placement", "per_rank_staging", "shard_name", "MANIFEST", "SHARDS_ID", "write_manifest",
+__all__ = ["Placement", "placement", "per_rank_staging", "shard_name", "shard_stem", "SHARD_STEM", "MANIFEST", "SHARDS_ID", "write_manifest",
            "read_manifest", "RUN_NAME_ENV", "job_name", "broadcast_from_rank0", "no_shared_name"]
 
 MANIFEST = "manifest.json"
 SHARDS_ID = "asynclog.shards/1"
+T = TypeVar("T")
 
 
 class Placement(NamedTuple):
@@ -87,8 +89,17 @@ def per_rank_staging(where: Placement, default: int) -> int:
     return max(_MIN_STAGING, min(default, share))
 
 
+SHARD_STEM = r"rank-\d{5,}"  # what shard_stem makes, as a regular expression: ranks past 99999 take more digits
+
+
+def shard_stem(rank: int) -> str:
+    """A rank's name in its run folder: its shard is this plus ``.alog``, its summary sidecar this plus
+    ``_summary.json``."""
+    return f"rank-{rank:05d}"
+
+
 def shard_name(rank: int) -> str:
-    return f"rank-{rank:05d}{SUFFIX}"
+    return shard_stem(rank) + SUFFIX
 
 
 def write_manifest(folder: str, name: str, where: Placement) -> None:
@@ -139,16 +150,28 @@ def _restarted(name: str, count: str | None) -> str:
     return f"{name}-restart{count}" if count and count.isdigit() and int(count) > 0 else name
 
 
-def broadcast_from_rank0(value):
-    """Rank 0's ``value`` on every rank: one ``broadcast_object_list``, the one collective asynclog makes,
-    and only when the user asked for it (``broadcast_name=True``)."""
+def broadcast_from_rank0(make: Callable[[], T], what: str) -> T:
+    """``make()``'s value, made on rank 0 only, on every rank: one ``broadcast_object_list``, the one
+    collective asynclog makes, and only when the user asked for it (``broadcast_name=True``).
+
+    No process group is an error before rank 0 makes anything (a folder made for nothing would stay).
+    When ``make`` fails on rank 0, the failure is broadcast in the value's place, so every rank raises a
+    LogInputError saying that rank 0 could not ``what``, and none waits forever."""
     dist = _initialised_process_group()
     if dist is None:
         raise LogInputError("broadcast_name=True needs torch.distributed's process group, initialised before "
                             "log_run_start")
-    box = [value]
+    box: list = [(None, None)]
+    if dist.get_rank() == 0:
+        try:
+            box[0] = (make(), None)
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the other ranks must hear of it, not wait
+            box[0] = (None, f"{type(exc).__name__}: {exc}")
     dist.broadcast_object_list(box, src=0)
-    return box[0]
+    value, error = box[0]
+    if error is not None:
+        raise LogInputError(f"rank 0 could not {what}: {error}")
+    return value
 
 
 def no_shared_name(where: Placement) -> LogInputError:

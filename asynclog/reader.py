@@ -128,6 +128,13 @@ def missing(what: str, name: Any, names, where: str) -> str:
     return f"no {what} {name!r} in {where}; " + (f"there are: {shown}" if close else f"it has no {what}s")
 
 
+def warn_unseen(name: str | None, seen: set[str] | None, where: str) -> None:
+    """The warning that ends a pass of ``events`` for a ``name`` no record had (a misspelt name would
+    otherwise just yield nothing); called from that generator, so it points at the caller's loop."""
+    if seen is not None and name not in seen:
+        warnings.warn(missing("event name", name, seen, where), stacklevel=3)
+
+
 def _decode_column(column: fmt.ColumnMeta, body: bytes, rows: int, offset: int) -> list:
     if column.offset + column.nbytes > len(body):
         raise CorruptLogError(f"column {column.name!r} runs past its chunk", offset)
@@ -365,6 +372,13 @@ class Log:
         """
         _check_errors(errors)
         seen: set[str] | None = None if name is None else set()
+        yield from self._events(type, name, errors, seen)
+        warn_unseen(name, seen, self.path)
+
+    def _events(self, type: str | None, name: str | None, errors: str = "warn",
+                seen: set[str] | None = None) -> Iterator[dict]:
+        """``events`` without the warning: the name of every record read (of any type) goes into ``seen``
+        when one is given, so a caller reading several logs can warn once for all of them."""
         for offset in self._records:
             try:
                 records = _records(*self._frame(offset, FrameKind.RECORDS)[1:], offset)
@@ -376,8 +390,6 @@ class Log:
             for record in records:
                 if (type is None or record.get("type") == type) and (name is None or record.get("name") == name):
                     yield record
-        if seen is not None and name not in seen:
-            warnings.warn(missing("event name", name, seen, self.path), stacklevel=2)
 
     # --- tensors --------------------------------------------------------------------------------------
     def tensor_names(self) -> list[str]:

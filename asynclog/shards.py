@@ -15,13 +15,12 @@ from __future__ import annotations
 import heapq
 import math
 import os
-import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from .errors import CorruptLogError
 from .ranks import read_manifest, shard_name
-from .reader import Chunk, Log, frame_of, missing
+from .reader import Chunk, Log, frame_of, warn_unseen
 
 __all__ = ["ShardedLog", "is_run_folder", "merge_batch_statistics"]
 
@@ -73,26 +72,26 @@ class ShardedLog:
     # --- records ----------------------------------------------------------------------------------------
     def events(self, type: str | None = None, name: str | None = None) -> Iterator[dict]:
         """Every rank's records merged in time order, each with its ``rank``. A ``name`` that only some ranks
-        logged (rank 0's reduced results) is no mistake; one in no shard at all ends with a warning."""
-        seen: set[str] = set()
+        logged (rank 0's reduced results) is no mistake; one in no shard at all ends with one warning, as
+        ``Log.events`` words it."""
+        seen: set[str] | None = None if name is None else set()
+        yield from self._events(type, name, seen)
+        warn_unseen(name, seen, self.path)
 
+    def _events(self, type: str | None, name: str | None, seen: set[str] | None) -> Iterator[dict]:
         def tagged(rank: int, log: Log) -> Iterator[tuple[float, int, dict]]:
-            for record in log.events(type=type):
-                seen.add(record.get("name"))
-                if name is None or record.get("name") == name:
-                    yield record.get("time", 0.0), rank, {**record, "rank": rank}
+            for record in log._events(type, name, seen=seen):
+                yield record.get("time", 0.0), rank, {**record, "rank": rank}
 
         merged = heapq.merge(*(tagged(r, log) for r, log in sorted(self.shards.items())), key=lambda t: t[:2])
         for _, _, record in merged:
             yield record
-        if name is not None and name not in seen:
-            warnings.warn(missing("event name", name, {n for n in seen if isinstance(n, str)}, self.path),
-                          stacklevel=2)
 
     def batch_statistics(self) -> dict[str, dict]:
-        """Each batch type's statistics over every rank's batches (``merge_batch_statistics``)."""
+        """Each batch type's statistics over every rank's batches (``merge_batch_statistics``); empty for a
+        run that logged none."""
         grouped: dict[str, list[dict]] = {}
-        for record in self.events(name="batch_statistics"):
+        for record in self._events(None, "batch_statistics", None):
             grouped.setdefault(record["data"].get("batch"), []).append(record["data"])
         return {batch: merge_batch_statistics(found) for batch, found in grouped.items()}
 

@@ -20,7 +20,7 @@ import pytest
 import asynclog
 import asynclog.format
 from asynclog import DetailedLogger, layout
-from asynclog.ranks import shard_name
+from asynclog.ranks import SHARD_STEM, shard_name
 
 from conftest import spawn_script
 
@@ -342,6 +342,15 @@ def test_a_symlinked_day_folder_is_refused_not_followed(tmp_path):
     assert list(elsewhere.iterdir()) == []
 
 
+@pytest.mark.parametrize("where", ["elsewhere/2026-01-02/run", "logs/run", "logs/2026-01-02/../../elsewhere/run"])
+def test_a_run_folder_outside_the_output_directory_is_refused_before_it_is_made(tmp_path, where):
+    (tmp_path / "logs").mkdir()
+    folder = os.path.join(tmp_path, where)  # as a broadcast from rank 0 might bring it
+    with pytest.raises(FileExistsError, match="outside"):
+        layout.rank_run_paths_in(tmp_path / "logs", folder, 1)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["logs"]
+
+
 # --- what retention reads ----------------------------------------------------------------------------------
 @functools.cache
 def _open_listeners() -> list[list[str]]:
@@ -366,7 +375,7 @@ def _shards_opened():
         yield opened
     finally:
         _open_listeners().remove(opened)
-        opened[:] = [name for name in opened if re.fullmatch(r"rank-\d{5}\.alog", name)]
+        opened[:] = [name for name in opened if re.fullmatch(rf"{SHARD_STEM}\.alog", name)]
 
 
 def _rank_runs(root, shards: list[int], first_mtime: float = 1000) -> list[str]:
@@ -412,3 +421,13 @@ def test_retention_reads_footers_only_of_the_runs_about_to_go(tmp_path):
     assert os.path.isdir(unclosed) and len(os.listdir(unclosed)) == len(os.listdir(newest[0])) - 2
     # Shards 2 and 3 exist in the doomed run and the two newest: only the doomed run's were opened.
     assert opened.count(shard_name(2)) == opened.count(shard_name(3)) == 1
+
+
+def test_retention_removes_the_shards_of_ranks_past_99999(tmp_path):
+    doomed, kept = _rank_runs(tmp_path, [2, 2])
+    for name in (shard_name(100000), "rank-100000_summary.json"):  # rank 100000 of a world that large
+        shutil.copyfile(os.path.join(doomed, shard_name(1)), os.path.join(doomed, name))
+    _age([os.path.join(doomed, name) for name in os.listdir(doomed)], 1000)
+    removed = layout.prune(str(tmp_path), keep=1, template=TEMPLATE)
+    assert {os.path.join(doomed, shard_name(100000)), os.path.join(doomed, "rank-100000_summary.json")} <= set(removed)
+    assert not os.path.exists(doomed) and os.path.isdir(kept)

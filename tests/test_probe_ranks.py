@@ -166,6 +166,13 @@ def test_ranks_without_a_shared_name_get_an_error_naming_the_three_ways(tmp_path
     assert not (tmp_path / "logs").exists() or not any((tmp_path / "logs").rglob("*.alog"))
 
 
+def test_broadcast_name_without_a_process_group_leaves_no_run_folder(tmp_path, no_launcher):
+    logger = DetailedLogger(_config(tmp_path / "logs"), rank=0, world_size=2, broadcast_name=True)
+    with pytest.raises(asynclog.LogInputError, match="process group"):
+        logger.log_run_start("/ckpt/step_10")
+    assert [p for p in (tmp_path / "logs").rglob("*") if p.is_dir()] == []
+
+
 def test_ranks_given_different_names_show_the_missing_shard(tmp_path, no_launcher, caplog):
     loggers = [DetailedLogger(_config(tmp_path / "logs"), rank=r, world_size=2, run_name=f"name{r}")
                for r in range(2)]

@@ -75,3 +75,32 @@ def test_a_taken_run_name_warns_naming_both_paths(tmp_path):
     message = str(caught[0].message)
     assert first.path in message and second.path in message and second.path.endswith("same-1.alog")
     assert os.path.exists(second.path)
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    """A run of two ranks, written side by side in this process, with events but no batch statistics."""
+    out = tmp_path_factory.mktemp("ranks")
+    runs = [asynclog.start(out, name="job", rank=rank, world_size=2) for rank in (0, 1)]
+    for rank, run in enumerate(runs):
+        run.event("step", step=rank)
+        run.close()
+    return out / "job"
+
+
+def test_batch_statistics_of_a_run_without_them_are_empty_and_quiet(run_folder):
+    with asynclog.open(run_folder) as log, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert log.batch_statistics() == {}
+
+
+def test_a_run_folder_warns_of_a_missing_name_as_one_shard_does(run_folder):
+    with asynclog.open(run_folder) as log:
+        shard = log.shard(0)
+        with pytest.warns(UserWarning) as one:
+            assert list(shard.events(type="nope", name="stp")) == []
+        with pytest.warns(UserWarning) as every:
+            assert list(log.events(type="nope", name="stp")) == []
+    assert len(every) == 1
+    assert str(every[0].message) == str(one[0].message).replace(shard.path, log.path)
+    assert "'step'" in str(every[0].message)
