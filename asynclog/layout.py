@@ -336,13 +336,11 @@ def _layout_marker(f: BinaryIO) -> dict | None:
 
 
 def _finished(f: BinaryIO) -> bool:
-    """Whether the log starts with a header frame and ends with its footer: its writer closed it. The
-    frames' headers are checked, not their payloads: a closed log is all this asks about."""
-    version = read_preamble(f)
-    if read_header(f, PREAMBLE_SIZE, version).kind != FrameKind.HEADER:
+    """Whether the log has a sound header frame and its footer: its writer closed it."""
+    if _header_meta(f) is None:
         return False
     footer = read_trailer(f)
-    return footer is not None and read_header(f, footer, version).kind == FrameKind.FOOTER
+    return footer is not None and read_header(f, footer).kind == FrameKind.FOOTER
 
 
 def _read_log(dir_fd: int, name: str, read: Callable[[BinaryIO], _T]) -> tuple[os.stat_result, _T] | None:
