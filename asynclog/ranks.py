@@ -34,12 +34,12 @@ from .errors import LogInputError
 from .files import atomic_write
 from .format import SUFFIX
 
-__all__ = ["Placement", "placement", "per_rank_staging", "shard_name", "shard_stem", "SHARD_STEM", "MANIFEST", "SHARDS_ID", "write_manifest",
-           "read_manifest", "RUN_NAME_ENV", "job_name", "broadcast_from_rank0", "no_shared_name"]
+__all__ = ["Placement", "placement", "per_rank_staging", "shard_name", "shard_stem", "SHARD_STEM", "MANIFEST",
+           "SHARDS_ID", "write_manifest", "read_manifest", "RUN_NAME_ENV", "job_name", "broadcast_from_rank0", "no_shared_name"]
 
 MANIFEST = "manifest.json"
 SHARDS_ID = "asynclog.shards/1"
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 
 class Placement(NamedTuple):
@@ -150,7 +150,7 @@ def _restarted(name: str, count: str | None) -> str:
     return f"{name}-restart{count}" if count and count.isdigit() and int(count) > 0 else name
 
 
-def broadcast_from_rank0(make: Callable[[], T], what: str) -> T:
+def broadcast_from_rank0(make: Callable[[], _T], what: str) -> _T:
     """``make()``'s value, made on rank 0 only, on every rank: one ``broadcast_object_list``, the one
     collective asynclog makes, and only when the user asked for it (``broadcast_name=True``).
 
