@@ -35,7 +35,8 @@ from .files import atomic_write
 from .format import SUFFIX
 
 __all__ = ["Placement", "placement", "per_rank_staging", "shard_name", "shard_stem", "SHARD_STEM", "MANIFEST",
-           "SHARDS_ID", "write_manifest", "read_manifest", "RUN_NAME_ENV", "job_name", "broadcast_from_rank0", "no_shared_name"]
+           "SHARDS_ID", "write_manifest", "read_manifest", "RUN_NAME_ENV", "job_name", "broadcast_from_rank0",
+           "no_shared_name"]
 
 MANIFEST = "manifest.json"
 SHARDS_ID = "asynclog.shards/1"
