@@ -42,8 +42,8 @@ from .ranks import read_manifest, shard_name
 from .format import FrameKind
 from .layout import SUMMARY_SUFFIX, checkpoint_name
 
-__all__ = ["COLUMNS", "RunFacts", "find_logs", "read_run", "row", "rows_below", "scan", "warnings_for", "describe",
-           "register"]
+__all__ = ["COLUMNS", "RunFacts", "find_logs", "read_run", "row", "rows_below", "run_sources", "scan", "warnings_for",
+           "describe", "register"]
 
 # One row per run, in this order, for `sweep --csv/--json` and `scan`.
 COLUMNS = ("path", "date", "time", "checkpoint", "level", "status", "reason", "size", "deltaH1", "deltaH_true",
@@ -317,7 +317,7 @@ def _folder_rows(folder: str, names: list[str]) -> list[dict]:
 
 def _kept_row(kept: index.FolderIndex, folder: str, name: str) -> dict:
     path = os.path.join(folder, name)
-    stamp = index.stamp(folder, _sources(path, name))
+    stamp = index.stamp(folder, run_sources(path, name))
     values = kept.get(name, stamp)
     if values is None:
         fresh = row(read_run(path))
@@ -326,11 +326,12 @@ def _kept_row(kept: index.FolderIndex, folder: str, name: str) -> dict:
     return {"path": path, **dict(zip(_KEPT, values))}
 
 
-def _sources(path: str, name: str) -> list[str]:
-    """The files, relative to the run's folder, that ``read_run`` reads for the run ``name``."""
+def run_sources(path: str, name: str) -> list[str]:
+    """The files that ``read_run`` reads for the run at ``path``, named relative to the folder holding it
+    (``name`` is the run's name there): what ``index.stamp`` needs to tell that a run changed."""
     if name.endswith(fmt.SUFFIX):
         return [name, name.removesuffix(fmt.SUFFIX) + SUMMARY_SUFFIX]
-    try:  # a run folder: its manifest, shards and their summaries (and its own index, if it was swept alone)
+    try:  # a run folder: its manifest, shards and their summaries (not its own index, a cache, if it was swept alone)
         return sorted(os.path.join(name, inner) for inner in os.listdir(path) if not inner.startswith(index.INDEX_NAME))
     except OSError:
         return [name]

@@ -3,7 +3,7 @@
 Layout (hive partitioning: any engine that reads ``key=value`` folders finds ``checkpoint`` and ``rank``)::
 
     OUT/
-    ├── _asynclog_exported.json                                     the runs exported (path, size, mtime, parts)
+    ├── _asynclog_exported.json                                     the runs exported (path, files' stamps, parts)
     ├── table=runs/part-<run>.parquet                               one row per run: analysis.COLUMNS + run
     ├── table=events/checkpoint=<c>/rank=<r>/part-<run>.parquet     run, type, name, time, data (JSON text)
     ├── table=sequences/checkpoint=<c>/rank=<r>/part-<run>.parquet  run, batch, one row per sequence
@@ -16,8 +16,9 @@ table carries it as the ``run`` column, the key to join on. ``checkpoint`` is th
 folder of ranks. ``batch`` is the stream's batch (``E_batch`` for ``tokens/E_batch``).
 
 Streaming: a part file is written one stream chunk at a time (4096 events at a time), through one
-ParquetWriter, under a temporary name renamed once whole. Incremental: a run whose size and mtime match
-``_asynclog_exported.json`` is skipped; one that changed is exported again and its old part files removed.
+ParquetWriter, under a temporary name renamed once whole. Incremental: a run whose files (its log or its run
+folder's files, and summary sidecars) have the size, mtime, ctime and inode ``_asynclog_exported.json`` holds
+is skipped; one that changed is exported again and its old part files removed.
 The state file is rewritten atomically after each run, so an interrupted export loses at most one run.
 
 A column null in every row of a part file is written as float64 (the probe's optional columns are numbers).
@@ -33,12 +34,12 @@ from collections.abc import Callable, Iterator
 
 import msgspec
 
-from .analysis import COLUMNS, find_logs, read_run, row
+from . import index
+from .analysis import COLUMNS, find_logs, read_run, row, run_sources
 from .errors import AsyncLogError
 from .export import EVENT_BATCH, ExportError, _arrow_batch, _groups, _per_token, _writing, event_row, need, shards_of
 from .files import atomic_write
 from .format import SUFFIX
-from .index import INDEX_NAME
 
 __all__ = ["export_dataset", "is_dataset", "connect", "table", "STATE", "TABLES"]
 
@@ -75,15 +76,12 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "_"
 
 
-def _signature(path: str) -> list[int]:
-    """Size and mtime of the run: of its file, or summed and latest over a run folder's files (not counting
-    the sweep index a listing may keep there: it is a cache, not the run)."""
-    if not os.path.isdir(path):
-        st = os.stat(path)
-        return [st.st_size, st.st_mtime_ns]
-    stats = [entry.stat() for entry in os.scandir(path)
-             if entry.is_file(follow_symlinks=False) and not entry.name.startswith(INDEX_NAME)]
-    return [sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0), len(stats)]
+def _signature(path: str) -> list[list]:
+    """What identifies the run's present contents: a stamp of every file ``read_run`` reads for it (the
+    summary sidecar too; not the sweep index a run folder may keep: a cache, not the run)."""
+    path = os.path.abspath(path)
+    folder, name = os.path.split(path)
+    return [list(s) for s in index.stamp(folder, run_sources(path, name))]
 
 
 def _read_state(out: str) -> dict:
