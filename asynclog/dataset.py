@@ -19,7 +19,8 @@ Streaming: a part file is written one stream chunk at a time (4096 events at a t
 ParquetWriter, under a temporary name renamed once whole. Incremental: a run whose files (its log or its run
 folder's files, and summary sidecars) have the size, mtime, ctime and inode ``_asynclog_exported.json`` holds
 is skipped; one that changed is exported again and its old part files removed.
-The state file is rewritten atomically after each run, so an interrupted export loses at most one run.
+The state file is replaced atomically at most every 2 s and once more when the export ends or fails, so an
+export killed outright exports again the runs of its last 2 s (their part files are replaced, not duplicated).
 
 A column null in every row of a part file is written as float64 (the probe's optional columns are numbers).
 """
@@ -30,6 +31,7 @@ import contextlib
 import os
 import re
 import sys
+import time
 from collections.abc import Callable, Iterator
 
 import msgspec
@@ -49,6 +51,7 @@ _STREAM_KINDS = ("sequences", "importance", "tokens")
 _INTEGERS = frozenset({"size", "dropped"})
 _FLOATS = frozenset({"deltaH1", "deltaH_true", "ESS", "w_max", "bars_dot", "learning_rate", "total_time",
                      "logging_fraction"})
+_SAVE_EVERY = 2.0  # seconds between saves of the state file during an export
 _json = msgspec.json.Encoder()
 
 Sources = list[Callable[[], Iterator]]  # each call gives a fresh pass over one stream's Arrow batches
@@ -100,20 +103,30 @@ def export_dataset(directory: str | os.PathLike, out: str | os.PathLike) -> list
     directory, out = os.fspath(directory), os.fspath(out)
     runs, base = _runs(directory)
     os.makedirs(out, exist_ok=True)
-    state, written = _read_state(out), []
-    for path in runs:
-        key, signature = os.path.abspath(path), _signature(path)
-        before = state.get(key) or {}
-        if before.get("signature") == signature:
-            continue
-        parts = _export_run(path, run_id(path, base), out)
-        for old in set(before.get("parts") or []) - set(parts):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(out, old))
-        state[key] = {"signature": signature, "parts": parts}
-        atomic_write(os.path.join(out, STATE), _json.encode(state))
-        written += [os.path.join(out, p) for p in parts]
+    state, written, unsaved, saved = _read_state(out), [], False, time.monotonic()
+    try:
+        for path in runs:
+            key, signature = os.path.abspath(path), _signature(path)
+            before = state.get(key) or {}
+            if before.get("signature") == signature:
+                continue
+            parts = _export_run(path, run_id(path, base), out)
+            for old in set(before.get("parts") or []) - set(parts):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(out, old))
+            state[key], unsaved = {"signature": signature, "parts": parts}, True
+            written += [os.path.join(out, p) for p in parts]
+            if time.monotonic() - saved >= _SAVE_EVERY:  # a save writes every run's entry: once a run is quadratic
+                _save_state(out, state)
+                unsaved, saved = False, time.monotonic()
+    finally:
+        if unsaved:
+            _save_state(out, state)
     return written
+
+
+def _save_state(out: str, state: dict) -> None:
+    atomic_write(os.path.join(out, STATE), _json.encode(state))
 
 
 # --- one run ---------------------------------------------------------------------------------------------
