@@ -361,20 +361,22 @@ def warnings_for(facts: RunFacts, min_ess: float | None = None, min_ess_fraction
 
 
 def logged_problems(path: str, limit: int = 20) -> list[str]:
-    """The probe's own warnings and errors, sent into the run by ``asynclog.LoggingHandler`` (the first ``limit``).
+    """The probe's own warnings and errors, sent into the run by ``asynclog.LoggingHandler`` (the first ``limit``;
+    of a run folder, every rank's in time order, each after its rank).
 
     This reads the run's record frames (``show`` looks at one run; ``ls`` and ``sweep`` do not do this)."""
     from .bridge import EVENT
-    from .reader import Log
+    from .reader import open_log
 
     found = []
     try:
-        with Log(path) as log, warnings_module.catch_warnings():
+        with open_log(path) as log, warnings_module.catch_warnings():
             warnings_module.simplefilter("ignore")  # a log without any `log` record is not a mistake here
             for record in log.events(name=EVENT):
                 data = record.get("data") or {}
                 if isinstance(data.get("levelno"), int) and data["levelno"] >= logging.WARNING:
-                    found.append(f"logged {data.get('level')} from {data.get('logger')}: {data.get('message')}")
+                    rank = f"rank {record['rank']}: " if record.get("rank") is not None else ""
+                    found.append(f"{rank}logged {data.get('level')} from {data.get('logger')}: {data.get('message')}")
                     if len(found) == limit:
                         break
     except (OSError, CorruptLogError):
@@ -494,8 +496,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"asynclog: {args.run}: no such run (give a .alog file; `asynclog ls DIR` lists them)", file=sys.stderr)
         return NOT_FOUND
     facts = read_run(path)
-    logged = [] if os.path.isdir(path) else logged_problems(path)
-    warnings = warnings_for(facts, args.min_ess, args.min_ess_fraction) + logged
+    warnings = warnings_for(facts, args.min_ess, args.min_ess_fraction) + logged_problems(path)
     if args.json:
         report = {"path": path, "status": facts.status, "reason": facts.reason, "size": facts.size,
                   "warnings": warnings, "row": row(facts), "summary": facts.summary, "header": facts.header,

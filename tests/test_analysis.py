@@ -334,3 +334,22 @@ def test_show_lists_the_warnings_the_probe_logged_through_the_logging_bridge(tmp
     assert done.returncode == 0, done.stderr
     assert "logged WARNING from probe.bridge_test: ESS low: 3.5" in done.stdout
     assert "all fine" not in done.stdout
+
+
+def test_show_of_a_run_folder_lists_the_warnings_any_rank_logged(tmp_path):
+    import logging
+
+    logger = logging.getLogger("probe.ranks_test")
+    logger.propagate, logger.level = False, logging.INFO
+    for rank in range(2):
+        with asynclog.start(tmp_path, name="ranks", rank=rank, world_size=2) as run:
+            handler = asynclog.LoggingHandler(run)
+            logger.addHandler(handler)
+            logger.info("rank %d fine", rank)
+            if rank == 1:
+                logger.warning("ESS low on rank %d", rank)
+            logger.removeHandler(handler)
+    done = cli("show", str(tmp_path / "ranks"))
+    assert done.returncode == 0, done.stderr
+    assert "rank 1: logged WARNING from probe.ranks_test: ESS low on rank 1" in done.stdout
+    assert "fine" not in done.stdout
