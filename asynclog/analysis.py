@@ -147,10 +147,13 @@ def read_run(path: str) -> RunFacts:
 
 def _read_ranks(folder: str) -> RunFacts:
     """A job's run folder as one run: rank 0's header and footer, every shard's size, complete only when every
-    rank's shard is there and complete (the reason names the ranks that are not)."""
-    manifest = read_manifest(folder) or {}
+    rank's shard is there and complete (the reason names the ranks that are not); damaged without a manifest
+    (it may have been replaced since the folder was listed)."""
+    manifest, facts = read_manifest(folder), RunFacts(folder)
+    if manifest is None:
+        facts.status, facts.reason = "damaged", "no readable manifest.json"
+        return facts
     shards = [read_run(os.path.join(folder, shard_name(r))) for r in range(int(manifest.get("world_size", 0)))]
-    facts = RunFacts(folder)
     if shards:
         facts.header, facts.footer, facts.summary = shards[0].header, shards[0].footer, shards[0].summary
     facts.size = sum(shard.size or 0 for shard in shards)

@@ -353,3 +353,13 @@ def test_show_of_a_run_folder_lists_the_warnings_any_rank_logged(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "rank 1: logged WARNING from probe.ranks_test: ESS low on rank 1" in done.stdout
     assert "fine" not in done.stdout
+
+
+def test_a_run_folder_whose_manifest_cannot_be_read_is_damaged(tmp_path):
+    for rank in range(2):
+        with asynclog.start(tmp_path, name="ranks", rank=rank, world_size=2) as run:
+            run.event("core_results", deltaH1=0.5)
+    folder = tmp_path / "ranks"
+    (folder / "manifest.json").write_text("{not json")
+    facts = analysis().read_run(str(folder))
+    assert (facts.status, facts.reason) == ("damaged", "no readable manifest.json")
