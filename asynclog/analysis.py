@@ -42,15 +42,16 @@ from .ranks import read_manifest, shard_name
 from .format import FrameKind
 from .layout import SUMMARY_SUFFIX, checkpoint_name
 
-__all__ = ["COLUMNS", "RunFacts", "find_logs", "read_run", "row", "rows_below", "run_sources", "scan", "warnings_for",
-           "describe", "register"]
+__all__ = ["COLUMNS", "NUMBERS", "RunFacts", "find_logs", "read_run", "row", "rows_below", "run_sources", "scan",
+           "warnings_for", "describe", "register"]
 
 # One row per run, in this order, for `sweep --csv/--json` and `scan`.
 COLUMNS = ("path", "date", "time", "checkpoint", "level", "status", "reason", "size", "deltaH1", "deltaH_true",
            "ESS", "w_max", "bars_dot", "learning_rate", "total_time", "logging_fraction", "dropped",
            "config_hash")
-_NUMBERS = frozenset({"size", "deltaH1", "deltaH_true", "ESS", "w_max", "bars_dot", "learning_rate", "total_time",
-                      "logging_fraction", "dropped"})
+# The columns that hold numbers (or None); the others hold text (or None).
+NUMBERS = frozenset({"size", "deltaH1", "deltaH_true", "ESS", "w_max", "bars_dot", "learning_rate", "total_time",
+                     "logging_fraction", "dropped"})
 _MAX_META = 16 << 20  # a header or footer frame larger than this is not read: runs write a few KiB
 _MAX_SUMMARY = 64 << 20
 _summary_decoder = msgspec.json.Decoder()
@@ -226,7 +227,7 @@ def row(facts: RunFacts) -> dict:
         "logging_fraction": _get(s, "logging_cost", "fraction_of_run"),
         "dropped": dropped(facts.stats) if facts.stats else None, "config_hash": meta.get("config_hash"),
     }
-    return {k: (_number(v) if k in _NUMBERS else _text(v)) for k, v in values.items()}
+    return {k: (_number(v) if k in NUMBERS else _text(v)) for k, v in values.items()}
 
 
 def _first(*values):
@@ -290,7 +291,7 @@ def scan(directory: str | os.PathLike, as_frame: bool = True, index: bool = True
 # --- many runs, through each folder's index --------------------------------------------------------------------
 # A row but its path, as the index keeps it: msgspec checks every column's type when the index is read.
 _KEPT = tuple(c for c in COLUMNS if c != "path")
-_KEPT_ROW = tuple[tuple((int | float | None) if c in _NUMBERS else (str | None) for c in _KEPT)]
+_KEPT_ROW = tuple[tuple((int | float | None) if c in NUMBERS else (str | None) for c in _KEPT)]
 # Bump ROWS when row() changes what it makes of a run; dates of plain runs are in the local time zone.
 _ROWS = 1
 _SCHEMA = f"rows/{_ROWS} asynclog {__version__} {','.join(COLUMNS)} tz {os.environ.get('TZ')} {time.tzname}"
@@ -476,7 +477,7 @@ def sort_rows(rows: list[dict], key: str, reverse: bool = False) -> list[dict]:
     """Rows ordered by ``key`` (text in natural order); rows without a value come last either way."""
     present = [r for r in rows if r[key] is not None]
     missing = [r for r in rows if r[key] is None]
-    order = (lambda r: r[key]) if key in _NUMBERS else (lambda r: natural_key(r[key]))
+    order = (lambda r: r[key]) if key in NUMBERS else (lambda r: natural_key(r[key]))
     return sorted(present, key=order, reverse=reverse) + missing
 
 

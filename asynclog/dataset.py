@@ -37,9 +37,10 @@ from collections.abc import Callable, Iterator
 import msgspec
 
 from . import index
-from .analysis import COLUMNS, find_logs, read_run, row, run_sources
+from .analysis import COLUMNS, NUMBERS, find_logs, read_run, row, run_sources
 from .errors import AsyncLogError
-from .export import EVENT_BATCH, ExportError, _arrow_batch, _groups, _per_token, _writing, event_row, need, shards_of
+from .export import (EVENT_BATCH, STREAM_KINDS, ExportError, _arrow_batch, _groups, _per_token, _writing, event_row,
+                     need, shards_of)
 from .files import atomic_write
 from .format import SUFFIX
 
@@ -47,10 +48,7 @@ __all__ = ["export_dataset", "is_dataset", "connect", "table", "STATE", "TABLES"
 
 STATE = "_asynclog_exported.json"
 TABLES = ("runs", "events", "sequences", "importance", "tokens")
-_STREAM_KINDS = ("sequences", "importance", "tokens")
-_INTEGERS = frozenset({"size", "dropped"})
-_FLOATS = frozenset({"deltaH1", "deltaH_true", "ESS", "w_max", "bars_dot", "learning_rate", "total_time",
-                     "logging_fraction"})
+_INTEGERS = frozenset({"size", "dropped"})  # of analysis.NUMBERS, the counts; the others are float64
 _SAVE_EVERY = 2.0  # seconds between saves of the state file during an export
 _json = msgspec.json.Encoder()
 
@@ -161,7 +159,7 @@ def _part(out: str, table: str, run: str, checkpoint: str | None = None, rank: i
 def _run_batch(run: str, facts: dict):
     pa = need("pyarrow", "export")
     fields = [pa.field("run", pa.string())] + [
-        pa.field(c, pa.int64() if c in _INTEGERS else pa.float64() if c in _FLOATS else pa.string())
+        pa.field(c, pa.int64() if c in _INTEGERS else pa.float64() if c in NUMBERS else pa.string())
         for c in COLUMNS]
     return pa.RecordBatch.from_pylist([{"run": run, **facts}], schema=pa.schema(fields))
 
@@ -171,7 +169,7 @@ def _tables(log, run: str) -> dict[str, Sources]:
     tables: dict[str, Sources] = {"events": [lambda: _event_batches(log, run)]}
     for name in log.stream_names():
         kind, _, batch = name.partition("/")
-        if kind in _STREAM_KINDS:
+        if kind in STREAM_KINDS:
             per_row = _per_token if kind == "tokens" else dict
             tables.setdefault(kind, []).append(
                 lambda name=name, batch=batch, per_row=per_row: _stream_batches(log, name, run, batch, per_row))
