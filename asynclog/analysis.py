@@ -41,6 +41,7 @@ from .errors import CorruptLogError
 from .ranks import read_manifest, shard_name
 from .format import FrameKind
 from .layout import SUMMARY_SUFFIX, checkpoint_name
+from .shards import is_run_folder
 
 __all__ = ["COLUMNS", "NUMBERS", "RunFacts", "find_logs", "read_run", "row", "rows_below", "run_sources", "scan",
            "warnings_for", "describe", "register"]
@@ -107,7 +108,7 @@ def _walk(directory: str | os.PathLike) -> Iterator[tuple[str, list[str]]]:
         folder, names = todo.pop(), []
         with os.scandir(folder) as entries:
             for entry in entries:
-                if entry.is_dir(follow_symlinks=False) and read_manifest(entry.path) is not None:
+                if entry.is_dir(follow_symlinks=False) and is_run_folder(entry.path):
                     names.append(entry.name)
                 elif entry.is_dir(follow_symlinks=False):
                     todo.append(entry.path)
@@ -492,7 +493,7 @@ def _csv(rows: list[dict]) -> str:
 def cmd_show(args: argparse.Namespace) -> int:
     """What a person wants to see first about one run."""
     path = args.run.removesuffix(SUMMARY_SUFFIX) + fmt.SUFFIX if args.run.endswith(SUMMARY_SUFFIX) else args.run
-    if os.path.isdir(path) and read_manifest(path) is None:
+    if os.path.isdir(path) and not is_run_folder(path):
         print(f"asynclog: {args.run}: is a folder (give one run's .alog file; `asynclog ls {args.run}` lists them)",
               file=sys.stderr)
         return USAGE
