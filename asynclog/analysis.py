@@ -356,7 +356,9 @@ def warnings_for(facts: RunFacts, min_ess: float | None = None, min_ess_fraction
     s = facts.summary or {}
     found += _ess_warning(s, min_ess, min_ess_fraction)
     for section in ("core_results", "ground_truth", "batch_statistics"):
-        for where in _not_finite(s.get(section), section):
+        if s.get(section) is None:
+            continue  # not logged (or no summary at all): nothing there is NaN
+        for where in _not_finite(s[section], section):
             found.append(f"{where} is NaN or infinite (null in the summary)")
     lost = dropped(facts.stats)
     if lost:

@@ -288,6 +288,12 @@ def test_show_warns_about_nan_in_batch_statistics(runs):
     assert not any("E_batch" in w for w in warnings)
 
 
+def test_show_of_a_plain_run_without_a_summary_has_no_warnings(runs):
+    _, paths = runs
+    done = cli("show", paths["notes"])
+    assert done.returncode == 0 and "warnings: none" in done.stdout, done.stdout
+
+
 def test_show_warns_about_incomplete_damaged_and_dropping_runs(runs):
     _, paths = runs
     killed = json.loads(cli("show", paths["step_99"], "--json").stdout)
