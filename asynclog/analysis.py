@@ -41,16 +41,18 @@ from .errors import CorruptLogError
 from .ranks import read_manifest, shard_name
 from .format import FrameKind
 from .layout import SUMMARY_SUFFIX, checkpoint_name
+from .shards import is_run_folder
 
-__all__ = ["COLUMNS", "RunFacts", "find_logs", "read_run", "row", "rows_below", "scan", "warnings_for", "describe",
-           "register"]
+__all__ = ["COLUMNS", "NUMBERS", "RunFacts", "find_logs", "read_run", "row", "rows_below", "run_sources", "scan",
+           "warnings_for", "describe", "register"]
 
 # One row per run, in this order, for `sweep --csv/--json` and `scan`.
 COLUMNS = ("path", "date", "time", "checkpoint", "level", "status", "reason", "size", "deltaH1", "deltaH_true",
            "ESS", "w_max", "bars_dot", "learning_rate", "total_time", "logging_fraction", "dropped",
            "config_hash")
-_NUMBERS = frozenset({"size", "deltaH1", "deltaH_true", "ESS", "w_max", "bars_dot", "learning_rate", "total_time",
-                      "logging_fraction", "dropped"})
+# The columns that hold numbers (or None); the others hold text (or None).
+NUMBERS = frozenset({"size", "deltaH1", "deltaH_true", "ESS", "w_max", "bars_dot", "learning_rate", "total_time",
+                     "logging_fraction", "dropped"})
 _MAX_META = 16 << 20  # a header or footer frame larger than this is not read: runs write a few KiB
 _MAX_SUMMARY = 64 << 20
 _summary_decoder = msgspec.json.Decoder()
@@ -106,7 +108,7 @@ def _walk(directory: str | os.PathLike) -> Iterator[tuple[str, list[str]]]:
         folder, names = todo.pop(), []
         with os.scandir(folder) as entries:
             for entry in entries:
-                if entry.is_dir(follow_symlinks=False) and read_manifest(entry.path) is not None:
+                if entry.is_dir(follow_symlinks=False) and is_run_folder(entry.path):
                     names.append(entry.name)
                 elif entry.is_dir(follow_symlinks=False):
                     todo.append(entry.path)
@@ -147,10 +149,13 @@ def read_run(path: str) -> RunFacts:
 
 def _read_ranks(folder: str) -> RunFacts:
     """A job's run folder as one run: rank 0's header and footer, every shard's size, complete only when every
-    rank's shard is there and complete (the reason names the ranks that are not)."""
-    manifest = read_manifest(folder) or {}
+    rank's shard is there and complete (the reason names the ranks that are not); damaged without a manifest
+    (it may have been replaced since the folder was listed)."""
+    manifest, facts = read_manifest(folder), RunFacts(folder)
+    if manifest is None:
+        facts.status, facts.reason = "damaged", "no readable manifest.json"
+        return facts
     shards = [read_run(os.path.join(folder, shard_name(r))) for r in range(int(manifest.get("world_size", 0)))]
-    facts = RunFacts(folder)
     if shards:
         facts.header, facts.footer, facts.summary = shards[0].header, shards[0].footer, shards[0].summary
     facts.size = sum(shard.size or 0 for shard in shards)
@@ -223,7 +228,7 @@ def row(facts: RunFacts) -> dict:
         "logging_fraction": _get(s, "logging_cost", "fraction_of_run"),
         "dropped": dropped(facts.stats) if facts.stats else None, "config_hash": meta.get("config_hash"),
     }
-    return {k: (_number(v) if k in _NUMBERS else _text(v)) for k, v in values.items()}
+    return {k: (_number(v) if k in NUMBERS else _text(v)) for k, v in values.items()}
 
 
 def _first(*values):
@@ -287,7 +292,7 @@ def scan(directory: str | os.PathLike, as_frame: bool = True, index: bool = True
 # --- many runs, through each folder's index --------------------------------------------------------------------
 # A row but its path, as the index keeps it: msgspec checks every column's type when the index is read.
 _KEPT = tuple(c for c in COLUMNS if c != "path")
-_KEPT_ROW = tuple[tuple((int | float | None) if c in _NUMBERS else (str | None) for c in _KEPT)]
+_KEPT_ROW = tuple[tuple((int | float | None) if c in NUMBERS else (str | None) for c in _KEPT)]
 # Bump ROWS when row() changes what it makes of a run; dates of plain runs are in the local time zone.
 _ROWS = 1
 _SCHEMA = f"rows/{_ROWS} asynclog {__version__} {','.join(COLUMNS)} tz {os.environ.get('TZ')} {time.tzname}"
@@ -317,7 +322,7 @@ def _folder_rows(folder: str, names: list[str]) -> list[dict]:
 
 def _kept_row(kept: index.FolderIndex, folder: str, name: str) -> dict:
     path = os.path.join(folder, name)
-    stamp = index.stamp(folder, _sources(path, name))
+    stamp = index.stamp(folder, run_sources(path, name))
     values = kept.get(name, stamp)
     if values is None:
         fresh = row(read_run(path))
@@ -326,11 +331,12 @@ def _kept_row(kept: index.FolderIndex, folder: str, name: str) -> dict:
     return {"path": path, **dict(zip(_KEPT, values))}
 
 
-def _sources(path: str, name: str) -> list[str]:
-    """The files, relative to the run's folder, that ``read_run`` reads for the run ``name``."""
+def run_sources(path: str, name: str) -> list[str]:
+    """The files that ``read_run`` reads for the run at ``path``, named relative to the folder holding it
+    (``name`` is the run's name there): what ``index.stamp`` needs to tell that a run changed."""
     if name.endswith(fmt.SUFFIX):
         return [name, name.removesuffix(fmt.SUFFIX) + SUMMARY_SUFFIX]
-    try:  # a run folder: its manifest, shards and their summaries (and its own index, if it was swept alone)
+    try:  # a run folder: its manifest, shards and their summaries (not its own index, a cache, if it was swept alone)
         return sorted(os.path.join(name, inner) for inner in os.listdir(path) if not inner.startswith(index.INDEX_NAME))
     except OSError:
         return [name]
@@ -350,7 +356,9 @@ def warnings_for(facts: RunFacts, min_ess: float | None = None, min_ess_fraction
     s = facts.summary or {}
     found += _ess_warning(s, min_ess, min_ess_fraction)
     for section in ("core_results", "ground_truth", "batch_statistics"):
-        for where in _not_finite(s.get(section), section):
+        if s.get(section) is None:
+            continue  # not logged (or no summary at all): nothing there is NaN
+        for where in _not_finite(s[section], section):
             found.append(f"{where} is NaN or infinite (null in the summary)")
     lost = dropped(facts.stats)
     if lost:
@@ -360,20 +368,22 @@ def warnings_for(facts: RunFacts, min_ess: float | None = None, min_ess_fraction
 
 
 def logged_problems(path: str, limit: int = 20) -> list[str]:
-    """The probe's own warnings and errors, sent into the run by ``asynclog.LoggingHandler`` (the first ``limit``).
+    """The probe's own warnings and errors, sent into the run by ``asynclog.LoggingHandler`` (the first ``limit``;
+    of a run folder, every rank's in time order, each after its rank).
 
     This reads the run's record frames (``show`` looks at one run; ``ls`` and ``sweep`` do not do this)."""
     from .bridge import EVENT
-    from .reader import Log
+    from .reader import open_log
 
     found = []
     try:
-        with Log(path) as log, warnings_module.catch_warnings():
+        with open_log(path) as log, warnings_module.catch_warnings():
             warnings_module.simplefilter("ignore")  # a log without any `log` record is not a mistake here
             for record in log.events(name=EVENT):
                 data = record.get("data") or {}
                 if isinstance(data.get("levelno"), int) and data["levelno"] >= logging.WARNING:
-                    found.append(f"logged {data.get('level')} from {data.get('logger')}: {data.get('message')}")
+                    rank = f"rank {record['rank']}: " if record.get("rank") is not None else ""
+                    found.append(f"{rank}logged {data.get('level')} from {data.get('logger')}: {data.get('message')}")
                     if len(found) == limit:
                         break
     except (OSError, CorruptLogError):
@@ -470,7 +480,7 @@ def sort_rows(rows: list[dict], key: str, reverse: bool = False) -> list[dict]:
     """Rows ordered by ``key`` (text in natural order); rows without a value come last either way."""
     present = [r for r in rows if r[key] is not None]
     missing = [r for r in rows if r[key] is None]
-    order = (lambda r: r[key]) if key in _NUMBERS else (lambda r: natural_key(r[key]))
+    order = (lambda r: r[key]) if key in NUMBERS else (lambda r: natural_key(r[key]))
     return sorted(present, key=order, reverse=reverse) + missing
 
 
@@ -485,7 +495,7 @@ def _csv(rows: list[dict]) -> str:
 def cmd_show(args: argparse.Namespace) -> int:
     """What a person wants to see first about one run."""
     path = args.run.removesuffix(SUMMARY_SUFFIX) + fmt.SUFFIX if args.run.endswith(SUMMARY_SUFFIX) else args.run
-    if os.path.isdir(path) and read_manifest(path) is None:
+    if os.path.isdir(path) and not is_run_folder(path):
         print(f"asynclog: {args.run}: is a folder (give one run's .alog file; `asynclog ls {args.run}` lists them)",
               file=sys.stderr)
         return USAGE
@@ -493,8 +503,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"asynclog: {args.run}: no such run (give a .alog file; `asynclog ls DIR` lists them)", file=sys.stderr)
         return NOT_FOUND
     facts = read_run(path)
-    logged = [] if os.path.isdir(path) else logged_problems(path)
-    warnings = warnings_for(facts, args.min_ess, args.min_ess_fraction) + logged
+    warnings = warnings_for(facts, args.min_ess, args.min_ess_fraction) + logged_problems(path)
     if args.json:
         report = {"path": path, "status": facts.status, "reason": facts.reason, "size": facts.size,
                   "warnings": warnings, "row": row(facts), "summary": facts.summary, "header": facts.header,

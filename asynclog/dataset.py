@@ -3,7 +3,7 @@
 Layout (hive partitioning: any engine that reads ``key=value`` folders finds ``checkpoint`` and ``rank``)::
 
     OUT/
-    ├── _asynclog_exported.json                                     the runs exported (path, size, mtime, parts)
+    ├── _asynclog_exported.json                                     the runs exported (path, files' stamps, parts)
     ├── table=runs/part-<run>.parquet                               one row per run: analysis.COLUMNS + run
     ├── table=events/checkpoint=<c>/rank=<r>/part-<run>.parquet     run, type, name, time, data (JSON text)
     ├── table=sequences/checkpoint=<c>/rank=<r>/part-<run>.parquet  run, batch, one row per sequence
@@ -16,9 +16,11 @@ table carries it as the ``run`` column, the key to join on. ``checkpoint`` is th
 folder of ranks. ``batch`` is the stream's batch (``E_batch`` for ``tokens/E_batch``).
 
 Streaming: a part file is written one stream chunk at a time (4096 events at a time), through one
-ParquetWriter, under a temporary name renamed once whole. Incremental: a run whose size and mtime match
-``_asynclog_exported.json`` is skipped; one that changed is exported again and its old part files removed.
-The state file is rewritten atomically after each run, so an interrupted export loses at most one run.
+ParquetWriter, under a temporary name renamed once whole. Incremental: a run whose files (its log or its run
+folder's files, and summary sidecars) have the size, mtime, ctime and inode ``_asynclog_exported.json`` holds
+is skipped; one that changed is exported again and its old part files removed.
+The state file is replaced atomically at most every 2 s and once more when the export ends or fails, so an
+export killed outright exports again the runs of its last 2 s (their part files are replaced, not duplicated).
 
 A column null in every row of a part file is written as float64 (the probe's optional columns are numbers).
 """
@@ -29,25 +31,25 @@ import contextlib
 import os
 import re
 import sys
+import time
 from collections.abc import Callable, Iterator
 
 import msgspec
 
-from .analysis import COLUMNS, find_logs, read_run, row
+from . import index
+from .analysis import COLUMNS, NUMBERS, find_logs, read_run, row, run_sources
 from .errors import AsyncLogError
-from .export import EVENT_BATCH, ExportError, _arrow_batch, _groups, _per_token, _writing, event_row, need, shards_of
+from .export import (EVENT_BATCH, STREAM_KINDS, ExportError, _arrow_batch, _groups, _per_token, _writing, event_row,
+                     need, shards_of)
 from .files import atomic_write
 from .format import SUFFIX
-from .index import INDEX_NAME
 
 __all__ = ["export_dataset", "is_dataset", "connect", "table", "STATE", "TABLES"]
 
 STATE = "_asynclog_exported.json"
 TABLES = ("runs", "events", "sequences", "importance", "tokens")
-_STREAM_KINDS = ("sequences", "importance", "tokens")
-_INTEGERS = frozenset({"size", "dropped"})
-_FLOATS = frozenset({"deltaH1", "deltaH_true", "ESS", "w_max", "bars_dot", "learning_rate", "total_time",
-                     "logging_fraction"})
+_INTEGERS = frozenset({"size", "dropped"})  # of analysis.NUMBERS, the counts; the others are float64
+_SAVE_EVERY = 2.0  # seconds between saves of the state file during an export
 _json = msgspec.json.Encoder()
 
 Sources = list[Callable[[], Iterator]]  # each call gives a fresh pass over one stream's Arrow batches
@@ -75,15 +77,12 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "_"
 
 
-def _signature(path: str) -> list[int]:
-    """Size and mtime of the run: of its file, or summed and latest over a run folder's files (not counting
-    the sweep index a listing may keep there: it is a cache, not the run)."""
-    if not os.path.isdir(path):
-        st = os.stat(path)
-        return [st.st_size, st.st_mtime_ns]
-    stats = [entry.stat() for entry in os.scandir(path)
-             if entry.is_file(follow_symlinks=False) and not entry.name.startswith(INDEX_NAME)]
-    return [sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0), len(stats)]
+def _signature(path: str) -> list[list]:
+    """What identifies the run's present contents: a stamp of every file ``read_run`` reads for it (the
+    summary sidecar too; not the sweep index a run folder may keep: a cache, not the run)."""
+    path = os.path.abspath(path)
+    folder, name = os.path.split(path)
+    return [list(s) for s in index.stamp(folder, run_sources(path, name))]
 
 
 def _read_state(out: str) -> dict:
@@ -102,20 +101,30 @@ def export_dataset(directory: str | os.PathLike, out: str | os.PathLike) -> list
     directory, out = os.fspath(directory), os.fspath(out)
     runs, base = _runs(directory)
     os.makedirs(out, exist_ok=True)
-    state, written = _read_state(out), []
-    for path in runs:
-        key, signature = os.path.abspath(path), _signature(path)
-        before = state.get(key) or {}
-        if before.get("signature") == signature:
-            continue
-        parts = _export_run(path, run_id(path, base), out)
-        for old in set(before.get("parts") or []) - set(parts):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(out, old))
-        state[key] = {"signature": signature, "parts": parts}
-        atomic_write(os.path.join(out, STATE), _json.encode(state))
-        written += [os.path.join(out, p) for p in parts]
+    state, written, unsaved, saved = _read_state(out), [], False, time.monotonic()
+    try:
+        for path in runs:
+            key, signature = os.path.abspath(path), _signature(path)
+            before = state.get(key) or {}
+            if before.get("signature") == signature:
+                continue
+            parts = _export_run(path, run_id(path, base), out)
+            for old in set(before.get("parts") or []) - set(parts):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(out, old))
+            state[key], unsaved = {"signature": signature, "parts": parts}, True
+            written += [os.path.join(out, p) for p in parts]
+            if time.monotonic() - saved >= _SAVE_EVERY:  # a save writes every run's entry: once a run is quadratic
+                _save_state(out, state)
+                unsaved, saved = False, time.monotonic()
+    finally:
+        if unsaved:
+            _save_state(out, state)
     return written
+
+
+def _save_state(out: str, state: dict) -> None:
+    atomic_write(os.path.join(out, STATE), _json.encode(state))
 
 
 # --- one run ---------------------------------------------------------------------------------------------
@@ -150,7 +159,7 @@ def _part(out: str, table: str, run: str, checkpoint: str | None = None, rank: i
 def _run_batch(run: str, facts: dict):
     pa = need("pyarrow", "export")
     fields = [pa.field("run", pa.string())] + [
-        pa.field(c, pa.int64() if c in _INTEGERS else pa.float64() if c in _FLOATS else pa.string())
+        pa.field(c, pa.int64() if c in _INTEGERS else pa.float64() if c in NUMBERS else pa.string())
         for c in COLUMNS]
     return pa.RecordBatch.from_pylist([{"run": run, **facts}], schema=pa.schema(fields))
 
@@ -160,7 +169,7 @@ def _tables(log, run: str) -> dict[str, Sources]:
     tables: dict[str, Sources] = {"events": [lambda: _event_batches(log, run)]}
     for name in log.stream_names():
         kind, _, batch = name.partition("/")
-        if kind in _STREAM_KINDS:
+        if kind in STREAM_KINDS:
             per_row = _per_token if kind == "tokens" else dict
             tables.setdefault(kind, []).append(
                 lambda name=name, batch=batch, per_row=per_row: _stream_batches(log, name, run, batch, per_row))

@@ -288,6 +288,12 @@ def test_show_warns_about_nan_in_batch_statistics(runs):
     assert not any("E_batch" in w for w in warnings)
 
 
+def test_show_of_a_plain_run_without_a_summary_has_no_warnings(runs):
+    _, paths = runs
+    done = cli("show", paths["notes"])
+    assert done.returncode == 0 and "warnings: none" in done.stdout, done.stdout
+
+
 def test_show_warns_about_incomplete_damaged_and_dropping_runs(runs):
     _, paths = runs
     killed = json.loads(cli("show", paths["step_99"], "--json").stdout)
@@ -334,3 +340,32 @@ def test_show_lists_the_warnings_the_probe_logged_through_the_logging_bridge(tmp
     assert done.returncode == 0, done.stderr
     assert "logged WARNING from probe.bridge_test: ESS low: 3.5" in done.stdout
     assert "all fine" not in done.stdout
+
+
+def test_show_of_a_run_folder_lists_the_warnings_any_rank_logged(tmp_path):
+    import logging
+
+    logger = logging.getLogger("probe.ranks_test")
+    logger.propagate, logger.level = False, logging.INFO
+    for rank in range(2):
+        with asynclog.start(tmp_path, name="ranks", rank=rank, world_size=2) as run:
+            handler = asynclog.LoggingHandler(run)
+            logger.addHandler(handler)
+            logger.info("rank %d fine", rank)
+            if rank == 1:
+                logger.warning("ESS low on rank %d", rank)
+            logger.removeHandler(handler)
+    done = cli("show", str(tmp_path / "ranks"))
+    assert done.returncode == 0, done.stderr
+    assert "rank 1: logged WARNING from probe.ranks_test: ESS low on rank 1" in done.stdout
+    assert "fine" not in done.stdout
+
+
+def test_a_run_folder_whose_manifest_cannot_be_read_is_damaged(tmp_path):
+    for rank in range(2):
+        with asynclog.start(tmp_path, name="ranks", rank=rank, world_size=2) as run:
+            run.event("core_results", deltaH1=0.5)
+    folder = tmp_path / "ranks"
+    (folder / "manifest.json").write_text("{not json")
+    facts = analysis().read_run(str(folder))
+    assert (facts.status, facts.reason) == ("damaged", "no readable manifest.json")

@@ -176,6 +176,39 @@ def test_a_run_replaced_since_the_last_export_replaces_its_rows(tmp_path):
     assert before == sum(1 + i % 4 for i in range(5)) and _token_rows(out, "redo") == 3
 
 
+def _runs_rows(out) -> dict[str, dict]:
+    return {r["run"]: r for r in pa_ds.dataset(os.path.join(out, "table=runs")).to_table().to_pylist()}
+
+
+def test_a_summary_written_after_the_export_reaches_the_runs_table(logs, tmp_path):
+    folder, out = tmp_path / "logs", tmp_path / "dataset"
+    shutil.copytree(logs, folder)
+    [summary] = [os.path.join(d, f) for d, _, files in os.walk(folder) for f in files
+                 if f.endswith("step_001_summary.json")]
+    os.replace(summary, tmp_path / "aside.json")  # DetailedLogger writes the summary after closing the log
+    assert asynclog_cli("export", str(folder), "--dataset", str(out)).returncode == 0
+    [run] = [r for r in _runs_rows(out) if r.endswith("step_001")]
+    assert _runs_rows(out)[run]["deltaH1"] is None
+    os.replace(tmp_path / "aside.json", summary)
+    again = asynclog_cli("export", str(folder), "--dataset", str(out))
+    assert again.returncode == 0, again.stderr
+    assert isinstance(_runs_rows(out)[run]["deltaH1"], float)
+
+
+def test_a_run_rewritten_in_place_with_the_same_size_and_mtime_is_exported_again(tmp_path):
+    logs, out = tmp_path / "logs", tmp_path / "dataset"
+    log_ranks(logs, name="redo", world_size=1)
+    assert asynclog_cli("export", str(logs), "--dataset", str(out)).returncode == 0
+    path, before = logs / "redo.alog", os.stat(logs / "redo.alog")
+    with open(path, "r+b") as f:  # another content of the very same size, and its old mtime put back
+        f.write(b"\0" * before.st_size)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    done = asynclog_cli("export", str(logs), "--dataset", str(out))
+    assert done.returncode == 0 and "redo.alog" in done.stderr, done.stderr
+    assert _runs_rows(out)["redo"]["status"] == "damaged"
+    assert not [f for _, _, files in os.walk(out / "table=tokens") for f in files]  # its old rows are gone
+
+
 def test_an_unreadable_run_keeps_its_runs_row_and_the_others_export(tmp_path):
     logs, out = tmp_path / "logs", tmp_path / "dataset"
     log_ranks(logs, name="good", world_size=1)
