@@ -131,9 +131,9 @@ def read_run(path: str) -> RunFacts:
     try:
         with open(path, "rb") as f:
             facts.size = os.fstat(f.fileno()).st_size
-            fmt.read_preamble(f)
-            facts.header = _frame_meta(f, fmt.PREAMBLE_SIZE, FrameKind.HEADER)
-            facts.footer = _footer(f, facts.size)
+            version = fmt.read_preamble(f)
+            facts.header = _frame_meta(f, fmt.PREAMBLE_SIZE, FrameKind.HEADER, version)
+            facts.footer = _footer(f, facts.size, version)
     except CorruptLogError as exc:
         facts.status, facts.reason = "damaged", str(exc)
         return facts
@@ -185,8 +185,8 @@ def _read_summary(path: str, problems: list[str]) -> dict | None:
     return summary
 
 
-def _frame_meta(f, offset: int, kind: FrameKind) -> dict:
-    header = fmt.read_header(f, offset)
+def _frame_meta(f, offset: int, kind: FrameKind, version: int) -> dict:
+    header = fmt.read_header(f, offset, version)
     if header.kind != kind:
         raise CorruptLogError(f"expected a {kind.name.lower()} frame", offset)
     if header.meta_len + header.body_len > _MAX_META:
@@ -195,15 +195,15 @@ def _frame_meta(f, offset: int, kind: FrameKind) -> dict:
     return meta
 
 
-def _footer(f, size: int) -> dict | None:
+def _footer(f, size: int, version: int) -> dict | None:
     """The footer's meta without its index; None when there is no trailer (the run was not closed)."""
     offset = fmt.read_trailer(f)
     if offset is None:
         return None
-    header = fmt.read_header(f, offset)
+    header = fmt.read_header(f, offset, version)
     if header.end != size - fmt.TRAILER_SIZE:
         raise CorruptLogError("the trailer does not point at the last frame", offset)
-    meta = _frame_meta(f, offset, FrameKind.FOOTER)
+    meta = _frame_meta(f, offset, FrameKind.FOOTER, version)
     fmt.typed(meta, fmt.FooterMeta, offset)
     meta.pop("index", None)
     return meta

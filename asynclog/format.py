@@ -220,16 +220,13 @@ def file_version(f: BinaryIO) -> int:
     return read_preamble(f)
 
 
-def read_header(f: BinaryIO, offset: int, version: int | None = None) -> FrameHeader:
+def read_header(f: BinaryIO, offset: int, version: int) -> FrameHeader:
     """Read and check the frame header at ``offset``; raise CorruptLogError if it is torn or damaged.
 
-    ``version`` is the file's format version, which picks the checksum; without it the preamble is read
-    again (callers that read many frames pass it).
+    ``version`` is the file's format version (``read_preamble``'s answer), which picks the checksum.
     """
     from .errors import CorruptLogError
 
-    if version is None:
-        version = file_version(f)
     size = f.seek(0, os.SEEK_END)
     f.seek(offset)
     data = f.read(HEADER_SIZE)
@@ -392,7 +389,7 @@ def _trailer_at(f: BinaryIO, offset: int, size: int) -> bool:
     return f.read(TRAILER_SIZE).endswith(TRAILER_MAGIC)
 
 
-def find_frame(f: BinaryIO, start: int, size: int, version: int = FORMAT_VERSION) -> int | None:
+def find_frame(f: BinaryIO, start: int, size: int, version: int) -> int | None:
     """Offset of the first intact frame header at or after ``start`` (its bytes inside the file), or None."""
     from .errors import CorruptLogError
 

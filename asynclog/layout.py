@@ -318,10 +318,10 @@ def _owned(st: os.stat_result) -> bool:
     return stat.S_ISREG(st.st_mode) and st.st_nlink == 1
 
 
-def _header_meta(f: BinaryIO) -> dict | None:
-    """The header frame's meta; None when the first frame is no header, or too large to read, let alone trust."""
-    read_preamble(f)
-    header = read_header(f, PREAMBLE_SIZE)
+def _header_meta(f: BinaryIO, version: int) -> dict | None:
+    """The header frame's meta (the preamble read: ``version``); None when the first frame is no header, or too
+    large to read, let alone trust."""
+    header = read_header(f, PREAMBLE_SIZE, version)
     if header.kind != FrameKind.HEADER or header.meta_len + header.body_len > _MAX_MARKER_FRAME:
         return None
     meta, _ = read_payload(f, header)
@@ -330,17 +330,18 @@ def _header_meta(f: BinaryIO) -> dict | None:
 
 def _layout_marker(f: BinaryIO) -> dict | None:
     """The ``layout`` marker in the header frame (None without one)."""
-    found = (_header_meta(f) or {}).get("metadata")
+    found = (_header_meta(f, read_preamble(f)) or {}).get("metadata")
     found = found.get("layout") if isinstance(found, dict) else None
     return found if isinstance(found, dict) else None
 
 
 def _finished(f: BinaryIO) -> bool:
     """Whether the log has a sound header frame and its footer: its writer closed it."""
-    if _header_meta(f) is None:
+    version = read_preamble(f)
+    if _header_meta(f, version) is None:
         return False
     footer = read_trailer(f)
-    return footer is not None and read_header(f, footer).kind == FrameKind.FOOTER
+    return footer is not None and read_header(f, footer, version).kind == FrameKind.FOOTER
 
 
 def _read_log(dir_fd: int, name: str, read: Callable[[BinaryIO], _T]) -> tuple[os.stat_result, _T] | None:
