@@ -2,16 +2,17 @@
 
 A batch dict (what ``OfflineEntropyProbe`` builds for E and U)::
 
-    sequences        [B, G, T] long    prompt and response tokens, padded (left, right or both)
-    attention_masks  [B, G, T]         1 on real tokens (prompt and response), 0 on padding
-    prompt_lens      [B]               real prompt tokens per prompt (list or tensor)
+    sequences        [B, G, T] long    prompt and response tokens, padded
+    attention_masks  [B, G, T]         nonzero on real tokens (prompt and response), 0 on padding
+    prompt_lens      [B]               the padded prompt width: the column each response starts at
+    gen_lens         [B, G]            optional: generated tokens per response (the probe's BatchedSequences)
+    max_lengths      [B]               optional: the longest response per prompt
     advantages       [B, G]            optional
     rewards          [B, G]            optional (the E batch has none)
     _debug_info      {prompt_texts [B], response_texts [B][G] or [B*G], dataset_indices [B]}   optional
 
-Per sequence (row ``n = b * G + g``): the real tokens are ``sequences[b, g][mask]`` in order, the first
-``prompt_lens[b]`` of them the prompt, the rest the response, so
-``generation_length = mask.sum() - prompt_lens[b]``.
+Per sequence (row ``n = b * G + g``) the prompt and response spans are found by ``asynclog.spans`` (left- or
+right-padded prompts, EOS used as padding, ``gen_lens`` when given), never assumed.
 
 Device work is batched: every statistic is reduced on the device, stacked, and read back with one
 ``tolist()``; per-sequence columns are read back one chunk of rows at a time.
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 
 from .errors import LogInputError
+from .spans import find_spans
 
 __all__ = [
     "PERCENTILES",
@@ -46,6 +48,8 @@ SEQUENCE_FIELDS = {
     "token_logprobs": "[B, G, T_gen] float (padded) or [B][G] ragged: per-token log-probs of the response",
     "token_entropies": "[B, G, T_gen] float (padded) or [B][G] ragged: per-token RB entropies",
     "response_texts": "[B][G] str: decoded responses",
+    "gen_lens": "[B][G] int: generated tokens per response (BatchedSequences.gen_lens), when the batch has none",
+    "rewards": "[B][G] float: rewards (LogprobResults.rewards), when the batch has none",
 }
 # Attribute names of the probe's own result objects (BatchedSequences, LogprobResults) that mean the same.
 _ALIASES = {
@@ -67,9 +71,14 @@ def as_float_tensor(value: Any, device, what: str) -> torch.Tensor:
 
 
 class BatchView:
-    """The batch dict checked once: shapes agree, lengths derived on the device."""
+    """The batch dict checked once: shapes agree, spans and lengths derived on the device.
 
-    def __init__(self, batch: Mapping, batch_type: str):
+    ``extras``: the ``sequences`` argument (``sequence_extras``); its ``gen_lens`` and ``rewards`` serve
+    when the batch has none. ``notes``: what was ambiguous or contradictory in the batch
+    (``asynclog.spans``), for the probe's logger.
+    """
+
+    def __init__(self, batch: Mapping, batch_type: str, extras: Mapping | None = None):
         if not isinstance(batch, Mapping):
             raise LogInputError(f"{batch_type}: batch must be a mapping, not {type(batch).__name__}")
         self.batch, self.name = batch, batch_type
@@ -81,11 +90,29 @@ class BatchView:
         self.device = self.sequences.device
         self.masks = self._required("attention_masks")
         self._check_shape("attention_masks", self.masks, (self.B, self.G, self.T))
+        self.masks = self.masks.reshape(self.B, self.G, self.T)
         self.prompt_lens = self._prompt_lens(batch.get("prompt_lens"))
-        self.lengths = self.masks.long().sum(-1)  # [B, G] real tokens
-        self.gen_lengths = (self.lengths - self.prompt_lens[:, None]).clamp_min(0)
+        extras = extras or {}
+        given = batch.get("gen_lens", extras.get("gen_lens"))
+        self.spans = find_spans(self.masks, self.prompt_lens, self._counts("gen_lens", given, (self.B, self.G)),
+                                self._counts("max_lengths", batch.get("max_lengths"), (self.B,)))
+        self.prompt_lengths, self.gen_lengths = self.spans.prompt_lengths, self.spans.gen_lengths  # [B, G]
+        self.lengths = self.prompt_lengths + self.gen_lengths  # [B, G] real tokens
+        self.notes = self.spans.notes
         self.advantages = self._optional("advantages")
-        self.rewards = self._optional("rewards")
+        self.rewards = self._optional("rewards", extras.get("rewards"))
+
+    def _counts(self, key: str, value, shape: tuple) -> torch.Tensor | None:
+        """Optional integer lengths (list, nested list or tensor) of ``shape``, on the batch's device."""
+        if value is None:
+            return None
+        try:
+            counts = torch.as_tensor(value, device=self.device)
+        except (TypeError, ValueError, RuntimeError):
+            counts = None
+        if counts is None or counts.is_floating_point() or counts.numel() != _prod(shape):
+            raise LogInputError(f"{self.name}: {key!r} must be {list(shape)} integers, got {_describe(value)}")
+        return counts.long().reshape(shape)
 
     def _prompt_lens(self, value) -> torch.Tensor:
         try:
@@ -102,8 +129,8 @@ class BatchView:
             raise LogInputError(f"{self.name}: batch[{key!r}] must be a tensor, not {type(value).__name__}")
         return value.detach()
 
-    def _optional(self, key: str) -> torch.Tensor | None:
-        value = self.batch.get(key)
+    def _optional(self, key: str, default: Any = None) -> torch.Tensor | None:
+        value = self.batch.get(key, default)
         if value is None:
             return None
         tensor = as_float_tensor(value, self.device, f"{self.name}: batch[{key!r}]")
@@ -119,6 +146,11 @@ class BatchView:
         return info if isinstance(info, Mapping) else {}
 
 
+def _describe(value) -> str:
+    shape = getattr(value, "shape", None)
+    return f"{type(value).__name__} of shape {list(shape)}" if shape is not None else type(value).__name__
+
+
 def _prod(shape: Sequence[int]) -> int:
     out = 1
     for n in shape:
@@ -131,7 +163,8 @@ def _float_dtype(device) -> torch.dtype:
 
 
 def batch_statistics(view: BatchView, aggregates: bool = False) -> dict:
-    """Counts, mean lengths, max length, length percentiles, reward and advantage mean and std (n - 1).
+    """Counts, mean lengths, max length, length percentiles, reward and advantage mean and std (n - 1), and the
+    user's own logger's keys beside them (``std_*`` with its definition, n; ``min_*``, ``max_*``).
 
     With ``aggregates`` (a rank of a job of several), also the raw ``aggregates`` these come from, so that
     the statistics of all ranks together can be computed exactly at read time (``shards.merge_batch_statistics``):
@@ -150,9 +183,11 @@ def batch_statistics(view: BatchView, aggregates: bool = False) -> dict:
         values = flat[at : at + n]
         at += n
         stats[key] = values if tensor.dim() else values[0]
-    for key in ("max_sequence_length", "max_generation_length"):
+    for key in ("max_sequence_length", "max_generation_length", "min_generation_length"):
         stats[key] = int(stats[key])
     stats["length_percentiles"] = list(PERCENTILES)
+    stats["generation_length_percentiles"] = stats["generation_length_distribution"]  # the user's logger's name
+    stats["prompt_lens_meaning"], stats["lengths_from"] = view.spans.prompt_lens_meaning, view.spans.lengths_from
     if aggregates:
         raw = {k: stats.pop(k) for k in parts if k.startswith("~")}
         stats["aggregates"] = _aggregates_of(raw, view.B, view.N)
@@ -162,12 +197,14 @@ def batch_statistics(view: BatchView, aggregates: bool = False) -> dict:
 def _reductions(view: BatchView, dtype: torch.dtype, aggregates: bool) -> dict[str, torch.Tensor]:
     """The statistics as tensors; with ``aggregates``, also the raw aggregates under ``~``-prefixed keys
     (unpacked by ``_aggregates_of``), from the same conversions and means."""
-    prompts = view.prompt_lens.to(dtype)
+    prompts = view.prompt_lengths[:, 0].to(dtype)  # a prompt's G responses share it
     lengths, gens = view.lengths.to(dtype).reshape(-1), view.gen_lengths.to(dtype).reshape(-1)
     q = torch.tensor([p / 100 for p in PERCENTILES], dtype=dtype, device=view.device)
     parts = {
         "avg_prompt_length": prompts.mean(),
         "avg_generation_length": gens.mean(),
+        "std_generation_length": gens.std(correction=0),
+        "min_generation_length": gens.min(),
         "avg_sequence_length": lengths.mean(),
         "max_sequence_length": lengths.max(),
         "max_generation_length": gens.max(),
@@ -183,6 +220,8 @@ def _reductions(view: BatchView, dtype: torch.dtype, aggregates: bool) -> dict[s
         std = flat.std() if flat.numel() > 1 else torch.full((), float("nan"), dtype=dtype, device=view.device)
         parts["avg_" + key] = mean
         parts[f"{key}_std"] = std
+        parts[f"std_{key}"] = flat.std(correction=0)  # the user's logger's key and definition (np.std)
+        parts[f"min_{key}"], parts[f"max_{key}"] = flat.min(), flat.max()
         if aggregates:
             parts[f"~{key}"] = torch.stack([flat.sum(), (flat - mean).square().sum(), flat.min(), flat.max()])
     return parts
@@ -242,10 +281,11 @@ class RowSource:
     stay on their device; the stream gathers them once per chunk); per-sequence numbers are reduced on the
     device once and read back one chunk at a time. A batch of any size is never held on the host whole.
 
-    Token rows cover each sequence's response region: from its first response token (after its
-    ``prompt_lens[b]`` real prompt tokens) to the end of the padded row. ``tokens``, ``attention_mask``,
-    ``token_texts`` and the per-token values (``token_logprobs``, ``rb_entropies``; the j-th generated
-    token's value at the region's j-th position) line up position by position; trailing padding has mask 0.
+    Token rows cover each sequence's response region: from its first response column (``spans.starts``) to
+    the end of the padded row; its first ``generation_length`` tokens are the response. ``tokens``,
+    ``attention_mask``, ``token_texts`` and the per-token values (``token_logprobs``, ``rb_entropies``; the
+    j-th generated token's value at the region's j-th position) line up position by position; trailing
+    padding has mask 0.
     """
 
     def __init__(self, view: BatchView, extras: dict, tokenizer=None, token_texts: dict | None = None):
@@ -261,7 +301,7 @@ class RowSource:
     def _gather_scalars(self) -> tuple[list[str], torch.Tensor]:
         view, dtype = self.view, _float_dtype(self.view.device)
         columns = {
-            "prompt_length": view.prompt_lens.repeat_interleave(view.G),
+            "prompt_length": view.prompt_lengths.reshape(-1),
             "generation_length": view.gen_lengths.reshape(-1),
         }
         if view.rewards is not None:
@@ -323,17 +363,14 @@ class RowSource:
             return None
         return _decode(self.tokenizer, tokens[i][1])
 
-    def _host_tokens(self, start: int, stop: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _host_tokens(self, start: int, stop: int) -> list[tuple[list[int], list[int]]]:
         """(prompt ids, response ids) of rows ``start:stop``, for decoding: one device-to-host copy."""
-        view = self.view
-        seqs = view.sequences.reshape(view.N, view.T)[start:stop].cpu()
-        masks = view.masks.reshape(view.N, view.T)[start:stop].cpu().bool()
-        plens = view.prompt_lens.repeat_interleave(view.G)[start:stop].tolist()
-        out = []
-        for row, mask, plen in zip(seqs, masks, plens):
-            real = row[mask]
-            out.append((real[:plen], real[plen:]))
-        return out
+        view, spans = self.view, self.view.spans
+        seqs = view.sequences.reshape(view.N, view.T)[start:stop].tolist()
+        bounds = torch.stack([spans.prompt_first, spans.prompt_lengths, spans.starts, spans.gen_lengths])
+        firsts, plens, begins, glens = bounds.reshape(4, view.N)[:, start:stop].tolist()
+        return [(row[p0 : p0 + pn], row[r0 : r0 + rn])
+                for row, p0, pn, r0, rn in zip(seqs, firsts, plens, begins, glens)]
 
     # --- per token ---------------------------------------------------------------------------------------
     def token_columns(self, start: int, stop: int) -> tuple[dict, list[int] | None]:
@@ -341,9 +378,7 @@ class RowSource:
         view = self.view
         seqs = view.sequences.reshape(view.N, view.T)[start:stop]
         masks = view.masks.reshape(view.N, view.T)[start:stop]
-        plens = view.prompt_lens.repeat_interleave(view.G)[start:stop]
-        # The response starts where the running count of real tokens passes the prompt's length.
-        begins = (masks.long().cumsum(-1) <= plens[:, None]).sum(-1)
+        begins = view.spans.starts.reshape(view.N)[start:stop]
         lengths = (view.T - begins).tolist()  # one sync per chunk
         width = max(lengths) if lengths else 0
         where = (begins[:, None] + torch.arange(width, device=view.device)).clamp_max(view.T - 1)
@@ -397,8 +432,8 @@ def _finite(value: float) -> float | None:
     return None if value != value else value  # NaN -> None; msgpack and JSON agree on null
 
 
-def _decode(tokenizer, ids: torch.Tensor) -> str:
-    return tokenizer.decode(ids.tolist())
+def _decode(tokenizer, ids: list[int]) -> str:
+    return tokenizer.decode(ids)
 
 
 def _token_texts(tokenizer, ids: list[int]) -> list[str]:

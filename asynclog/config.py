@@ -114,8 +114,8 @@ class DetailedLoggingConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=
     enabled:           master switch; off, every call returns at once and nothing is started.
     level:             minimal < standard < detailed < debug (docs/PROBE.md lists what each adds).
     log_sequences:     per-sequence rows (needs level detailed); false switches them off.
-    log_tokens:        per-token rows (needs level debug); false switches them off.
-    log_raw_tensors:   raw tensors (needs level debug); false switches them off.
+    log_tokens:        per-token rows (needs level debug); off unless set, as in the plan and the user's logger.
+    log_raw_tensors:   raw tensors (needs level debug); off unless set, as in the plan and the user's logger.
     output_directory:  root of the day folders.
     filename_template: fields {timestamp}, {checkpoint_name}, {date}, {level}; a .json/.json.gz suffix
                        becomes .alog.
@@ -128,8 +128,8 @@ class DetailedLoggingConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=
     enabled: bool = False
     level: Level = "standard"
     log_sequences: bool = True
-    log_tokens: bool = True
-    log_raw_tensors: bool = True
+    log_tokens: bool = False
+    log_raw_tensors: bool = False
     output_directory: str = "entropy_experiments/logs"
     filename_template: str = "entropy_probe_{timestamp}_{checkpoint_name}.json"
     compress: bool = True

@@ -62,6 +62,9 @@ def _point(facts) -> dict:
 
     sweep_row = row(facts)
     timing = {k: _number(v) for k, v in (facts.summary.get("timing") or {}).items() if k != "total_time"}
+    # A phase the probe reports itself (phase0_sampling) is also timed by DetailedLogger (phase0_sampling_time):
+    # stacked, it would count twice.
+    timing = {k: v for k, v in timing.items() if not (k.endswith("_time") and k.removesuffix("_time") in timing)}
     return {"checkpoint": sweep_row["checkpoint"], "timing": timing,
             **{k: _number(sweep_row[k]) for k in ("deltaH1", "deltaH_true", "ESS", "w_max")}}
 

@@ -85,6 +85,7 @@ class _Keeps(NamedTuple):
 
     batch_statistics: bool
     ground_truth: bool
+    importance_details: bool  # as the user's logger: at detailed and debug, whatever log_sequences says
     sequences: bool
     tokens: bool
     raw_tensors: bool
@@ -92,8 +93,18 @@ class _Keeps(NamedTuple):
     @classmethod
     def of(cls, s: DetailedLoggingConfig) -> "_Keeps":
         rank = level_rank(s.level)
-        return cls(rank >= 1, rank >= 1, rank >= 2 and s.log_sequences, rank >= 3 and s.log_tokens,
+        return cls(rank >= 1, rank >= 1, rank >= 2, rank >= 2 and s.log_sequences, rank >= 3 and s.log_tokens,
                    rank >= 3 and s.log_raw_tensors)
+
+    @staticmethod
+    def switched_off(s: DetailedLoggingConfig) -> list[str]:
+        """What the level includes but a switch turns off, in words."""
+        rank, off = level_rank(s.level), []
+        for needs, switch, what in ((2, "log_sequences", "per-sequence rows"), (3, "log_tokens", "per-token rows"),
+                                    (3, "log_raw_tensors", "raw tensors")):
+            if rank >= needs and not getattr(s, switch):
+                off.append(f"level {s.level!r} includes {what}, but {switch} is false: none are written")
+        return off
 
 
 class _RunState:
@@ -111,6 +122,8 @@ class _RunState:
         self.core_results: dict = {}
         self.batch_statistics: dict = {}
         self.ground_truth: dict | None = None
+        self.importance_details: dict | None = None
+        self.config_G = None  # batch_config.G of the run's config: core_results' G when the results lack it
 
     @property
     def logs_reduced(self) -> bool:
@@ -162,13 +175,34 @@ class DetailedLogger:
         self.keeps = _Keeps.of(self.settings)
         self.logger = base_logger or logging.getLogger("asynclog.probe")
         self.tokenizer = tokenizer
-        self._token_texts: dict[int, str] = {}  # the tokenizer's text of each token id seen so far
+        self._warned: set[tuple[str, str]] = set()
         self.run = None
         self._state: _RunState | None = None
         self.last_summary: dict | None = None
         self.rank, self.world_size, self.broadcast_name = rank, world_size, broadcast_name
         self.run_name = run_name or self.settings.run_name
         self._occurrences: dict[tuple[str, str], int] = {}  # a job's runs per (name, checkpoint), alike on every rank
+        if self.enabled:
+            for line in _Keeps.switched_off(self.settings):
+                self.logger.warning("asynclog: %s", line)
+
+    @property
+    def tokenizer(self) -> Any:
+        """Turns token ids into text (anything with ``decode(ids)``); may be set at any time before
+        ``log_batch_data``, as a probe that loads its tokenizer after building the logger does."""
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+        self._token_texts: dict[int, str] = {}  # this tokenizer's text of each token id seen so far
+
+    def _warn_once(self, where: str, notes: Mapping[str, str]) -> None:
+        """Warn through the probe's logger, once per logger for each batch type and kind of note."""
+        for kind, text in notes.items():
+            if (where, kind) not in self._warned:
+                self._warned.add((where, kind))
+                self.logger.warning("asynclog: %s: %s", where, text)
 
     # --- run lifecycle ------------------------------------------------------------------------------------
     def log_run_start(self, checkpoint_path: str | os.PathLike | None, config: Mapping | None = None,
@@ -198,6 +232,7 @@ class DetailedLogger:
                   "probe_config": plain(config), "layout": layout.marker(s.filename_template, paths)}
         self.run = self._start(paths, where, header, start_summary)
         self._state = _RunState(paths, start_summary, where)
+        self._state.config_G = _config_G(config)
         _OPEN.add(self)
         if self._state.logs_reduced:  # one config sidecar and one pruner per run, however many ranks
             atomic_write(paths.config, yaml.dump(plain(config), Dumper=_YAML_DUMPER, sort_keys=False,
@@ -305,8 +340,9 @@ class DetailedLogger:
             return
         if not isinstance(batch_type, str) or not batch_type:
             raise LogInputError(f"batch_type must be a non-empty str, not {batch_type!r}")
-        view = BatchView(batch, batch_type)
         extras = sequence_extras(sequences, batch_type)
+        view = BatchView(batch, batch_type, extras)
+        self._warn_once(batch_type, view.notes)
         if keeps.batch_statistics:
             stats = batch_statistics(view, aggregates=self._state.where is not None)  # merged at read time
             self._state.batch_statistics[batch_type] = {k: v for k, v in stats.items() if k != "aggregates"}
@@ -317,35 +353,43 @@ class DetailedLogger:
                 self._write_rows(f"sequences/{batch_type}", view.N, rows.sequence_columns, SEQUENCE_CHUNK_ROWS)
             if keeps.tokens:
                 self._write_rows(f"tokens/{batch_type}", view.N, rows.token_columns, TOKEN_CHUNK_ROWS)
-        if keeps.raw_tensors:
-            for key, tensor in (("rewards", view.rewards), ("advantages", view.advantages)):
-                if tensor is not None:
-                    run.tensor(f"{batch_type}/{key}", tensor)
+        if keeps.raw_tensors:  # as the user's logger: every tensor of the batch, prompts included
+            for key, value in batch.items():
+                if isinstance(value, torch.Tensor):
+                    run.tensor(f"{batch_type}/{key}", value)
         run.flush()
 
     @_logging_call
     def log_importance_sampling_details(self, S_orig, S_upd, RB_orig, RB_upd, batch_type: str = "E_batch") -> None:
-        """Per-sequence S and RB before and after the update, logw and exp(logw): rows (detailed), tensors (debug).
+        """Per-sequence S and RB before and after the update, as the user's logger keeps them.
 
-        Arguments are [B] or [B, 1] tensors (or lists) over the E batch's sequences.
+        ``importance_sampling_details`` (detailed and debug): mean, std, min, max of ``logw`` = S_upd - S_orig,
+        of the weights exp(logw - max logw) and of S and RB. Rows ``importance/<batch>`` (with log_sequences)
+        and tensors (debug, log_raw_tensors). Arguments are [B] or [B, 1] tensors (or lists).
         """
         keeps = self.keeps
-        if not (keeps.sequences or keeps.raw_tensors):
+        if not (keeps.importance_details or keeps.raw_tensors):
             return
         device = S_orig.device if isinstance(S_orig, torch.Tensor) else torch.device("cpu")
         given = {"S_orig": S_orig, "S_upd": S_upd, "RB_orig": RB_orig, "RB_upd": RB_upd}
         flat = {k: as_float_tensor(v, device, k).to(device).double().reshape(-1) for k, v in given.items()}
-        if len({t.numel() for t in flat.values()}) != 1:
-            raise LogInputError(f"S_orig, S_upd, RB_orig, RB_upd differ in size: "
+        sizes = {t.numel() for t in flat.values()}
+        if len(sizes) != 1 or 0 in sizes:
+            raise LogInputError(f"S_orig, S_upd, RB_orig, RB_upd must be of one size, not empty: "
                                 f"{ {k: t.numel() for k, t in flat.items()} }")
-        flat["logw"] = flat["S_upd"] - flat["S_orig"]
-        flat["importance_weight"] = flat["logw"].exp()
+        logw = flat["logw"] = flat["S_upd"] - flat["S_orig"]
+        flat["importance_weight"] = (logw - logw.max()).exp()  # the user's weights
+        flat["exp_logw"] = logw.exp()
+        if keeps.importance_details:
+            details = importance_details(flat, {k: _shape(v) for k, v in given.items()})
+            self._state.importance_details = details
+            self.run.event("importance_sampling_details", batch=batch_type, **details)
         if keeps.sequences:
             self._write_importance_rows(f"importance/{batch_type}", flat)
         if keeps.raw_tensors:
             for key, value in given.items():
-                tensor = value if isinstance(value, torch.Tensor) else flat[key]
-                self.run.tensor(f"{batch_type}/{key}", tensor)
+                self.run.tensor(f"{batch_type}/{key}", value if isinstance(value, torch.Tensor) else flat[key])
+            self.run.tensor(f"{batch_type}/logw", flat["logw"])
             self.run.tensor(f"{batch_type}/importance_weights", flat["importance_weight"])
         self.run.flush()
 
@@ -393,7 +437,7 @@ class DetailedLogger:
         timing = _timing(final_results or {}, state.timing, total)
         reduced = final_results if state.logs_reduced else None  # other ranks leave the results to rank 0
         results = plain(reduced or {})
-        core = {**{k: results[k] for k in CORE_KEYS if k in results}, **state.core_results}
+        core = _core_results(state, results) if state.logs_reduced else {}
         try:
             if core and not state.core_results:
                 run.event("core_results", **core)  # the plan logs core results always; take them from the results
@@ -426,11 +470,50 @@ class DetailedLogger:
         return f"<asynclog.DetailedLogger level={self.level} {state}>"
 
 
+_DETAIL_STATS = {"logw_stats": "logw", "weight_stats": "importance_weight", "S_orig_stats": "S_orig",
+                 "S_upd_stats": "S_upd", "RB_orig_stats": "RB_orig", "RB_upd_stats": "RB_upd"}
+
+
+def importance_details(flat: Mapping[str, torch.Tensor], shapes: Mapping[str, list]) -> dict:
+    """The user's logger's ``importance_sampling_details``: mean, std (n - 1), min, max of each quantity (and
+    the shape given, for S and RB), read back with one host sync."""
+    stacked = torch.stack([torch.stack([t.mean(), t.std(), t.min(), t.max()])
+                           for t in (flat[key] for key in _DETAIL_STATS.values())])
+    out = {}
+    for (name, key), values in zip(_DETAIL_STATS.items(), stacked.tolist()):
+        out[name] = dict(zip(("mean", "std", "min", "max"), (None if v != v else v for v in values)))
+        if key in shapes:
+            out[name]["shape"] = shapes[key]
+    return out
+
+
+def _shape(value) -> list:
+    return list(value.shape) if isinstance(value, torch.Tensor) else list(torch.as_tensor(value).shape)
+
+
+def _config_G(config) -> Any:
+    batch_config = config.get("batch_config") if isinstance(config, Mapping) else None
+    return plain(batch_config.get("G")) if isinstance(batch_config, Mapping) else None
+
+
+def _core_results(state: _RunState, results: dict) -> dict:
+    """The plan's core results: what the probe logged, else the plan's keys of its final results; ``G`` from the
+    run's ``batch_config`` when neither has it, as the user's logger takes it."""
+    core = {key: results[key] for key in CORE_KEYS if key in results}
+    core.update(state.core_results)
+    if core.get("G") is None and state.config_G is not None:
+        core["G"] = state.config_G
+    return core
+
+
 def _timing(final_results: Mapping, measured: dict, total: float) -> dict:
-    """The plan's timing: the probe's own ``timing`` entries, then the phases timed here, then total_time."""
+    """Timing as the user's logger keeps it: ``<phase>_time`` for each phase timed here and ``total_time``, then
+    the probe's own ``timing`` entries (its ``total_time`` too, where it reports one)."""
     reported = final_results.get("timing") if isinstance(final_results, Mapping) else None
-    base = plain(reported) if isinstance(reported, Mapping) else {}
-    return {**base, **measured, "total_time": total}
+    timing = {f"{phase}_time": seconds for phase, seconds in measured.items()}
+    timing["total_time"] = total
+    timing.update(plain(reported) if isinstance(reported, Mapping) else {})
+    return timing
 
 
 def _summary(state: _RunState, result: dict, timing: dict, core: dict, results, close_ns: int, total: float) -> dict:
@@ -442,13 +525,28 @@ def _summary(state: _RunState, result: dict, timing: dict, core: dict, results, 
                "core_results": core, "timing": timing}
     if state.batch_statistics:
         summary["batch_statistics"] = state.batch_statistics
-    if state.ground_truth is not None:
-        summary["ground_truth"] = state.ground_truth
+    ground_truth = _summary_ground_truth(state)
+    if ground_truth is not None:
+        summary["ground_truth"] = ground_truth
     if results is not None:
         summary["results"] = results
     summary["logging_cost"] = cost
     summary["stats"] = stats  # the key the writer uses when it writes this file after a crash
     return summary
+
+
+def _summary_ground_truth(state: _RunState) -> dict | None:
+    """The ground truth as logged, with the user's summary keys where the user had them (``ESS`` from its
+    diagnostics) and the importance-sampling details, as the user's log nests them."""
+    if state.ground_truth is None and state.importance_details is None:
+        return None
+    gt = dict(state.ground_truth or {})
+    diagnostics = gt.get("diagnostics")
+    if isinstance(diagnostics, Mapping) and "ESS" in diagnostics:
+        gt.setdefault("ESS", diagnostics["ESS"])
+    if state.importance_details is not None:
+        gt["importance_sampling_details"] = state.importance_details
+    return gt
 
 
 # --- run metadata ----------------------------------------------------------------------------------------

@@ -175,6 +175,10 @@ def merge_batch_statistics(records: Iterable[dict]) -> dict:
         out[f"avg_{key}"] = sum(v * c for v, c in zip(hist["values"], hist["counts"])) / sum(hist["counts"])
         out[f"max_{key}"] = hist["values"][-1]
         out[f"{key}_distribution"] = [_quantile(hist, p / 100) for p in percentiles]
+    gens = merged["generation_length"]
+    out["std_generation_length"] = _histogram_std(gens, out["avg_generation_length"])
+    out["min_generation_length"] = gens["values"][0]
+    out["generation_length_percentiles"] = out["generation_length_distribution"]
     out["length_percentiles"] = list(percentiles)
     for key in ("advantages", "reward"):
         sets = [p[key] for p in parts if key in p]
@@ -183,6 +187,10 @@ def merge_batch_statistics(records: Iterable[dict]) -> dict:
             n = moments["count"]
             out[f"avg_{key}"] = moments["sum"] / n
             out[f"{key}_std"] = math.sqrt(moments["m2"] / (n - 1)) if n > 1 else None
+            out[f"std_{key}"] = math.sqrt(moments["m2"] / n)
+            out[f"min_{key}"], out[f"max_{key}"] = moments["min"], moments["max"]
+    for key in ("prompt_lens_meaning", "lengths_from"):  # how each rank read its batch (asynclog.spans)
+        out[key] = records[0].get(key) if len({r.get(key) for r in records}) == 1 else "differs by rank"
     out["aggregates"], out["merged_records"] = merged, len(records)
     return out
 
@@ -199,6 +207,12 @@ def _merged_histogram(sets: Iterable[dict]) -> dict:
             counts[value] = counts.get(value, 0) + count
     values = sorted(counts)
     return {"values": values, "counts": [counts[v] for v in values]}
+
+
+def _histogram_std(hist: dict, mean: float) -> float:
+    """The population std (n, as the user's logger's np.std) of the data a histogram counts."""
+    m2 = sum(c * (v - mean) ** 2 for v, c in zip(hist["values"], hist["counts"]))
+    return math.sqrt(m2 / sum(hist["counts"]))
 
 
 def _nth(hist: dict, k: int) -> int:

@@ -217,8 +217,9 @@ def pack_batch(sampled: dict, B: int, G: int, tokenizer: ToyTokenizer, indices: 
     gen_lens = mask[:, width:].sum(1).view(B, G)
     prompt_texts = [tokenizer.decode(ids[b * G, width - n : width]) for b, n in enumerate(sampled["prompt_lens"])]
     response_texts = [[tokenizer.decode(ids[b * G + g, width:]) for g in range(G)] for b in range(B)]
+    # As the user's SequenceProcessor: prompt_lens is the padded prompt width, the same for every prompt.
     batch = {"sequences": ids.view(B, G, T), "attention_masks": mask.view(B, G, T),
-             "prompt_lens": sampled["prompt_lens"], "max_lengths": gen_lens.max(1).values.tolist(),
+             "prompt_lens": [width] * B, "max_lengths": gen_lens.max(1).values.tolist(),
              "num_prompts": B, "num_responses_per_prompt": G, "prompt_width": width,
              "_debug_info": {"prompt_texts": prompt_texts, "response_texts": response_texts,
                              "dataset_indices": indices}}
@@ -354,8 +355,7 @@ def _importance(model, params, sum_Y, E_batch, size: ProbeSize, S_orig, RB_orig)
         with torch.no_grad():
             for p, old in zip(params, saved):
                 p.copy_(old)
-    masks = E_batch["attention_masks"]
-    lengths = masks.sum(-1).reshape(-1) - torch.as_tensor(E_batch["prompt_lens"], device=masks.device)
+    lengths = E_batch["attention_masks"][..., E_batch["prompt_width"]:].sum(-1).reshape(-1)
     return snis(S_orig, S_upd, RB_orig, RB_upd, lengths), S_upd, RB_upd
 
 

@@ -39,8 +39,10 @@ LEVEL_STREAMS = {
     "detailed": {"sequences/E_batch", "sequences/U_batch", "importance/E_batch"},
     "debug": {"sequences/E_batch", "sequences/U_batch", "importance/E_batch", "tokens/E_batch", "tokens/U_batch"},
 }
-DEBUG_TENSORS = {"E_batch/advantages", "U_batch/rewards", "U_batch/advantages", "E_batch/S_orig", "E_batch/S_upd",
-                 "E_batch/RB_orig", "E_batch/RB_upd", "E_batch/importance_weights"}
+DEBUG_TENSORS = {f"{batch}/{key}" for batch in ("E_batch", "U_batch") for key in ("sequences", "attention_masks",
+                                                                                  "advantages")} | {
+    "U_batch/rewards", "E_batch/S_orig", "E_batch/S_upd", "E_batch/RB_orig", "E_batch/RB_upd", "E_batch/logw",
+    "E_batch/importance_weights"}
 
 
 def make_batch(B: int, G: int, seed: int, rewards: bool, gen_max: int = T - PROMPT_WIDTH, texts: bool = True,
@@ -89,7 +91,8 @@ def batches():
 
 def config_for(out, level: str, **switches) -> dict:
     return {"checkpoint": {"checkpoint_path": "/ckpts/run1/step_60"}, "batch_config": {"B_E": 256, "B_U": 64, "G": 8},
-            "detailed_logging": {"enabled": True, "level": level, "output_directory": str(out), **switches},
+            "detailed_logging": {"enabled": True, "level": level, "output_directory": str(out), "log_tokens": True,
+                                 "log_raw_tensors": True, **switches},
             "asynclog": {"staging_bytes": 16 << 20}}
 
 
@@ -137,11 +140,13 @@ def expected_statistics(batch: dict) -> dict:
              "max_generation_length": int(gens.max()),
              "sequence_length_distribution": list(np.percentile(lengths, [10, 25, 50, 75, 90])),
              "generation_length_distribution": list(np.percentile(gens, [10, 25, 50, 75, 90])),
-             "avg_advantages": batch["advantages"].double().mean().item(),
-             "advantages_std": np.std(batch["advantages"].double().numpy(), ddof=1)}
-    if "rewards" in batch:
-        stats["avg_reward"] = batch["rewards"].double().mean().item()
-        stats["reward_std"] = np.std(batch["rewards"].double().numpy(), ddof=1)
+             "std_generation_length": np.std(gens), "min_generation_length": int(gens.min()),
+             "generation_length_percentiles": list(np.percentile(gens, [10, 25, 50, 75, 90]))}
+    for key, name in (("advantages", "advantages"), ("rewards", "reward")):
+        if key in batch:
+            values = batch[key].double().numpy()
+            stats.update({f"avg_{name}": values.mean(), f"{name}_std": np.std(values, ddof=1),
+                          f"std_{name}": np.std(values), f"min_{name}": values.min(), f"max_{name}": values.max()})
     return stats
 
 
@@ -167,6 +172,8 @@ def test_each_level_writes_what_it_promises_and_nothing_more(tmp_path, batches, 
         promised = {"phase_start", "phase_end", "core_results", "final_results"}
         if level != "minimal":
             promised |= {"batch_statistics", "ground_truth"}
+        if level in ("detailed", "debug"):
+            promised |= {"importance_sampling_details"}
             check_statistics(log, batches)
             assert next(log.events(name="ground_truth"))["data"] == GROUND_TRUTH
         assert names == promised
@@ -205,15 +212,17 @@ def check_always_logged(log) -> None:
     assert all(e["duration"] >= 0 for e in ends)
     assert ends[1]["results"] == {"note": "phase1_sum_X"}
     timing = next(log.events(name="final_results"))["data"]["timing"]
-    assert set(timing) == {"total_time", *PHASES}
-    assert timing["total_time"] >= sum(timing[p] for p in PHASES if p != "phase1_sum_X")
+    assert set(timing) == {"total_time", "phase1_sum_X", *(f"{p}_time" for p in PHASES)}
+    assert timing["phase1_sum_X"] == 8.92  # the probe's own figure, as the user's logger keeps it
+    assert timing["total_time"] >= sum(timing[f"{p}_time"] for p in PHASES)
 
 
 def check_statistics(log, batches) -> None:
     events = {e["data"]["batch"]: e["data"] for e in log.events(name="batch_statistics")}
     for key, name in (("E", "E_batch"), ("U", "U_batch")):
         got, want = events[name], expected_statistics(batches[key][0])
-        assert set(got) == set(want) | {"batch", "length_percentiles"}
+        assert set(got) == set(want) | {"batch", "length_percentiles", "prompt_lens_meaning", "lengths_from"}
+        assert got["lengths_from"] == "attention_masks"
         for stat, value in want.items():
             assert got[stat] == approx(value), stat
 
@@ -247,7 +256,8 @@ def check_importance(log, batches) -> None:
     for column in ("S_orig", "S_upd", "RB_orig", "RB_upd"):
         assert [r[column] for r in rows] == approx(list(imp[column]))
     assert [r["logw"] for r in rows] == approx(list(logw))
-    assert [r["importance_weight"] for r in rows] == approx(list(np.exp(logw)))
+    assert [r["importance_weight"] for r in rows] == approx(list(np.exp(logw - logw.max())))  # the user's weights
+    assert [r["exp_logw"] for r in rows] == approx(list(np.exp(logw)))
 
 
 def check_tokens(log, batches) -> None:
@@ -279,11 +289,14 @@ def check_raw_tensors(log, batches) -> None:
     imp = batches["importance"]
     for key in ("S_orig", "S_upd", "RB_orig", "RB_upd"):
         assert torch.equal(log.tensor(f"E_batch/{key}"), imp[key])
-    weights = torch.exp(imp["S_upd"].double() - imp["S_orig"].double()).reshape(-1)
-    assert torch.allclose(log.tensor("E_batch/importance_weights"), weights)
-    U = batches["U"][0]
-    assert torch.equal(log.tensor("U_batch/rewards"), U["rewards"])
-    assert torch.equal(log.tensor("U_batch/advantages"), U["advantages"])
+    logw = (imp["S_upd"].double() - imp["S_orig"].double()).reshape(-1)
+    assert torch.allclose(log.tensor("E_batch/logw"), logw)
+    assert torch.allclose(log.tensor("E_batch/importance_weights"), torch.exp(logw - logw.max()))
+    for key in ("E", "U"):
+        batch = batches[key][0]
+        for name, value in batch.items():  # every tensor of the batch, prompts included
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(log.tensor(f"{key}_batch/{name}"), value), name
 
 
 # --- switches ----------------------------------------------------------------------------------------------
@@ -402,9 +415,9 @@ def test_finalize_writes_the_summary_with_timing_and_logging_cost(tmp_path, batc
     assert summary["log_path"] == path and summary["complete"] is True and summary["reason"] is None
     # what the probe logged, completed from its final results
     assert summary["core_results"] == {**CORE, "deltaH_true": GROUND_TRUTH["deltaH_true"]}
-    assert summary["ground_truth"] == GROUND_TRUTH
-    assert summary["timing"]["phase1_sum_X"] != 8.92  # measured here wins over the probe's own figure
-    assert set(summary["timing"]) == {"total_time", *PHASES}
+    assert summary["ground_truth"] == {**GROUND_TRUTH, "ESS": GROUND_TRUTH["diagnostics"]["ESS"]}
+    assert summary["timing"]["phase1_sum_X"] == 8.92  # the probe's own figure; the one measured here beside it
+    assert set(summary["timing"]) == {"total_time", "phase1_sum_X", *(f"{p}_time" for p in PHASES)}
     cost = summary["logging_cost"]
     for key in ("calls", "producer_seconds", "producer_p50_us", "producer_p99_us", "bytes_in", "bytes_on_disk",
                 "compression_ratio", "dropped_records", "dropped_tensors", "dropped_chunks", "queue_high_water",

@@ -33,7 +33,7 @@ def rank_batch(rank, B):
     mask = (pos >= P - prompt_lens[:, None, None]) & (pos < P + gen_lens[..., None])
     rewards = torch.rand(B, G, generator=g) + rank
     return {"sequences": torch.randint(3, 1000, (B, G, T), generator=g) * mask, "attention_masks": mask.long(),
-            "prompt_lens": prompt_lens.tolist(), "rewards": rewards,
+            "prompt_lens": [P] * B, "rewards": rewards,  # the padded prompt width, as the probe fills it in
             "advantages": rewards - rewards.mean(1, keepdim=True)}
 
 def rank_size(rank):
@@ -46,7 +46,8 @@ import json, os, signal, sys, torch.distributed as dist
 from asynclog import DetailedLogger
 out, rank, world, init, doomed, broadcast, runs = sys.argv[1], *map(int, sys.argv[2:4]), sys.argv[4], *map(int, sys.argv[5:])
 dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
-config = {"detailed_logging": {"enabled": True, "level": "debug", "output_directory": out, "max_files": 0},
+config = {"detailed_logging": {"enabled": True, "level": "debug", "output_directory": out, "max_files": 0,
+                               "log_tokens": True, "log_raw_tensors": True},
           "asynclog": {"staging_bytes": 4 << 20}}
 logger = DetailedLogger(config, broadcast_name=bool(broadcast))
 folders = []
