@@ -270,7 +270,18 @@ def sequence_extras(sequences: Any, batch_type: str) -> dict:
     else:
         items = {name: getattr(sequences, name) for name in (*SEQUENCE_FIELDS, *_ALIASES)
                  if getattr(sequences, name, None) is not None}
-    return {_ALIASES.get(k, k): v for k, v in items.items() if v is not None}
+    return {_ALIASES.get(k, k): v for k, v in items.items() if _has_values(v)}
+
+
+def _has_values(value: Any) -> bool:
+    """False for None and for what the probe leaves empty: ``LogprobResults.rewards == []`` before they are
+    filled in, ``rb_entropies`` of empty arrays when RB entropies were not computed."""
+    if value is None:
+        return False
+    if isinstance(value, (list, tuple)):
+        return any(_has_values(item) for item in value)
+    size = value.numel() if isinstance(value, torch.Tensor) else getattr(value, "size", None)
+    return size > 0 if isinstance(size, int) else True
 
 
 # --- rows ---------------------------------------------------------------------------------------------------

@@ -215,6 +215,18 @@ def test_the_probes_own_objects_give_texts_lengths_rewards_and_token_values_with
                 U.logprobs.logprobs[b][g].tolist())
 
 
+def test_results_the_probe_left_empty_are_not_logged_as_values(tmp_path):
+    """Its teacher forcing returns rewards=[] (filled in later) and empty rb_entropies without compute_rb."""
+    E = generate(5, 1, seed=9)
+    empty = LogprobResults(E.logprobs.logprobs, E.logprobs.entropies, E.logprobs.sequence_logprobs,
+                           rb_entropies=[[np.array([])] for _ in range(5)], rewards=[])
+    with log_batches(tmp_path, {"E_batch": (pack_E(E.seqs), empty)}) as log:
+        check_batch(log, "E_batch", E, decoded=False)
+        token_row, row = next(log.rows("tokens/E_batch")), next(log.rows("sequences/E_batch"))
+    assert "rb_entropies" not in token_row and "token_logprobs" in token_row
+    assert row["reward"] is None
+
+
 def test_gen_lens_that_contradict_the_mask_are_used_and_reported_once(tmp_path):
     U = generate(4, 8, seed=5)
     U.seqs.gen_lens[1][3] += 2  # not what the mask shows
