@@ -211,15 +211,16 @@ class DetailedLogger:
         """A single process's run files; or this rank's in the run folder all ranks share (see the class)."""
         s = self.settings
         if where is None:
-            return layout.run_paths(s.output_directory, s.filename_template, checkpoint_path, s.level, name=name)
+            return layout.run_paths(s.output_directory, s.filename_template, checkpoint_path, s.level, name=name,
+                                    checkpoint_rule=s.checkpoint_name)
         name = name or ranks.job_name()
         if name is not None:
-            key = (name, layout.checkpoint_name(checkpoint_path))
+            key = (name, layout.checkpoint_name(checkpoint_path, s.checkpoint_name))
             # Counted when attempted, started or not: every rank attempts the same runs in the same order, so
             # the n-th attempt names the same folder on every rank even where one rank's start failed.
             occurrence = self._occurrences[key] = self._occurrences.get(key, -1) + 1
             return layout.rank_run_paths(s.output_directory, s.filename_template, checkpoint_path, s.level, name,
-                                         where.rank, occurrence)
+                                         where.rank, occurrence, checkpoint_rule=s.checkpoint_name)
         if not self.broadcast_name:
             raise ranks.no_shared_name(where)
         return self._broadcast_paths(checkpoint_path, where)
@@ -228,7 +229,8 @@ class DetailedLogger:
         """Rank 0 names and creates the run folder from its clock and tells the others (``broadcast_name``)."""
         s = self.settings
         folder = ranks.broadcast_from_rank0(
-            lambda: layout.new_rank_run_folder(s.output_directory, s.filename_template, checkpoint_path, s.level),
+            lambda: layout.new_rank_run_folder(s.output_directory, s.filename_template, checkpoint_path, s.level,
+                                               checkpoint_rule=s.checkpoint_name),
             "create the run folder")
         return layout.rank_run_paths_in(s.output_directory, folder, where.rank)
 

@@ -451,6 +451,27 @@ def test_max_files_keeps_the_newest_runs(tmp_path):
     assert not os.path.exists(paths[0].removesuffix(".alog") + "_summary.json")
 
 
+def test_runs_are_named_by_the_checkpoint_folder_not_its_model_folder(tmp_path):
+    config = config_for(tmp_path / "logs", "minimal", max_files=0)
+    logger = DetailedLogger(config)
+    names = []
+    for step in (60, 120):
+        names.append(os.path.basename(logger.log_run_start(tmp_path / "checkpoints" / f"step_{step}" / "model")))
+        logger.finalize_log(CORE)
+    assert [n.split("_", 3)[-1] for n in names] == ["step_60.alog", "step_120.alog"]
+
+
+@pytest.mark.parametrize("rule, name", [("last", "model.alog"), (r"step_(\d+)", "60.alog"), ("auto", "step_60.alog")])
+def test_checkpoint_name_setting_names_the_files(tmp_path, rule, name):
+    config = config_for(tmp_path / "logs", "minimal", checkpoint_name=rule)
+    logger = DetailedLogger(config)
+    path = logger.log_run_start(tmp_path / "checkpoints" / "step_60" / "model")
+    logger.finalize_log(CORE)
+    assert os.path.basename(path).split("_", 3)[-1] == name
+    with asynclog.open(path) as log:
+        assert log.header["metadata"]["detailed_logging"]["checkpoint_name"] == rule
+
+
 def test_compress_false_writes_raw_frames(tmp_path, batches):
     config = config_for(tmp_path, "detailed", compress=False)
     path = run_like_the_probe(DetailedLogger(config), config, batches)
@@ -562,6 +583,8 @@ def test_disabled_logger_returns_at_once_and_starts_no_writer(tmp_path, batches)
     ({"log_tokens": 1}, "log_tokens"),
     ({"output_directory": ["a"]}, "output_directory"),
     ({"filename_template": "probe_{run_id}.json"}, "filename_template"),
+    ({"checkpoint_name": "step_(\\d+"}, "checkpoint_name"),
+    ({"checkpoint_name": 60}, "checkpoint_name"),
 ])
 def test_config_errors_name_the_key(section, key):
     with pytest.raises(asynclog.ConfigError, match=key) as info:
