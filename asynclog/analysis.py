@@ -37,10 +37,10 @@ from . import __version__, index
 from . import format as fmt
 from ._table import cell, human_size, render
 from .cli import NOT_FOUND, USAGE
-from .errors import CorruptLogError
+from .errors import ConfigError, CorruptLogError
 from .ranks import read_manifest, shard_name
 from .format import FrameKind
-from .layout import SUMMARY_SUFFIX, checkpoint_name
+from .layout import SUMMARY_SUFFIX, check_checkpoint_rule, checkpoint_name
 from .shards import is_run_folder
 
 __all__ = ["COLUMNS", "NUMBERS", "RunFacts", "find_logs", "read_run", "row", "rows_below", "run_sources", "scan",
@@ -259,10 +259,22 @@ def _when(meta: dict, header: dict) -> tuple[str | None, str | None]:
 
 
 def _checkpoint(facts: RunFacts, meta: dict) -> str:
-    if meta.get("checkpoint_path") is not None:
-        return checkpoint_name(meta["checkpoint_path"])
+    """The run's checkpoint label: named from its recorded checkpoint path as its file was (by the
+    ``checkpoint_name`` rule in its header's settings; ``auto`` for runs written before that setting, whose
+    files say ``model`` where the path says ``step_60/model``); else its name."""
+    if isinstance(meta.get("checkpoint_path"), str):
+        return checkpoint_name(meta["checkpoint_path"], _naming_rule(facts.header))
     name = facts.header.get("name")
     return name if isinstance(name, str) else os.path.basename(facts.path).removesuffix(fmt.SUFFIX)
+
+
+def _naming_rule(header: dict) -> str:
+    rule = _get(header, "metadata", "detailed_logging", "checkpoint_name")
+    try:
+        check_checkpoint_rule(rule)
+    except ConfigError:
+        return "auto"  # none recorded (an older run), or not one a logger could have used
+    return rule
 
 
 def dropped(stats: dict) -> int:
@@ -294,7 +306,7 @@ def scan(directory: str | os.PathLike, as_frame: bool = True, index: bool = True
 _KEPT = tuple(c for c in COLUMNS if c != "path")
 _KEPT_ROW = tuple[tuple((int | float | None) if c in NUMBERS else (str | None) for c in _KEPT)]
 # Bump ROWS when row() changes what it makes of a run; dates of plain runs are in the local time zone.
-_ROWS = 1
+_ROWS = 2  # 2: the checkpoint is named by layout.checkpoint_name's rule (step_60/model is step_60, not model)
 _SCHEMA = f"rows/{_ROWS} asynclog {__version__} {','.join(COLUMNS)} tz {os.environ.get('TZ')} {time.tzname}"
 
 
@@ -530,7 +542,9 @@ def _about(facts: RunFacts) -> str:
     r, meta = row(facts), facts.metadata
     env = meta.get("environment") or {}
     status = r["status"] + (f" ({r['reason']})" if r["reason"] else "")
-    lines = [("run", facts.path), ("status", status), ("checkpoint", meta.get("checkpoint_path") or r["checkpoint"]),
+    path = meta.get("checkpoint_path")
+    checkpoint = f"{r['checkpoint']} ({path})" if path else r["checkpoint"]
+    lines = [("run", facts.path), ("status", status), ("checkpoint", checkpoint),
              ("level", r["level"]), ("started", " ".join(v for v in (r["date"], r["time"]) if v)),
              ("size", human_size(facts.size)), ("git commit", meta.get("git_commit")),
              ("config hash", meta.get("config_hash")), ("command", " ".join(map(str, meta.get("command") or [])) or None),

@@ -16,7 +16,7 @@ from typing import Any, Literal, NamedTuple
 import msgspec
 
 from .errors import ConfigError
-from .layout import check_template
+from .layout import check_checkpoint_rule, check_template
 
 __all__ = ["Config", "DetailedLoggingConfig", "Settings", "LEVELS", "SECTIONS", "level_rank", "read_config",
            "level_config_path", "load_yaml", "convert_section"]
@@ -119,6 +119,11 @@ class DetailedLoggingConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=
     output_directory:  root of the day folders.
     filename_template: fields {timestamp}, {checkpoint_name}, {date}, {level}; a .json/.json.gz suffix
                        becomes .alog.
+    checkpoint_name:   how {checkpoint_name} (and the runs' label in ls, sweep, show, plot) comes from the
+                       checkpoint path: auto (the component nearest the end that is not a generic one such
+                       as model, adapter, lora, final: step_60/model is step_60), last (the last component),
+                       or a regular expression whose first group, or whole match, names it
+                       (``layout.checkpoint_name``).
     compress:          false writes frames uncompressed (asynclog ``compression: raw``).
     max_files:         keep the newest this many runs under output_directory (0 keeps all).
     run_name:          the name every rank of a job shares, in place of {timestamp} (docs/PROBE.md); unset, a
@@ -132,6 +137,7 @@ class DetailedLoggingConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=
     log_raw_tensors: bool = False
     output_directory: str = "entropy_experiments/logs"
     filename_template: str = "entropy_probe_{timestamp}_{checkpoint_name}.json"
+    checkpoint_name: str = "auto"
     compress: bool = True
     max_files: int = 50
     run_name: str | None = None
@@ -140,6 +146,7 @@ class DetailedLoggingConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=
         if self.max_files < 0:
             raise ConfigError(f"config key 'max_files' must be >= 0 (0 keeps every run), got {self.max_files}")
         check_template(self.filename_template)
+        check_checkpoint_rule(self.checkpoint_name)
 
 
 class Settings(NamedTuple):

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
+import posixpath
 import re
 import stat
 import string
@@ -43,6 +45,7 @@ from .ranks import MANIFEST, SHARD_STEM, shard_name, shard_stem
 __all__ = [
     "RunPaths",
     "checkpoint_name",
+    "check_checkpoint_rule",
     "sanitize_name",
     "check_template",
     "run_paths",
@@ -93,12 +96,69 @@ def sanitize_name(name: str, fallback: str = _FALLBACK) -> str:
     return kept or fallback
 
 
-def checkpoint_name(checkpoint_path: str | os.PathLike | None) -> str:
-    """The run's name from its checkpoint: the path's last component (``/ckpt/step_60/`` -> ``step_60``), sanitised."""
+# Path components that say nothing about which checkpoint a path is: what trainers and people call the folder
+# or file holding a checkpoint's weights, and the folders around it. ``auto`` skips them, compared lowercased,
+# with ``-`` read as ``_`` and a weights file's extension dropped (``adapter_model.safetensors`` is
+# ``adapter_model``). A sweep's ``step_60/model`` and ``step_120/model`` are then ``step_60`` and ``step_120``.
+GENERIC_COMPONENTS = frozenset({
+    "model", "models", "adapter", "adapters", "lora", "lora_adapter", "peft", "weights", "hf", "huggingface",
+    "hf_model", "merged", "actor", "policy", "checkpoint", "checkpoints", "ckpt", "ckpts", "output", "outputs",
+    "final", "latest", "last", "best", "saved_model", "pytorch_model", "adapter_model", "state_dict",
+})
+_WEIGHTS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".gguf", ".h5", ".msgpack")
+CHECKPOINT_RULES = ("auto", "last")  # anything else in ``checkpoint_name`` is a regular expression
+
+
+def checkpoint_name(checkpoint_path: str | os.PathLike | None, rule: str = "auto") -> str:
+    """The run's name from its checkpoint path, sanitised (``sanitize_name``): the one rule for file names and
+    for the labels ``ls``, ``sweep``, ``show`` and ``plot`` give a run.
+
+    The path is read with ``\\`` as ``/`` and normalised (``a/./b/..`` is ``a``). ``rule`` (the
+    ``checkpoint_name`` setting):
+
+    - ``auto``: the component nearest the end that is not in ``GENERIC_COMPONENTS`` (nor ``.`` or ``..``):
+      ``/ckpt/step_60/model`` -> ``step_60``, ``/out/checkpoint-500/adapter_model.safetensors`` ->
+      ``checkpoint-500``; the last component when every one is generic;
+    - ``last``: the last component (``/ckpt/step_60/model`` -> ``model``);
+    - else a regular expression, searched in the path: its first group (or its whole match, without groups)
+      of the last match that names something; ``auto`` when none does.
+    """
     if checkpoint_path is None:
         return _FALLBACK
-    text = os.fspath(checkpoint_path).replace("\\", "/").rstrip("/")
-    return sanitize_name(text.rsplit("/", 1)[-1])
+    path = posixpath.normpath(os.fspath(checkpoint_path).replace("\\", "/"))
+    parts = [part for part in path.split("/") if part]
+    if rule not in CHECKPOINT_RULES:
+        found = [m.group(1 if m.re.groups else 0) for m in _checkpoint_pattern(rule).finditer(path)]
+        if any(found):
+            return sanitize_name([name for name in found if name][-1])
+    if rule == "last" or not parts:
+        return sanitize_name(parts[-1] if parts else "")
+    informative = (part for part in reversed(parts) if not _generic(part))
+    return sanitize_name(next(informative, parts[-1]))
+
+
+def _generic(component: str) -> bool:
+    name = component.lower().replace("-", "_")
+    for suffix in _WEIGHTS_SUFFIXES:
+        name = name.removesuffix(suffix)
+    return name in GENERIC_COMPONENTS or name in (".", "..")
+
+
+@functools.lru_cache(maxsize=32)
+def _checkpoint_pattern(rule: str) -> re.Pattern:
+    try:
+        return re.compile(rule)
+    except (re.error, TypeError) as exc:
+        raise ConfigError(f"config key 'checkpoint_name': {rule!r} is neither auto, last nor a regular "
+                          f"expression ({exc})") from None
+
+
+def check_checkpoint_rule(rule: str) -> None:
+    """A ConfigError naming ``checkpoint_name`` unless ``rule`` is ``auto``, ``last`` or a regular expression."""
+    if not isinstance(rule, str):
+        raise ConfigError(f"config key 'checkpoint_name' must be auto, last or a regular expression, not {rule!r}")
+    if rule not in CHECKPOINT_RULES:
+        _checkpoint_pattern(rule)
 
 
 def check_template(template: str) -> None:
@@ -123,18 +183,18 @@ def _stem(template: str, values: dict) -> str:
 
 
 def run_paths(output_directory: str | os.PathLike, template: str, checkpoint_path, level: str,
-              now: datetime | None = None, name: str | None = None) -> RunPaths:
+              now: datetime | None = None, name: str | None = None, checkpoint_rule: str = "auto") -> RunPaths:
     """Build a new run's paths, creating its day folder and reserving its main log (an empty file, created
     exclusively: race-free between processes sharing the folder); a name already taken gets ``-1``, ``-2``, ...
 
     ``now`` is local time; the day folder is its date and ``{timestamp}`` its ``HH-MM-SS``, or ``name``
-    when given.
+    when given. ``{checkpoint_name}`` is ``checkpoint_name(checkpoint_path, checkpoint_rule)``.
     """
     check_template(template)
     now = now or datetime.now()
     root = os.path.abspath(os.fspath(output_directory))
     day_dir = _day_folder(root, now)
-    stem = _stem(template, _values(now, checkpoint_path, level, name))
+    stem = _stem(template, _values(now, checkpoint_path, level, name, checkpoint_rule))
     for n in range(10_000):
         candidate = stem if n == 0 else f"{stem}-{n}"
         paths = RunPaths(root, day_dir, *(os.path.join(day_dir, candidate + s)
@@ -155,9 +215,9 @@ def run_paths(output_directory: str | os.PathLike, template: str, checkpoint_pat
     return paths
 
 
-def _values(now: datetime, checkpoint_path, level: str, timestamp: str | None = None) -> dict:
+def _values(now: datetime, checkpoint_path, level: str, timestamp: str | None = None, rule: str = "auto") -> dict:
     return {"timestamp": timestamp or now.strftime("%H-%M-%S"), "date": now.strftime("%Y-%m-%d"),
-            "checkpoint_name": checkpoint_name(checkpoint_path), "level": level}
+            "checkpoint_name": checkpoint_name(checkpoint_path, rule), "level": level}
 
 
 def _day_folder(root: str, now: datetime) -> str:
@@ -170,7 +230,8 @@ def _day_folder(root: str, now: datetime) -> str:
 
 # --- run folders of a job of several ranks ------------------------------------------------------------------
 def rank_run_paths(output_directory: str | os.PathLike, template: str, checkpoint_path, level: str, name: str,
-                   rank: int, occurrence: int = 0, now: datetime | None = None) -> RunPaths:
+                   rank: int, occurrence: int = 0, now: datetime | None = None,
+                   checkpoint_rule: str = "auto") -> RunPaths:
     """This rank's paths in the run folder every rank of the job finds on its own, with no collective.
 
     ``name`` (shared by every rank) takes the place of ``{timestamp}``; ``occurrence`` n > 0 (the same
@@ -185,7 +246,7 @@ def rank_run_paths(output_directory: str | os.PathLike, template: str, checkpoin
     suffix = f"-{occurrence}" if occurrence else ""
 
     def folder_on(when: datetime) -> str:
-        stem = _stem(template, _values(when, checkpoint_path, level, name)) + suffix
+        stem = _stem(template, _values(when, checkpoint_path, level, name, checkpoint_rule)) + suffix
         return os.path.join(root, when.strftime("%Y-%m-%d"), stem)
 
     if not os.path.isdir(folder_on(now)):
@@ -199,13 +260,13 @@ def rank_run_paths(output_directory: str | os.PathLike, template: str, checkpoin
 
 
 def new_rank_run_folder(output_directory: str | os.PathLike, template: str, checkpoint_path, level: str,
-                        now: datetime | None = None) -> str:
+                        now: datetime | None = None, checkpoint_rule: str = "auto") -> str:
     """Rank 0's new run folder named as a single process's run is (its own time), created exclusively
     (``-1``, ``-2``, ... when taken); the other ranks are told it (``ranks.broadcast_from_rank0``)."""
     check_template(template)
     now = now or datetime.now()
     day_dir = _day_folder(os.path.abspath(os.fspath(output_directory)), now)
-    stem = _stem(template, _values(now, checkpoint_path, level))
+    stem = _stem(template, _values(now, checkpoint_path, level, rule=checkpoint_rule))
     for n in range(10_000):
         folder = os.path.join(day_dir, stem if n == 0 else f"{stem}-{n}")
         if os.path.lexists(folder + SUFFIX):

@@ -72,7 +72,7 @@ def _point(facts) -> dict:
 def sweep_points(folder: str) -> list[dict]:
     """One point per run below ``folder`` with a summary (the runs ``asynclog sweep`` lists; a run folder of
     ranks is one), ordered by checkpoint; a summary that cannot be read is skipped with a note."""
-    from .analysis import find_logs, read_run
+    from .analysis import find_logs, natural_key, read_run
 
     points = []
     for path in find_logs(folder):
@@ -81,7 +81,7 @@ def sweep_points(folder: str) -> list[dict]:
             print(f"asynclog plot: skipped {path}: {problem}", file=sys.stderr)
         if isinstance(facts.summary, dict):
             points.append(_point(facts))
-    return sorted(points, key=lambda p: p["checkpoint"])
+    return sorted(points, key=lambda p: natural_key(p["checkpoint"]))  # step_60 before step_120
 
 
 def plot_sweep(folder: str, out: str) -> list[str]:

@@ -154,8 +154,9 @@ class DetailedLogger:
     ``config``: the probe's whole config (a dict, a YAML path, or a level name for the shipped config) holding a
     ``detailed_logging`` section and/or an ``asynclog`` section of engine settings (``asynclog.Config``), read
     as ``asynclog.config.read_config`` says. ``base_logger`` gets one
-    info line per run (where the log is). ``tokenizer`` (anything with ``decode(ids)``) turns token ids into
-    text when the batch carries no ``_debug_info`` texts.
+    info line per run (where the log is), and a warning naming the files the first time retention
+    (``max_files``) removes runs; later removals, a line at info level. ``tokenizer`` (anything with
+    ``decode(ids)``) turns token ids into text when the batch carries no ``_debug_info`` texts.
 
     In a job of several ranks (see the module docstring): ``rank`` and ``world_size`` (default:
     torch.distributed's, read at each ``log_run_start``), ``run_name`` (the name every rank shares; it takes
@@ -182,6 +183,7 @@ class DetailedLogger:
         self.rank, self.world_size, self.broadcast_name = rank, world_size, broadcast_name
         self.run_name = run_name or self.settings.run_name
         self._occurrences: dict[tuple[str, str], int] = {}  # a job's runs per (name, checkpoint), alike on every rank
+        self._retention_said = False  # whether retention's first removal has been warned of
         if self.enabled:
             for line in _Keeps.switched_off(self.settings):
                 self.logger.warning("asynclog: %s", line)
@@ -237,24 +239,40 @@ class DetailedLogger:
         if self._state.logs_reduced:  # one config sidecar and one pruner per run, however many ranks
             atomic_write(paths.config, yaml.dump(plain(config), Dumper=_YAML_DUMPER, sort_keys=False,
                                                  allow_unicode=True))
-            layout.prune(paths.root, s.max_files, s.filename_template, protect=paths.main)
+            removed = layout.prune(paths.root, s.max_files, s.filename_template, protect=paths.main)
+            if removed:
+                self._say_removed(paths.root, removed)
         self.logger.info("asynclog: detailed log %s (level %s)", paths.main, s.level)
         self._state.start_ns = self._state.busy_ns = time.perf_counter_ns() - begin
         return paths.main
+
+    def _say_removed(self, root: str, removed: list[str]) -> None:
+        """Tell the probe's logger what retention removed: a warning the first time in this logger's life (the
+        probe's own logger never deleted runs; ``max_files`` now does), then one line at info level."""
+        n, most = self.settings.max_files, 12  # files named; a first prune of a long-kept folder may remove many
+        files = ", ".join(os.path.relpath(path, root) for path in removed[:most])
+        files += f" and {len(removed) - most} more" if len(removed) > most else ""
+        if self._retention_said:
+            self.logger.info("asynclog: max_files: %d removed %s", n, files)
+            return
+        self._retention_said = True
+        self.logger.warning("asynclog: max_files: %d keeps the newest %d runs under %s; removed %d file(s) of older "
+                            "runs: %s (max_files: 0 keeps every run)", n, n, root, len(removed), files)
 
     def _run_paths(self, checkpoint_path, where: ranks.Placement | None, name: str | None) -> layout.RunPaths:
         """A single process's run files; or this rank's in the run folder all ranks share (see the class)."""
         s = self.settings
         if where is None:
-            return layout.run_paths(s.output_directory, s.filename_template, checkpoint_path, s.level, name=name)
+            return layout.run_paths(s.output_directory, s.filename_template, checkpoint_path, s.level, name=name,
+                                    checkpoint_rule=s.checkpoint_name)
         name = name or ranks.job_name()
         if name is not None:
-            key = (name, layout.checkpoint_name(checkpoint_path))
+            key = (name, layout.checkpoint_name(checkpoint_path, s.checkpoint_name))
             # Counted when attempted, started or not: every rank attempts the same runs in the same order, so
             # the n-th attempt names the same folder on every rank even where one rank's start failed.
             occurrence = self._occurrences[key] = self._occurrences.get(key, -1) + 1
             return layout.rank_run_paths(s.output_directory, s.filename_template, checkpoint_path, s.level, name,
-                                         where.rank, occurrence)
+                                         where.rank, occurrence, checkpoint_rule=s.checkpoint_name)
         if not self.broadcast_name:
             raise ranks.no_shared_name(where)
         return self._broadcast_paths(checkpoint_path, where)
@@ -263,7 +281,8 @@ class DetailedLogger:
         """Rank 0 names and creates the run folder from its clock and tells the others (``broadcast_name``)."""
         s = self.settings
         folder = ranks.broadcast_from_rank0(
-            lambda: layout.new_rank_run_folder(s.output_directory, s.filename_template, checkpoint_path, s.level),
+            lambda: layout.new_rank_run_folder(s.output_directory, s.filename_template, checkpoint_path, s.level,
+                                               checkpoint_rule=s.checkpoint_name),
             "create the run folder")
         return layout.rank_run_paths_in(s.output_directory, folder, where.rank)
 

@@ -68,3 +68,42 @@ class Stopped:
 
     def __exit__(self, *exc):
         os.kill(self.pid, signal.SIGCONT)
+
+
+# --- the user's checkpoint layout: a LoRA adapter in <checkpoints>/step_N/model --------------------------------
+def adapter_sweep(out, checkpoints, steps=(60, 120, 180)) -> list[str]:
+    """A DetailedLogger's runs over ``<checkpoints>/step_<N>/model``, with core results and ground truth."""
+    from asynclog import DetailedLogger
+
+    config = {"detailed_logging": {"enabled": True, "level": "standard", "output_directory": str(out),
+                                   "max_files": 0}}
+    logger, paths = DetailedLogger(config), []
+    for i, step in enumerate(steps, 1):
+        logger.log_run_start(os.path.join(checkpoints, f"step_{step}", "model"), config)
+        logger.log_phase_start("phase1_sum_X")
+        logger.log_phase_end("phase1_sum_X")
+        logger.log_ground_truth_results({"deltaH_true": 1e-4 * i, "diagnostics": {"ESS": 10.0 + i, "w_max": 2.0}})
+        logger.log_core_results({"deltaH1": 1.1e-4 * i, "bars_dot": 0.5})
+        paths.append(logger.finalize_log({}))
+    return paths
+
+
+def old_adapter_run(out, checkpoint: str) -> str:
+    """A run as DetailedLogger wrote it before checkpoint names skipped ``model``: ``..._model.alog``, settings
+    in its header without ``checkpoint_name``, and its summary."""
+    import json
+
+    import asynclog
+
+    day = os.path.join(out, "2025-01-14")
+    os.makedirs(day, exist_ok=True)
+    path = os.path.join(day, "entropy_probe_09-00-00_model.alog")
+    metadata = {"checkpoint_path": checkpoint, "local_time": "2025-01-14T09:00:00"}
+    settings = {"enabled": True, "level": "standard", "filename_template": "entropy_probe_{timestamp}_{checkpoint_name}.json"}
+    asynclog.start(path=path, metadata={"run_metadata": metadata, "detailed_logging": settings}).close()
+    summary = {"level": "standard", "run_metadata": metadata, "complete": True, "timing": {"phase1_sum_X": 0.1},
+               "core_results": {"deltaH1": 9e-4, "bars_dot": 0.5},
+               "ground_truth": {"deltaH_true": 8e-4, "diagnostics": {"ESS": 9.0, "w_max": 3.0}}}
+    with open(path.removesuffix(".alog") + "_summary.json", "w", encoding="utf-8") as f:
+        json.dump(summary, f)
+    return path

@@ -19,7 +19,7 @@ import torch
 import asynclog
 from asynclog import DetailedLogger
 from asynclog import format as fmt
-from conftest import SMALL, Stopped
+from conftest import SMALL, Stopped, adapter_sweep, old_adapter_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # checkpoint -> (deltaH1, deltaH_true, ESS); the E batch has 16 sequences, so the default ESS floor is 1.6
@@ -369,3 +369,41 @@ def test_a_run_folder_whose_manifest_cannot_be_read_is_damaged(tmp_path):
     (folder / "manifest.json").write_text("{not json")
     facts = analysis().read_run(str(folder))
     assert (facts.status, facts.reason) == ("damaged", "no readable manifest.json")
+
+
+# --- checkpoints saved as <step>/model ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory):
+    """A sweep over ``checkpoints/step_N/model`` and a run written before names skipped ``model``."""
+    out = tmp_path_factory.mktemp("adapters")
+    checkpoints = str(out / "checkpoints")
+    paths = adapter_sweep(out / "logs", checkpoints)
+    paths.append(old_adapter_run(out / "logs", os.path.join(checkpoints, "step_240", "model")))
+    return out / "logs", paths
+
+
+def test_ls_labels_each_run_by_its_checkpoint_folder_not_model(adapters):
+    out, paths = adapters
+    done = cli("ls", str(out))
+    assert done.returncode == 0, done.stderr
+    labels = {line.split()[-1]: line.split()[2] for line in done.stdout.splitlines()[1:]}
+    assert labels == dict(zip(paths, ["step_60", "step_120", "step_180", "step_240"]))
+
+
+def test_sweep_rows_separate_the_checkpoints_old_runs_included(adapters):
+    out, paths = adapters
+    done = cli("sweep", str(out), "--sort", "checkpoint", "--json")
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert [(r["checkpoint"], r["path"]) for r in rows] == list(zip(["step_60", "step_120", "step_180", "step_240"],
+                                                                   paths))
+    assert os.path.basename(paths[-1]) == "entropy_probe_09-00-00_model.alog"  # the old run's file says model
+
+
+def test_show_names_the_checkpoint_and_its_path(adapters):
+    _, paths = adapters
+    done = cli("show", paths[0])
+    assert done.returncode == 0, done.stderr
+    [line] = [x for x in done.stdout.splitlines() if x.startswith("checkpoint")]
+    assert line.split()[1:] == ["step_60", f"({os.path.dirname(os.path.dirname(os.path.dirname(paths[0])))}/"
+                                           "checkpoints/step_60/model)"]

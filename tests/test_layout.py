@@ -87,11 +87,76 @@ def test_sanitize_keeps_plain_names_and_never_returns_empty():
     assert layout.sanitize_name("a/../b") == "a_.._b"  # one component: no separator survives
 
 
-def test_checkpoint_name_is_the_last_path_component():
-    assert layout.checkpoint_name("/ckpts/run1/step_60") == "step_60"
-    assert layout.checkpoint_name("/ckpts/run1/step_60/") == "step_60"
-    assert layout.checkpoint_name("C:\\ckpts\\step_7") == "step_7"
-    assert layout.checkpoint_name(None) == "checkpoint"
+@pytest.mark.parametrize("path, expected", [
+    ("/ckpts/run1/step_60", "step_60"),
+    ("/ckpts/run1/step_60/", "step_60"),
+    ("C:\\ckpts\\step_7", "step_7"),
+    (None, "checkpoint"),
+    ("tmp/checkpoints/step_60/model", "step_60"),  # the user's layout: a LoRA adapter folder per step
+    ("tmp/checkpoints/step_120/model/", "step_120"),
+    ("C:\\ckpts\\step_7\\Model", "step_7"),
+    ("/out/checkpoints/global_step_120/actor/huggingface", "global_step_120"),
+    ("/out/run/checkpoint-500/adapter_model.safetensors", "checkpoint-500"),
+    ("/out/run/checkpoint-500/pytorch_model.bin", "checkpoint-500"),
+    ("runs/exp1/lora/final", "exp1"),
+    ("/models/Qwen2.5-7B", "Qwen2.5-7B"),
+    ("/ckpt/step_60/./model/..", "step_60"),
+    ("/ckpt/step_60/model/../../step_120/model", "step_120"),
+    ("/ckpt/step_60/..", "ckpt"),
+    ("model", "model"),  # nothing informative: the last component
+    ("checkpoints/latest/", "latest"),
+])
+def test_checkpoint_name_is_the_nearest_informative_path_component(path, expected):
+    assert layout.checkpoint_name(path) == expected
+    assert layout.checkpoint_name(path, "auto") == expected
+
+
+def test_checkpoint_name_last_is_the_last_path_component():
+    assert layout.checkpoint_name("tmp/checkpoints/step_60/model", "last") == "model"
+    assert layout.checkpoint_name("/ckpts/run1/step_60/", "last") == "step_60"
+    assert layout.checkpoint_name(None, "last") == "checkpoint"
+
+
+@pytest.mark.parametrize("rule, expected", [
+    (r"step_\d+", "step_60"),  # the whole match
+    (r"step_(\d+)", "60"),  # the first group
+    (r"(step)_(\d+)", "step"),
+    (r"global_step_(\d+)", "step_60"),  # no match: auto
+    (r"(x*)/model", "step_60"),  # an empty match names nothing: auto
+    (r"run\d", "run1"),
+])
+def test_checkpoint_name_from_a_regular_expression(rule, expected):
+    assert layout.checkpoint_name("/ckpts/run1/step_60/model", rule) == expected
+
+
+def test_a_regular_expression_takes_its_match_nearest_the_end():
+    assert layout.checkpoint_name("/exp/step_5_warmup/step_60/model", r"step_\d+") == "step_60"
+
+
+@pytest.mark.parametrize("rule", ["step_(\\d+", "[", "(?P<x>a)(?P<x>b)", 3, None])
+def test_a_bad_checkpoint_name_rule_is_a_config_error_naming_the_key(rule):
+    with pytest.raises(asynclog.ConfigError, match="checkpoint_name"):
+        layout.check_checkpoint_rule(rule)
+
+
+def test_run_paths_name_the_run_by_the_checkpoint_rule(tmp_path):
+    checkpoint = str(tmp_path / "checkpoints" / "step_60" / "model")
+    names = {rule: os.path.basename(layout.run_paths(tmp_path / "logs", TEMPLATE, checkpoint, "debug", now=NOW,
+                                                     checkpoint_rule=rule).main)
+             for rule in ("auto", "last", r"step_(\d+)")}
+    assert names == {"auto": "entropy_probe_10-30-00_step_60.alog", "last": "entropy_probe_10-30-00_model.alog",
+                     r"step_(\d+)": "entropy_probe_10-30-00_60.alog"}
+
+
+@pytest.mark.parametrize("rule", ["auto", "last", "(.*)", r"ckpt/(.*)/model"])
+@pytest.mark.parametrize("checkpoint", ["/ckpt/../../etc/model", "/ckpt/\u202eetc/model", "/ckpt/a\x00b/model",
+                                        "/ckpt/ｓｔｅｐ／..／..／etc/model", "/ckpt/../model"], ids=repr)
+def test_hostile_checkpoint_names_stay_in_the_day_folder_under_every_rule(tmp_path, rule, checkpoint):
+    paths = layout.run_paths(tmp_path, TEMPLATE, checkpoint, "debug", now=NOW, checkpoint_rule=rule)
+    for path in paths[2:]:
+        assert os.path.dirname(path) == paths.day_dir
+        assert set(os.path.basename(path)) <= SAFE, path
+    assert os.listdir(tmp_path) == ["2025-01-15"]
 
 
 def test_a_taken_name_gets_a_numbered_one(tmp_path):

@@ -15,6 +15,7 @@ import torch
 import asynclog
 from asynclog.cli import main as cli_main
 from asynclog import export, plots
+from conftest import adapter_sweep, old_adapter_run
 
 pytest.importorskip("matplotlib")
 
@@ -112,3 +113,21 @@ def test_a_run_folder_of_ranks_plots_as_one_run_of_every_rank(sweep_with_ranks, 
     assert "importance_weight" in err and "level" in err
     with asynclog.open(sweep_with_ranks / "job") as log:
         assert plots._token_values(log, "rb_entropies").size == 2 * sum(range(2, 8))  # both ranks' tokens
+
+
+def test_a_sweep_of_model_folders_plots_one_column_per_checkpoint(tmp_path, monkeypatch):
+    checkpoints = str(tmp_path / "checkpoints")
+    adapter_sweep(tmp_path / "logs", checkpoints)
+    old_adapter_run(tmp_path / "logs", f"{checkpoints}/step_240/model")
+    columns = {}
+    save = plots._save
+
+    def keep_columns(plt, fig, path):
+        written = save(plt, fig, path)  # drawn: the tick labels are set
+        columns.update({ax.get_title(): [t.get_text() for t in ax.get_xticklabels()] for ax in fig.axes[1:]})
+        return written
+
+    monkeypatch.setattr(plots, "_save", keep_columns)
+    plots.plot_sweep(str(tmp_path / "logs"), str(tmp_path))
+    expected = ["step_60", "step_120", "step_180", "step_240"]
+    assert columns == dict.fromkeys(["effective sample size", "largest importance weight", "time per phase"], expected)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import platform
@@ -464,6 +465,96 @@ def test_max_files_keeps_the_newest_runs(tmp_path):
     assert not os.path.exists(paths[0].removesuffix(".alog") + "_summary.json")
 
 
+class Records(logging.Handler):
+    """Keeps every record a logger emits."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+    def about_retention(self) -> list[logging.LogRecord]:
+        return [r for r in self.records if "max_files" in r.getMessage()]
+
+
+def probe_logger(name: str) -> tuple[logging.Logger, Records]:
+    base, records = logging.getLogger(f"test_probe.{name}"), Records()
+    base.setLevel(logging.DEBUG)
+    base.propagate = False
+    base.addHandler(records)
+    return base, records
+
+
+def test_retention_warns_once_naming_what_it_removed_then_says_it_in_a_line(tmp_path):
+    config = config_for(tmp_path, "minimal", max_files=2)
+    base, records = probe_logger("retention")
+    logger = DetailedLogger(config, base)
+    paths = []
+    for step in range(4):
+        paths.append(logger.log_run_start(f"step_{step}", config))
+        logger.finalize_log(CORE)
+        os.utime(paths[-1], (1000 + step, 1000 + step))  # distinct ages, whatever the clock's resolution
+        if step < 2:
+            assert records.about_retention() == []  # nothing removed: nothing said
+    first, later = records.about_retention()
+    assert first.levelno == logging.WARNING and later.levelno == logging.INFO
+    text = first.getMessage()
+    assert f"max_files: 2 keeps the newest 2 runs under {tmp_path}" in text
+    stem = os.path.basename(paths[0]).removesuffix(".alog")
+    assert all(name in text for name in (stem + ".alog", stem + "_summary.json", stem + "_config.yaml"))
+    assert os.path.basename(paths[1]) in later.getMessage() and stem not in later.getMessage()
+    assert not os.path.exists(paths[0]) and not os.path.exists(paths[1])
+
+
+def test_retention_names_at_most_twelve_files_and_counts_the_rest(tmp_path):
+    keep_all = config_for(tmp_path, "minimal", max_files=0)
+    writer = DetailedLogger(keep_all)
+    for step in range(6):
+        writer.log_run_start(f"step_{step}", keep_all)
+        writer.finalize_log(CORE)
+    base, records = probe_logger("many_removed")
+    config = config_for(tmp_path, "minimal", max_files=1)
+    logger = DetailedLogger(config, base)
+    logger.log_run_start("step_6", config)
+    logger.finalize_log(CORE)
+    [warning] = records.about_retention()
+    assert "removed 18 file(s)" in warning.getMessage() and warning.getMessage().count(".alog") <= 12
+    assert "and 6 more" in warning.getMessage()
+
+
+def test_retention_that_removes_nothing_logs_nothing(tmp_path):
+    config = config_for(tmp_path, "minimal", max_files=5)
+    base, records = probe_logger("no_retention")
+    logger = DetailedLogger(config, base)
+    for step in range(3):
+        logger.log_run_start(f"step_{step}", config)
+        logger.finalize_log(CORE)
+    assert records.about_retention() == [] and all(r.levelno < logging.WARNING for r in records.records)
+
+
+def test_runs_are_named_by_the_checkpoint_folder_not_its_model_folder(tmp_path):
+    config = config_for(tmp_path / "logs", "minimal", max_files=0)
+    logger = DetailedLogger(config)
+    names = []
+    for step in (60, 120):
+        names.append(os.path.basename(logger.log_run_start(tmp_path / "checkpoints" / f"step_{step}" / "model")))
+        logger.finalize_log(CORE)
+    assert [n.split("_", 3)[-1] for n in names] == ["step_60.alog", "step_120.alog"]
+
+
+@pytest.mark.parametrize("rule, name", [("last", "model.alog"), (r"step_(\d+)", "60.alog"), ("auto", "step_60.alog")])
+def test_checkpoint_name_setting_names_the_files(tmp_path, rule, name):
+    config = config_for(tmp_path / "logs", "minimal", checkpoint_name=rule)
+    logger = DetailedLogger(config)
+    path = logger.log_run_start(tmp_path / "checkpoints" / "step_60" / "model")
+    logger.finalize_log(CORE)
+    assert os.path.basename(path).split("_", 3)[-1] == name
+    with asynclog.open(path) as log:
+        assert log.header["metadata"]["detailed_logging"]["checkpoint_name"] == rule
+
+
 def test_compress_false_writes_raw_frames(tmp_path, batches):
     config = config_for(tmp_path, "detailed", compress=False)
     path = run_like_the_probe(DetailedLogger(config), config, batches)
@@ -575,6 +666,8 @@ def test_disabled_logger_returns_at_once_and_starts_no_writer(tmp_path, batches)
     ({"log_tokens": 1}, "log_tokens"),
     ({"output_directory": ["a"]}, "output_directory"),
     ({"filename_template": "probe_{run_id}.json"}, "filename_template"),
+    ({"checkpoint_name": "step_(\\d+"}, "checkpoint_name"),
+    ({"checkpoint_name": 60}, "checkpoint_name"),
 ])
 def test_config_errors_name_the_key(section, key):
     with pytest.raises(asynclog.ConfigError, match=key) as info:
