@@ -37,10 +37,10 @@ from . import __version__, index
 from . import format as fmt
 from ._table import cell, human_size, render
 from .cli import NOT_FOUND, USAGE
-from .errors import ConfigError, CorruptLogError
+from .errors import CorruptLogError
 from .ranks import read_manifest, shard_name
 from .format import FrameKind
-from .layout import SUMMARY_SUFFIX, check_checkpoint_rule, checkpoint_name
+from .layout import SUMMARY_SUFFIX, checkpoint_name, sanitize_name
 from .shards import is_run_folder
 
 __all__ = ["COLUMNS", "NUMBERS", "RunFacts", "find_logs", "read_run", "row", "rows_below", "run_sources", "scan",
@@ -259,22 +259,16 @@ def _when(meta: dict, header: dict) -> tuple[str | None, str | None]:
 
 
 def _checkpoint(facts: RunFacts, meta: dict) -> str:
-    """The run's checkpoint label: named from its recorded checkpoint path as its file was (by the
-    ``checkpoint_name`` rule in its header's settings; ``auto`` for runs written before that setting, whose
-    files say ``model`` where the path says ``step_60/model``); else its name."""
+    """The run's checkpoint label: the name DetailedLogger recorded (the one its files carry), else named from
+    its recorded checkpoint path by ``auto`` (runs written before names were recorded, whose files say
+    ``model`` where the path says ``step_60/model``), else the run's name. Nothing from the file is run as a
+    pattern: a log may come from anyone."""
+    if isinstance(meta.get("checkpoint_name"), str):
+        return sanitize_name(meta["checkpoint_name"])
     if isinstance(meta.get("checkpoint_path"), str):
-        return checkpoint_name(meta["checkpoint_path"], _naming_rule(facts.header))
+        return checkpoint_name(meta["checkpoint_path"])
     name = facts.header.get("name")
     return name if isinstance(name, str) else os.path.basename(facts.path).removesuffix(fmt.SUFFIX)
-
-
-def _naming_rule(header: dict) -> str:
-    rule = _get(header, "metadata", "detailed_logging", "checkpoint_name")
-    try:
-        check_checkpoint_rule(rule)
-    except ConfigError:
-        return "auto"  # none recorded (an older run), or not one a logger could have used
-    return rule
 
 
 def dropped(stats: dict) -> int:
@@ -306,7 +300,7 @@ def scan(directory: str | os.PathLike, as_frame: bool = True, index: bool = True
 _KEPT = tuple(c for c in COLUMNS if c != "path")
 _KEPT_ROW = tuple[tuple((int | float | None) if c in NUMBERS else (str | None) for c in _KEPT)]
 # Bump ROWS when row() changes what it makes of a run; dates of plain runs are in the local time zone.
-_ROWS = 2  # 2: the checkpoint is named by layout.checkpoint_name's rule (step_60/model is step_60, not model)
+_ROWS = 2  # 2: the checkpoint is its recorded name, or auto's (step_60/model is step_60, not model)
 _SCHEMA = f"rows/{_ROWS} asynclog {__version__} {','.join(COLUMNS)} tz {os.environ.get('TZ')} {time.tzname}"
 
 

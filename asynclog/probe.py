@@ -225,7 +225,8 @@ class DetailedLogger:
         where = ranks.placement(self.rank, self.world_size)
         paths = self._run_paths(checkpoint_path, where, run_name or self.run_name)
         layout.ensure_readme(paths.root)
-        metadata = run_metadata(checkpoint_path, config)
+        metadata = run_metadata(checkpoint_path, config,
+                                layout.checkpoint_name(checkpoint_path, s.checkpoint_name))
         start_summary = {"log_path": paths.main, "summary_path": paths.summary, "config_path": paths.config,
                          "level": s.level, "run_metadata": metadata}
         if where is not None:
@@ -569,8 +570,9 @@ def _summary_ground_truth(state: _RunState) -> dict | None:
 
 
 # --- run metadata ----------------------------------------------------------------------------------------
-def run_metadata(checkpoint_path, config) -> dict:
-    """The plan's run metadata: time, versions, git commit, checkpoint, config hash, environment."""
+def run_metadata(checkpoint_path, config, checkpoint_name: str | None = None) -> dict:
+    """The plan's run metadata: time, versions, git commit, checkpoint (its path, and the name its files and the
+    tools give it), config hash, environment."""
     now = datetime.now(timezone.utc)
     return {
         "timestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -578,6 +580,7 @@ def run_metadata(checkpoint_path, config) -> dict:
         "asynclog_version": __version__,
         "git_commit": git_commit(),
         "checkpoint_path": None if checkpoint_path is None else os.fspath(checkpoint_path),
+        "checkpoint_name": checkpoint_name,
         "config_hash": config_hash(config),
         "command": list(sys.argv),
         "environment": environment(),

@@ -407,3 +407,17 @@ def test_show_names_the_checkpoint_and_its_path(adapters):
     [line] = [x for x in done.stdout.splitlines() if x.startswith("checkpoint")]
     assert line.split()[1:] == ["step_60", f"({os.path.dirname(os.path.dirname(os.path.dirname(paths[0])))}/"
                                            "checkpoints/step_60/model)"]
+
+
+def test_a_label_is_the_recorded_name_sanitised_and_no_pattern_from_a_file_is_run(tmp_path):
+    """A log may come from anyone: its recorded checkpoint name is cleaned like a file name, and a pattern in
+    its settings is never compiled (a catastrophic one would hang every tool)."""
+    day = tmp_path / "logs" / "2025-01-14"
+    day.mkdir(parents=True)
+    hostile = {"checkpoint_path": "/ckpt/step_7/model", "checkpoint_name": "../../etc/passwd\u202e"}
+    settings = {"enabled": True, "level": "standard", "checkpoint_name": "(a+)+$"}
+    path = str(day / "entropy_probe_09-00-00_x.alog")
+    asynclog.start(path=path, metadata={"run_metadata": hostile, "detailed_logging": settings}).close()
+    done = cli("sweep", str(tmp_path / "logs"), "--json")
+    assert done.returncode == 0, done.stderr
+    assert [r["checkpoint"] for r in json.loads(done.stdout)] == ["etc_passwd"]

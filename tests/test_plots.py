@@ -90,7 +90,7 @@ def sweep_with_ranks(sweep, tmp_path_factory):
                 sequences.append(sequence_id=i, generation_length=n)
         with open(summary, encoding="utf-8") as f:
             data = json.load(f)
-        data["run_metadata"]["checkpoint_path"] = "toy/tiny/step_002"
+        data["run_metadata"].update(checkpoint_path="toy/tiny/step_002", checkpoint_name="step_002")
         data["core_results"]["deltaH1"] = 0.5 + rank
         with open(folder / "job" / f"rank-{rank:05d}_summary.json", "w", encoding="utf-8") as f:
             json.dump(data, f)
