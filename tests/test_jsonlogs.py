@@ -327,6 +327,8 @@ def test_ls_sweep_and_show_list_imported_runs_beside_a_new_one(tmp_path):
     shown = asynclog_cli("show", rows[1]["path"])
     assert shown.returncode == 0, shown.stderr
     assert "/ckpt/step_60" in shown.stdout and "ESS" in shown.stdout and "dr_grpo" in shown.stdout
+    [host] = [line for line in shown.stdout.splitlines() if line.startswith("host")]
+    assert host.split(None, 1)[1] == "python 3.11.9, torch 2.4.0, 1 x NVIDIA H100"  # the logger kept no host name
 
 
 def test_retention_counts_an_imported_run_by_its_own_time(tmp_path, capsys):
