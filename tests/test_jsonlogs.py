@@ -435,3 +435,16 @@ def test_a_folder_without_runs_says_so_and_succeeds(tmp_path, capsys):
     (tmp_path / "empty" / "notes.json").write_text("{}")
     status, out, err = import_in_process(capsys, tmp_path / "empty", "--out", tmp_path / "out")
     assert status == 0 and "no runs" in out and err == ""
+
+
+def test_two_imports_of_one_folder_at_once_write_each_run_once(tmp_path):
+    for i in range(6):
+        write_run(tmp_path / "history", json_logger_data(LEVELS[i % 4], f"/ckpt/step_{i}"))
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    command = [sys.executable, "-m", "asynclog", "import", str(tmp_path / "history"), "--out", str(tmp_path / "out")]
+    both = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    outs = [p.communicate(timeout=180)[0] for p in both]
+    assert [p.returncode for p in both] == [0, 0]
+    assert sum(out.count(" -> ") for out in outs) == 6 and sum(out.count("already imported: ") for out in outs) == 6
+    assert len(imported_logs(tmp_path / "out")) == 6
