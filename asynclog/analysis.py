@@ -550,7 +550,8 @@ def _host(env: dict, header: dict) -> str | None:
     if not env:
         return header.get("host")
     gpu = f"{env.get('gpu_count')} x {env.get('gpu_name')}" if env.get("cuda_available") else "no CUDA"
-    return (f"{env.get('hostname')}, python {env.get('python_version')}, torch {env.get('torch_version')}, {gpu}")
+    named = [env["hostname"]] if env.get("hostname") else []  # runs of the earlier JSON logger kept none
+    return ", ".join([*named, f"python {env.get('python_version')}", f"torch {env.get('torch_version')}", gpu])
 
 
 def _pairs(items: list[tuple[str, Any]], indent: str = "") -> str:

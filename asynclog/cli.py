@@ -17,26 +17,28 @@ import math
 import os
 import sys
 import traceback
+import warnings
 
 import msgspec
 
 from . import __version__
 from . import format as fmt
 from .errors import AsyncLogError, ConfigError, CorruptLogError, WriterError
+from .export import plain
 from .format import Damage
-from .reader import Log, check
+from .reader import Log, check, missing
 
 _json = msgspec.json.Encoder()
 
 # Modules that add subcommands through register(subparsers), in the order their commands are listed.
-COMMAND_MODULES = ("asynclog.analysis", "asynclog.export")
+COMMAND_MODULES = ("asynclog.analysis", "asynclog.export", "asynclog.jsonlogs")
 
 # Exit statuses. cat and verify: 1 when anything is damaged; verify: 2 when intact but incomplete.
 OK, DAMAGED, INCOMPLETE, USAGE, NOT_FOUND, CANNOT_ACCESS = 0, 1, 2, 3, 4, 5
 INTERRUPTED = 130
 EXIT_STATUSES = {
     OK: "success",
-    DAMAGED: "a log is damaged, or is not an asynclog log (cat prints what is intact)",
+    DAMAGED: "a log is damaged, or is not an asynclog log (cat prints what is intact); import: a file was skipped",
     INCOMPLETE: "verify: every frame is intact but the run was not closed normally",
     USAGE: "a usage mistake or bad input: a wrong argument, a folder given for a file, a bad config",
     NOT_FOUND: "a file or folder named on the command line does not exist",
@@ -77,13 +79,17 @@ def cmd_cat(args: argparse.Namespace) -> int:
     "-Infinity", so they stay apart from null (``jq 'select(.data.x == "NaN")'`` finds them).
     Damaged stretches are skipped, each named on stderr (offset, bytes, why), and printing goes on with the
     next intact frame. Exit 0 when every frame was printed, 1 when something was skipped or the file is
-    not an asynclog log.
+    not an asynclog log. With ``--rows STREAM``, the stream's rows instead, one JSON object per row
+    (tensor cells as lists), one chunk in memory at a time.
     """
     out = sys.stdout.buffer
     try:
         log = Log(args.path)
     except CorruptLogError as exc:
         raise Failure(DAMAGED, f"{args.path} is not a readable asynclog log: {exc}") from exc
+    if args.rows is not None:
+        with log:
+            return _cat_rows(log, args.rows)
     skipped = 0
     with log:
         for item in log.walk():
@@ -95,6 +101,20 @@ def cmd_cat(args: argparse.Namespace) -> int:
                 size = item.size if isinstance(item, Damage) else item[0].size
                 print(f"asynclog: skipped {size} bytes at offset {exc.offset}: {exc}", file=sys.stderr)
                 skipped += 1
+    return DAMAGED if skipped else OK
+
+
+def _cat_rows(log: Log, name: str) -> int:
+    """``cat --rows``: a damaged chunk is skipped, named on stderr, and exits 1, as a damaged frame does."""
+    if name not in log.stream_names():
+        raise Failure(USAGE, missing("stream", name, log.stream_names(), log.path))
+    out = sys.stdout.buffer
+    with warnings.catch_warnings(record=True) as skipped:
+        warnings.simplefilter("always")
+        for chunk in log.stream(name):
+            out.write(b"".join(_json.encode(plain(row)) + b"\n" for row in chunk.iter_rows()))
+    for warning in skipped:
+        print(warning.message, file=sys.stderr)
     return DAMAGED if skipped else OK
 
 
@@ -167,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_verify)
     p = sub.add_parser("cat", help="print every record as a JSON line (pipe into jq); skips damage, exit 1 if any")
     p.add_argument("path", help="the .alog file to print")
+    p.add_argument("--rows", default=None, metavar="STREAM",
+                   help="print the rows of one stream instead (e.g. sequences/E_batch), one JSON object per line")
     p.set_defaults(func=cmd_cat)
     p = sub.add_parser("demo", help="run the demo entropy probe and write a real log")
     p.add_argument("--level", default="debug", choices=["minimal", "standard", "detailed", "debug"],

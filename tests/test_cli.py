@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -166,3 +167,56 @@ def test_cat_keeps_nan_and_infinities_apart_from_none(logdir):
     assert done.returncode == 0, done.stderr
     [data] = [line["data"] for line in map(json.loads, done.stdout.splitlines()) if line.get("name") == "values"]
     assert data == {"nan": "NaN", "inf": "Infinity", "ninf": "-Infinity", "none": None, "nested": ["NaN"]}
+
+
+def log_with_rows(logdir) -> str:
+    import torch
+
+    with asynclog.start(logdir, name="rows") as run:
+        stream = run.stream("sequences/E_batch", chunk_rows=2)  # several chunks
+        for i in range(5):
+            stream.append(sequence_id=i, text=f"row {i}", score=float("nan") if i == 1 else i / 2,
+                          tokens=torch.arange(i, dtype=torch.int32))
+    return run.path
+
+
+def test_cat_rows_prints_a_streams_rows_as_json_lines_in_order(logdir):
+    done = asynclog_cli("cat", log_with_rows(logdir), "--rows", "sequences/E_batch")
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert rows == [{"sequence_id": i, "text": f"row {i}", "score": "NaN" if i == 1 else i / 2,
+                     "tokens": list(range(i))} for i in range(5)]
+
+
+def test_cat_rows_into_head_and_jq_gives_the_first_three_rows_as_one_array(logdir):
+    if shutil.which("jq") is None:
+        pytest.skip("jq is not installed")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    line = (f"{sys.executable} -m asynclog cat {log_with_rows(logdir)} --rows sequences/E_batch "
+            "| head -n 3 | jq -c -s .")
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", line], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert [row["sequence_id"] for row in json.loads(done.stdout)] == [0, 1, 2]
+
+
+def test_cat_rows_of_a_stream_not_there_names_the_streams_there_are(logdir):
+    done = asynclog_cli("cat", log_with_rows(logdir), "--rows", "sequences/U_batch")
+    one_clear_line(done, "sequences/U_batch", "sequences/E_batch")
+    assert done.returncode == cli.USAGE
+
+
+def test_cat_rows_skips_a_damaged_chunk_names_it_and_exits_damaged(logdir, tmp_path):
+    from asynclog import format as fmt
+
+    path = log_with_rows(logdir)
+    with open(path, "rb") as f:
+        second = [h for h in fmt.scan_frames(f) if h.kind == fmt.FrameKind.CHUNK][1]
+    data = bytearray(open(path, "rb").read())
+    data[second.end - 3] ^= 0xFF
+    bad = tmp_path / "bad.alog"
+    bad.write_bytes(bytes(data))
+    done = asynclog_cli("cat", bad, "--rows", "sequences/E_batch")
+    assert done.returncode == cli.DAMAGED
+    one_clear_line(done, "chunk 1", "sequences/E_batch")
+    assert [json.loads(line)["sequence_id"] for line in done.stdout.splitlines()] == [0, 1, 4]
