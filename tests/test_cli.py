@@ -166,3 +166,15 @@ def test_cat_keeps_nan_and_infinities_apart_from_none(logdir):
     assert done.returncode == 0, done.stderr
     [data] = [line["data"] for line in map(json.loads, done.stdout.splitlines()) if line.get("name") == "values"]
     assert data == {"nan": "NaN", "inf": "Infinity", "ninf": "-Infinity", "none": None, "nested": ["NaN"]}
+
+
+def test_cat_shows_the_token_texts_a_token_chunk_reads_from_the_vocab_table(texts_log):
+    done = asynclog_cli("cat", texts_log)
+    assert done.returncode == 0, done.stderr
+    chunks = [line for line in map(json.loads, done.stdout.splitlines()) if line["type"] == "chunk"]
+    tokens = [c for c in chunks if c["stream"] == "tokens/U_batch"]
+    assert [c["rows"] for c in tokens] == [64, 16]
+    lookup = {"column": "token_texts", "keys": "tokens", "table": "vocab", "key": "token_id", "value": "text"}
+    assert all(c["lookups"] == [lookup] for c in tokens)
+    assert [[c["name"] for c in chunk["columns"]] for chunk in chunks if chunk["stream"] == "vocab"] == [
+        ["token_id", "text"]]
