@@ -12,11 +12,11 @@ The tokenizer (``BytesTokenizer``) maps each id to a random byte string of 1-12 
 with replacement, and has ``decode`` and ``batch_decode`` as a Hugging Face tokenizer does.
 
 Two loggers at level debug, one with the tokenizer and one without, each log a sweep of ``--runs`` runs
-(one ``log_batch_data`` for E and one for U per run, new batches each run); the first run decodes every id it
-meets, later runs find most of them in the logger's cache. Rounds (a new pair of loggers each) are
-interleaved, rotating the order. Reported: the thread CPU time (``time.thread_time``) of the two
-``log_batch_data`` calls of a run, the first run and the later ones apart (median over rounds and runs),
-their ratio to the no-tokenizer logger's in the same round, and the log file's size.
+(one ``log_batch_data`` for E and one for U per run, new batches each run) and then one run of the first
+run's batches again; the first run decodes every id it meets, later runs the ids new to the logger, the
+repeated run none. Rounds (a new pair of loggers each) are interleaved, rotating the order. Reported per
+kind of run: the thread CPU time (``time.thread_time``) of its two ``log_batch_data`` calls, its ratio to
+the no-tokenizer logger's in the same round and run, the log file's size and the ids decoded.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class BytesTokenizer:
     def __init__(self, vocab: int = VOCAB, seed: int = 0):
         rng = random.Random(seed)
         self.pieces = [rng.randbytes(rng.randint(1, 12)) for _ in range(vocab)]
+        self.decoded = 0  # sequences batch_decode was given (token texts: one id each)
 
     def decode(self, ids) -> str:
         if isinstance(ids, torch.Tensor):
@@ -52,6 +53,7 @@ class BytesTokenizer:
         return b"".join(self.pieces[i] for i in ids).decode("utf-8", errors="replace")
 
     def batch_decode(self, sequences) -> list[str]:
+        self.decoded += len(sequences)
         return [self.decode(ids) for ids in sequences]
 
 
@@ -84,24 +86,33 @@ def make_batch(B: int, G: int, seed: int, kind: str, order: torch.Tensor) -> tup
                    "token_logprobs": logprobs, "token_entropies": entropies}
 
 
-def sweep(logger: DetailedLogger, batches: list[dict]) -> list[tuple[float, int]]:
-    """Log one run per entry of ``batches``; (thread CPU s of its log_batch_data calls, file bytes) per run."""
+def sweep(logger: DetailedLogger, batches: list[dict]) -> list[tuple[float, int, int]]:
+    """Log one run per entry of ``batches``; per run: thread CPU s of its log_batch_data calls, file bytes,
+    ids the tokenizer decoded."""
     out = []
     for k, run_batches in enumerate(batches):
         logger.log_run_start(f"ckpt/step_{k}")
+        decoded = getattr(logger.tokenizer, "decoded", 0)
         start = time.thread_time()
         for name, (batch, sequences) in run_batches.items():
             logger.log_batch_data(name, batch, sequences)
         cpu = time.thread_time() - start
         path = logger.finalize_log({})
-        out.append((cpu, os.path.getsize(path)))
+        out.append((cpu, os.path.getsize(path), getattr(logger.tokenizer, "decoded", 0) - decoded))
     return out
+
+
+KINDS = ("first", "later", "repeat")  # a sweep's first run, its other new runs, and a run of batches seen before
+
+
+def kind_of(k: int, runs: int) -> str:
+    return "first" if k == 0 else "later" if k < runs else "repeat"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--runs", type=int, default=3, help="runs per logger (a sweep); at least 2")
+    parser.add_argument("--runs", type=int, default=3, help="runs of new batches per logger (a sweep); at least 2")
     parser.add_argument("--ids", choices=("zipf", "uniform"), default="zipf")
     args = parser.parse_args(argv)
     tokenizer = BytesTokenizer()
@@ -110,9 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                 enumerate(BATCHES.items())} for k in range(args.runs)]
     distinct = torch.unique(batches[0]["E_batch"][0]["sequences"][..., PROMPT_WIDTH:]).numel()
     variants = {"no tokenizer": None, "tokenizer": tokenizer}
-    first: dict[str, list] = {v: [] for v in variants}
-    later: dict[str, list] = {v: [] for v in variants}
-    sizes: dict[str, list] = {v: [] for v in variants}
+    # (variant, kind) -> per round, per run of that kind: (thread CPU s, file bytes, ids decoded)
+    results: dict[tuple[str, str], list[list[tuple]]] = {(v, k): [] for v in variants for k in KINDS}
     with tempfile.TemporaryDirectory(prefix="bench_token_texts_") as directory:
         def logger(name: str, tok) -> DetailedLogger:
             config = {"detailed_logging": {"enabled": True, "level": "debug", "max_files": 0,
@@ -123,36 +133,35 @@ def main(argv: list[str] | None = None) -> int:
         names = list(variants)
         for r in range(args.rounds):
             for name in names[r % 2:] + names[: r % 2]:
-                results = sweep(logger(name, variants[name]), batches)
-                first[name].append(results[0][0])
-                later[name].append([cpu for cpu, _ in results[1:]])
-                sizes[name] += [size for _, size in results]
-    print(report(args, distinct, first, later, sizes))
+                runs = sweep(logger(name, variants[name]), batches + batches[:1])
+                for kind in KINDS:
+                    results[name, kind].append([run for k, run in enumerate(runs) if kind_of(k, args.runs) == kind])
+    print(report(args, distinct, variants, results))
     return 0
 
 
-def report(args, distinct: int, first: dict, later: dict, sizes: dict) -> str:
-    base_first, base_later = first["no tokenizer"], later["no tokenizer"]
+def report(args, distinct: int, variants: dict, results: dict) -> str:
     lines = [f"log_batch_data at real size (E 2048 x 1, U 64 x 8, {GENERATED} generated tokens, vocab {VOCAB:,}, "
              f"ids {args.ids}: {distinct:,} distinct in an E batch), level debug, {args.rounds} rounds of "
-             f"{args.runs}-run sweeps, torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, "
+             f"{args.runs + 1}-run sweeps, torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, "
              f"Python {platform.python_version()}, torch {torch.__version__}",
              "",
-             f"{'logger':<14} {'first run CPU s':>16} {'÷ none':>7} {'later runs CPU s':>17} {'÷ none':>7} "
-             f"{'file MB':>8}"]
-    for name in first:
-        ratio_first = statistics.median(a / b for a, b in zip(first[name], base_first))
-        ratio_later = statistics.median(a / b for runs, base in zip(later[name], base_later)
-                                        for a, b in zip(runs, base))
-        flat_later = [cpu for runs in later[name] for cpu in runs]
-        lines.append(f"{name:<14} {statistics.median(first[name]):16.3f} {ratio_first:7.2f} "
-                     f"{statistics.median(flat_later):17.3f} {ratio_later:7.2f} "
-                     f"{statistics.median(sizes[name]) / 1e6:8.2f}")
+             f"{'logger':<14} {'run':<7} {'CPU s':>7} {'÷ none':>7} {'file MB':>8} {'ids decoded':>12}"]
+    for name in variants:
+        for kind in KINDS:
+            rounds, base = results[name, kind], results["no tokenizer", kind]
+            runs = [run for runs in rounds for run in runs]
+            ratio = statistics.median(a[0] / b[0] for mine, theirs in zip(rounds, base) for a, b in zip(mine, theirs))
+            lines.append(f"{name:<14} {kind:<7} {statistics.median(r[0] for r in runs):7.3f} {ratio:7.2f} "
+                         f"{statistics.median(r[1] for r in runs) / 1e6:8.2f} "
+                         f"{statistics.median(r[2] for r in runs):12,.0f}")
     lines += ["",
               "CPU: the probe's thread (time.thread_time) over one run's two log_batch_data calls, median over",
-              "rounds; ÷ none: median of the ratio to the logger without a tokenizer in the same round (and run).",
-              "first run: the logger's first run, which decodes every id it meets; later runs: the others of the",
-              "sweep. file MB: the run's .alog file, median."]
+              "rounds (and runs); ÷ none: median of the ratio to the logger without a tokenizer in the same round",
+              "and run. first: a logger's first run; later: its other runs of new batches; repeat: a last run of",
+              "the first run's batches again, whose ids the logger has all decoded (the run still stores them).",
+              "file MB: the run's .alog file; ids decoded: what the tokenizer's batch_decode was given in a run",
+              "(each id it had not decoded before); medians."]
     return "\n".join(lines)
 
 
