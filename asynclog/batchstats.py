@@ -36,6 +36,7 @@ __all__ = [
     "sequence_extras",
     "as_float_tensor",
     "RowSource",
+    "Vocabulary",
 ]
 
 PERCENTILES = (10, 25, 50, 75, 90)
@@ -294,14 +295,14 @@ class RowSource:
 
     Token rows cover each sequence's response region: from its first response column (``spans.starts``) to
     the end of the padded row; its first ``generation_length`` tokens are the response. ``tokens``,
-    ``attention_mask``, ``token_texts`` and the per-token values (``token_logprobs``, ``rb_entropies``; the
-    j-th generated token's value at the region's j-th position) line up position by position; trailing
-    padding has mask 0.
+    ``attention_mask`` and the per-token values (``token_logprobs``, ``rb_entropies``; the j-th generated
+    token's value at the region's j-th position) line up position by position; trailing padding has mask 0.
+    Token texts are not built here: with a tokenizer, ``token_ids`` gives the ids the rows hold, for the
+    run's ``Vocabulary``.
     """
 
-    def __init__(self, view: BatchView, extras: dict, tokenizer=None, token_texts: dict | None = None):
+    def __init__(self, view: BatchView, extras: dict, tokenizer=None):
         self.view, self.extras, self.tokenizer = view, extras, tokenizer
-        self.token_texts = {} if token_texts is None else token_texts  # id -> text, shared across batches
         self._scalar_names, self._scalars = self._gather_scalars()
         info = view.debug_info()
         self.prompt_texts = info.get("prompt_texts")
@@ -396,22 +397,19 @@ class RowSource:
         tokens = seqs.gather(1, where)
         columns = {"sequence_id": list(range(start, stop)), "tokens": tokens,
                    "attention_mask": masks.gather(1, where).to(torch.uint8)}
-        if self.tokenizer is not None:
-            host = tokens.cpu().tolist()
-            columns["token_texts"] = [self._texts_of(row[:n]) for row, n in zip(host, lengths)]
         for name, column in (("token_logprobs", "token_logprobs"), ("token_entropies", "rb_entropies")):
             if name in self.extras:
                 columns[column] = self._per_token(name, start, stop, width)
         # Left-padded prompts (the usual layout) give every row the same region: no ragged cut needed.
         return columns, (None if all(n == width for n in lengths) else lengths)
 
-    def _texts_of(self, ids: list[int]) -> list[str]:
-        """Each token's text; a token id is decoded once per logger, not once per occurrence."""
-        known = self.token_texts
-        missing = [i for i in dict.fromkeys(ids) if i not in known]
-        if missing:
-            known.update(zip(missing, _token_texts(self.tokenizer, missing)))
-        return [known[i] for i in ids]
+    def token_ids(self) -> list[int]:
+        """The distinct ids the token rows will hold (their regions), ascending, found for the whole batch at
+        once on its device: the run's ``vocab`` gets them before the rows, so a log cut between the two still
+        has the texts of every row it holds."""
+        view = self.view
+        inside = torch.arange(view.T, device=view.device) >= view.spans.starts.reshape(view.N, 1)
+        return _distinct_ids(torch.where(inside, view.sequences.reshape(view.N, view.T), -1))
 
     def _per_token(self, name: str, start: int, stop: int, width: int) -> torch.Tensor:
         """Rows ``start:stop`` of a padded [B, G, T_gen] or ragged [B][G] field, as [rows, width]."""
@@ -445,6 +443,63 @@ def _finite(value: float) -> float | None:
 
 def _decode(tokenizer, ids: list[int]) -> str:
     return tokenizer.decode(ids)
+
+
+def _distinct_ids(tokens: torch.Tensor) -> list[int]:
+    """The distinct ids in ``tokens`` (-1 for none), ascending: a mark per id up to the largest, on the
+    tokens' device with two syncs (the largest id, the marked ones), several times cheaper than
+    ``torch.unique``'s sort. CPU tensors go through numpy, which runs it on this thread alone: torch's
+    intra-op threads cost more than the work whenever the writer process holds the other cores. Ids past
+    any vocabulary (a stray fill value) fall back to the sort rather than a mark array of that size."""
+    flat = tokens.reshape(-1)
+    if flat.numel() == 0:
+        return []
+    if int(flat.max()) > _MAX_MARKED_ID:
+        ids = torch.unique(flat)
+        return ids[ids >= 0].tolist()
+    if flat.device.type == "cpu":
+        import numpy as np
+
+        ids = flat.numpy()
+        seen = np.zeros(max(int(ids.max()), -1) + 2, dtype=bool)
+        seen[np.maximum(ids, -1) + 1] = True  # seen[0] takes the -1s (and any negative id)
+        return np.flatnonzero(seen[1:]).tolist()
+    seen = torch.zeros(max(int(flat.max()), -1) + 2, dtype=torch.bool, device=flat.device)
+    seen[flat.clamp_min(-1) + 1] = True
+    return seen[1:].nonzero().reshape(-1).tolist()
+
+
+_MAX_MARKED_ID = 1 << 24  # a 16 MiB mark array; vocabularies are ~10^5
+
+
+class Vocabulary:
+    """The texts of the token ids a logger logs, for each run's ``vocab`` table (docs/PROBE.md).
+
+    An id is decoded once per logger (``_token_texts``), so the runs of a sweep share the work; each run
+    stores an id once (``start_run`` begins a run's table). Not thread-safe, as the logger is not.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.texts: dict[int, str] = {}  # every id decoded so far
+        self.stored: set[int] = set()  # the ids the open run's table holds
+
+    def start_run(self) -> None:
+        self.stored = set()
+
+    def use(self, tokenizer) -> None:
+        """Decode with ``tokenizer`` from now on (a probe may set its tokenizer after building the logger)."""
+        if tokenizer is not self.tokenizer:
+            self.tokenizer, self.texts = tokenizer, {}
+
+    def new_entries(self, ids: list[int]) -> tuple[list[int], list[str]]:
+        """The ids of ``ids`` the open run has not stored, and their texts; they count as stored from now on."""
+        new = [i for i in ids if i not in self.stored]
+        missing = [i for i in new if i not in self.texts]
+        if missing:
+            self.texts.update(zip(missing, _token_texts(self.tokenizer, missing)))
+        self.stored.update(new)
+        return new, list(map(self.texts.__getitem__, new))
 
 
 def _token_texts(tokenizer, ids: list[int]) -> list[str]:

@@ -447,11 +447,25 @@ class ColumnMeta(msgspec.Struct):
     shapes: list[list[Count]] | None = None
 
 
+class Lookup(msgspec.Struct):
+    """A column a chunk does not store: each value of its ``keys`` column (a key, or a list or 1-d tensor of
+    keys) looked up in the stream ``table``, each of whose rows holds in its ``key`` column a key, or a list of
+    keys, and in its ``value`` column their values. A key is stored once per file and read with every row that
+    holds it; the reader resolves it, and a key the table lacks reads as None."""
+
+    column: str
+    keys: str
+    table: str
+    key: str
+    value: str
+
+
 class ChunkMeta(msgspec.Struct):
     stream: str
     chunk: Count
     rows: Count
     columns: list[ColumnMeta]
+    lookups: list[Lookup] = []
 
 
 class StreamKey(msgspec.Struct):

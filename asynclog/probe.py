@@ -55,7 +55,7 @@ import torch
 import yaml
 
 from . import __version__, layout, ranks
-from .batchstats import BatchView, RowSource, as_float_tensor, batch_statistics, sequence_extras
+from .batchstats import BatchView, RowSource, Vocabulary, as_float_tensor, batch_statistics, sequence_extras
 from .config import Config, DetailedLoggingConfig, level_rank, read_config
 from .errors import LogInputError
 from .files import atomic_write
@@ -68,6 +68,10 @@ __all__ = ["DetailedLogger", "DetailedLoggingConfig", "load_settings", "plain", 
 _YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml when present: a config dumps 10x faster
 SEQUENCE_CHUNK_ROWS = 256
 TOKEN_CHUNK_ROWS = 64
+VOCAB_ROW_IDS = 4096  # ids per ``vocab`` row: a row is far below a chunk's room even with long texts
+# Token rows store no text per token: the reader looks each token id up in the run's ``vocab`` table,
+# which holds the text of every id the run logged, once (docs/PROBE.md).
+TOKEN_TEXTS = {"column": "token_texts", "keys": "tokens", "table": "vocab", "key": "token_id", "value": "text"}
 CORE_KEYS = ("bars_dot", "deltaH1", "deltaH_true", "learning_rate", "B_E", "B_U", "G", "mb_size_prompts",
              "weighting_mode")
 # Probe logs are megabytes; the core's 256 MiB default pool would only cost resident memory. An
@@ -156,7 +160,9 @@ class DetailedLogger:
     as ``asynclog.config.read_config`` says. ``base_logger`` gets one
     info line per run (where the log is), and a warning naming the files the first time retention
     (``max_files``) removes runs; later removals, a line at info level. ``tokenizer`` (anything with
-    ``decode(ids)``) turns token ids into text when the batch carries no ``_debug_info`` texts.
+    ``decode(ids)``) turns token ids into text when the batch carries no ``_debug_info`` texts, and gives
+    token rows their ``token_texts``: each id decoded once per logger, its text stored once per run
+    (``vocab``) and joined to the rows when read.
 
     In a job of several ranks (see the module docstring): ``rank`` and ``world_size`` (default:
     torch.distributed's, read at each ``log_run_start``), ``run_name`` (the name every rank shares; it takes
@@ -175,6 +181,7 @@ class DetailedLogger:
         self.level: str = self.settings.level
         self.keeps = _Keeps.of(self.settings)
         self.logger = base_logger or logging.getLogger("asynclog.probe")
+        self._vocabulary = Vocabulary(tokenizer)  # each id decoded once per logger, stored once per run
         self.tokenizer = tokenizer
         self._warned: set[tuple[str, str]] = set()
         self.run = None
@@ -197,7 +204,7 @@ class DetailedLogger:
     @tokenizer.setter
     def tokenizer(self, tokenizer: Any) -> None:
         self._tokenizer = tokenizer
-        self._token_texts: dict[int, str] = {}  # this tokenizer's text of each token id seen so far
+        self._vocabulary.use(tokenizer)
 
     def _warn_once(self, where: str, notes: Mapping[str, str]) -> None:
         """Warn through the probe's logger, once per logger for each batch type and kind of note."""
@@ -236,6 +243,7 @@ class DetailedLogger:
         self.run = self._start(paths, where, header, start_summary)
         self._state = _RunState(paths, start_summary, where)
         self._state.config_G = _config_G(config)
+        self._vocabulary.start_run()
         _OPEN.add(self)
         if self._state.logs_reduced:  # one config sidecar and one pruner per run, however many ranks
             atomic_write(paths.config, yaml.dump(plain(config), Dumper=_YAML_DUMPER, sort_keys=False,
@@ -368,11 +376,15 @@ class DetailedLogger:
             self._state.batch_statistics[batch_type] = {k: v for k, v in stats.items() if k != "aggregates"}
             run.event("batch_statistics", batch=batch_type, **stats)
         if keeps.sequences or keeps.tokens:
-            rows = RowSource(view, extras, self.tokenizer, self._token_texts)
+            rows = RowSource(view, extras, self.tokenizer)
             if keeps.sequences:
                 self._write_rows(f"sequences/{batch_type}", view.N, rows.sequence_columns, SEQUENCE_CHUNK_ROWS)
             if keeps.tokens:
-                self._write_rows(f"tokens/{batch_type}", view.N, rows.token_columns, TOKEN_CHUNK_ROWS)
+                texts = self.tokenizer is not None
+                if texts:
+                    self._write_vocabulary(rows.token_ids())  # first: a log cut after it has every row's texts
+                self._write_rows(f"tokens/{batch_type}", view.N, rows.token_columns, TOKEN_CHUNK_ROWS,
+                                 [TOKEN_TEXTS] if texts else None)
         if keeps.raw_tensors:  # as the user's logger: every tensor of the batch, prompts included
             for key, value in batch.items():
                 if isinstance(value, torch.Tensor):
@@ -423,17 +435,27 @@ class DetailedLogger:
         self.run.flush()
 
     # --- helpers ------------------------------------------------------------------------------------------
-    def _write_rows(self, name: str, count: int, columns, chunk_rows: int) -> None:
+    def _write_rows(self, name: str, count: int, columns, chunk_rows: int, lookups: list | None = None) -> None:
         """Stream rows chunk by chunk: ``columns(start, stop)`` builds one chunk, which ships before the next.
 
         ``columns`` returns a dict of columns, or (columns, per-row lengths) for ragged token rows.
         """
-        stream = self.run.stream(name, chunk_rows=chunk_rows)
+        stream = self.run.stream(name, chunk_rows=chunk_rows, lookups=lookups)
         for begin in range(0, count, chunk_rows):
             chunk = columns(begin, min(count, begin + chunk_rows))
             built, lengths = chunk if isinstance(chunk, tuple) else (chunk, None)
             stream.extend(lengths=lengths, **built)
         stream.flush()
+
+    def _write_vocabulary(self, ids: list[int]) -> None:
+        """The ids of ``ids`` the run has not stored yet, with their texts, as ``vocab`` rows of up to
+        VOCAB_ROW_IDS ids each: a row per id would cost the stream's bookkeeping per id."""
+        new, texts = self._vocabulary.new_entries(ids)
+        if new:
+            stream = self.run.stream(TOKEN_TEXTS["table"])
+            for at in range(0, len(new), VOCAB_ROW_IDS):
+                stream.append(token_id=new[at : at + VOCAB_ROW_IDS], text=texts[at : at + VOCAB_ROW_IDS])
+            stream.flush()
 
     def _write_importance_rows(self, name: str, columns: dict) -> None:
         names = list(columns)

@@ -21,7 +21,7 @@ import functools
 import math
 import os
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Hashable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import msgspec
@@ -88,7 +88,8 @@ class Chunk(Mapping):
     A chunk is a read-only mapping of column names to columns, as a DataFrame is: ``chunk["logprobs"]``,
     ``list(chunk)`` (the column names), ``len(chunk)`` (the number of columns), ``chunk.items()``;
     ``iter_rows()`` gives one dict per row. Every column is checked against the chunk's bytes first; a
-    CorruptLogError names ``offset`` if one fails.
+    CorruptLogError names ``offset`` if one fails. The columns its meta names as ``lookups`` (not stored)
+    are added after the stored ones by ``Log.stream``.
     """
 
     def __init__(self, meta: dict, body: bytes, offset: int = 0):
@@ -97,6 +98,10 @@ class Chunk(Mapping):
         self.rows: int = typed.rows
         self.index: int = typed.chunk
         self.columns: dict[str, list] = {c.name: _decode_column(c, body, typed.rows, offset) for c in typed.columns}
+        self.lookups: list[fmt.Lookup] = typed.lookups
+        for lookup in self.lookups:
+            if lookup.keys not in self.columns or lookup.column in self.columns:
+                raise CorruptLogError(f"lookup column {lookup.column!r} does not fit the chunk's columns", offset)
 
     def __getitem__(self, column: str) -> list:
         try:
@@ -209,6 +214,7 @@ class Log:
             self.format_version = fmt.read_preamble(self._file)
             self.size = self._file.seek(0, os.SEEK_END)
             self.damaged: list[Damage] = []
+            self._tables: dict[tuple[str, str, str], dict] = {}  # lookup tables read so far (``_table``)
             self.header: dict = self._read_header()
             self._limits = frame_limits(self.header.get("config"))
             self.footer: dict | None = None
@@ -451,7 +457,7 @@ class Log:
         return list(self._streams)
 
     def stream(self, name: str, errors: str = "warn") -> Iterator[Chunk]:
-        """The stream's chunks in order; one chunk in memory at a time.
+        """The stream's chunks in order; one chunk in memory at a time, with its lookup columns made.
 
         A chunk whose frame is damaged or whose columns disagree with its bytes is skipped with a warning
         naming it (and noted in ``damaged``), or raised with ``errors="raise"``.
@@ -459,6 +465,11 @@ class Log:
         _check_errors(errors)
         if name not in self._streams:
             raise KeyError(missing("stream", name, self._streams, self.path))
+        for chunk in self._chunks(name, errors):
+            yield self._looked_up(chunk, errors)
+
+    def _chunks(self, name: str, errors: str) -> Iterator[Chunk]:
+        """The chunks of a stream the log has, as stored."""
         for k, offset in enumerate(self._streams[name]):
             try:
                 _, meta, body = self._frame(offset, FrameKind.CHUNK)
@@ -474,6 +485,32 @@ class Log:
         """The stream's rows, one dict per row."""
         for chunk in self.stream(name):
             yield from chunk.iter_rows()
+
+    # The one place lookup columns (format.Lookup) are made: every reading path (rows, to_pandas, the
+    # exports, a run folder's shards) goes through ``stream``.
+    def _looked_up(self, chunk: Chunk, errors: str) -> Chunk:
+        """``chunk`` with each lookup column added: its ``keys`` column's values mapped through the table."""
+        for lookup in chunk.lookups:
+            table = self._table(lookup, errors)
+            chunk.columns[lookup.column] = [_look_up(keys, table) for keys in chunk.columns[lookup.keys]]
+        return chunk
+
+    def _table(self, lookup: fmt.Lookup, errors: str) -> dict:
+        """The stream ``lookup.table`` as a map of its ``key`` column to its ``value`` column (a row holds a
+        key and its value, or a list of keys and the list of their values), read once per Log; empty without
+        that stream (a run cut before it wrote its table)."""
+        where = (lookup.table, lookup.key, lookup.value)
+        table = self._tables.get(where)
+        if table is None:
+            table = self._tables[where] = {}
+            for chunk in self._chunks(lookup.table, errors) if lookup.table in self._streams else ():
+                for keys, values in zip(chunk.columns.get(lookup.key, ()), chunk.columns.get(lookup.value, ())):
+                    keys = _plain(keys)
+                    if not isinstance(keys, list):
+                        keys, values = [keys], [values]
+                    if isinstance(values, list):
+                        table.update((k, v) for k, v in zip(keys, values) if isinstance(k, Hashable))
+        return table
 
     # --- pandas ---------------------------------------------------------------------------------------
     def to_pandas(self, what: str = "events", type: str | None = None, name: str | None = None):
@@ -506,6 +543,27 @@ class Log:
     def __repr__(self) -> str:
         state = "complete" if self.complete else f"incomplete (cut at {self.cut_at})"
         return f"<asynclog.Log {self.path!r} {state}>"
+
+
+def _plain(value):
+    """A tensor cell as a number or list (``tolist``), anything else as it is."""
+    return value.tolist() if hasattr(value, "tolist") else value
+
+
+def _look_up(keys, table: dict):
+    """One row's lookup: a key's value, or a list of values for a row of keys (a list or 1-d tensor);
+    None for a key the table lacks or cannot hold (an unhashable one)."""
+    keys = _plain(keys)
+    if not isinstance(keys, list):
+        return _get(table, keys)
+    try:
+        return list(map(table.get, keys))
+    except TypeError:  # an unhashable key: look up one at a time
+        return [_get(table, key) for key in keys]
+
+
+def _get(table: dict, key):
+    return table.get(key) if isinstance(key, Hashable) else None
 
 
 def _index_within(index: fmt.Index, footer_offset: int) -> bool:

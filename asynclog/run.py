@@ -317,10 +317,13 @@ class Run:
         return True
 
     # --- streams -------------------------------------------------------------------------------------------
-    def stream(self, name: str, chunk_rows: int = 64) -> Stream:
+    def stream(self, name: str, chunk_rows: int = 64, lookups: list[dict] | None = None) -> Stream:
         """A chunked, columnar table stream; ``append(**row)`` buffers rows, a full chunk ships and is forgotten.
 
         Every thread asking for the same name gets the same stream; a stream is safe to share between threads.
+        ``lookups`` (fixed by the first call for a name): columns the chunks do not store, each a map
+        ``{column, keys, table, key, value}``: ``column`` is read as each value of the stored column ``keys``
+        looked up in the stream ``table`` (its ``key`` column to its ``value`` column); see ``format.Lookup``.
         """
         self._usable()
         stream = self._streams.get(name)
@@ -330,7 +333,7 @@ class Run:
             stream = self._streams.get(name)
             if stream is None:
                 sink = _ChunkSink(self)
-                stream = self._streams[name] = Stream(sink, check_key("stream", name), chunk_rows)
+                stream = self._streams[name] = Stream(sink, check_key("stream", name), chunk_rows, lookups)
                 self._sinks.append(sink)
         return stream
 
@@ -480,7 +483,7 @@ class _MutedRun:
     def phase(self, name: str, /, **fields: Any) -> "_NullPhase":
         return _NULL_PHASE
 
-    def stream(self, name: str, chunk_rows: int = 64) -> MutedStream:
+    def stream(self, name: str, chunk_rows: int = 64, lookups: list[dict] | None = None) -> MutedStream:
         return MutedStream()
 
     def enabled(self, level: str) -> bool:

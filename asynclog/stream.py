@@ -11,6 +11,10 @@ Columns are fixed by the first accepted row. A column is either
 - ``object``: any other msgpack-able value (numbers, str, None, lists, dicts with str keys); stored as a
   msgpack array.
 
+A stream may also name ``lookups`` (``format.Lookup``): columns its chunks do not store, which the reader
+makes from a stored column by looking each value up in another stream of the run (token texts from token
+ids through a table holding each id's text once). Every chunk's meta names them.
+
 The chunk body is the columns' segments back to back; the frame meta says where each one is (docs/FORMAT.md).
 CUDA tensor values are kept on the device until the chunk ships; then they are gathered on the device,
 copied to the host once per chunk, and put back between the CPU rows in row order.
@@ -31,7 +35,7 @@ import time
 from typing import Any
 
 from .errors import ClosedError, LogInputError
-from .format import msgpack_array
+from .format import Lookup, msgpack_array
 from .records import encode_value
 from .snapshot import dtype_name, host_bytes
 
@@ -197,13 +201,15 @@ class Stream:
     Safe to share between threads (see the module docstring).
     """
 
-    def __init__(self, sink, name: str, chunk_rows: int):
+    def __init__(self, sink, name: str, chunk_rows: int, lookups=None):
         """``sink`` is what the stream knows of its run: ``stopped``, ``check_open()``, ``largest_chunk()``,
-        ``ship(meta, body)`` and ``spent(ns)`` (see ``run._ChunkSink``)."""
+        ``ship(meta, body)`` and ``spent(ns)`` (see ``run._ChunkSink``). ``lookups``: maps with the fields of
+        ``format.Lookup`` (see the module docstring)."""
         if not isinstance(chunk_rows, int) or chunk_rows <= 0:
             raise LogInputError(f"chunk_rows must be a positive int, not {chunk_rows!r}")
         self._sink = sink
         self.name, self.chunk_rows = name, chunk_rows
+        self.lookups = _checked_lookups(lookups)
         self.columns: dict[str, _TensorColumn | _ObjectColumn] | None = None
         self.rows = 0
         self.chunks = 0
@@ -305,6 +311,11 @@ class Stream:
         """Columns for a first row or batch; they become the stream's only once the call is accepted."""
         if not sample:
             raise LogInputError("a stream row needs at least one column")
+        for lookup in self.lookups:
+            if lookup["column"] in sample:
+                raise LogInputError(f"stream {self.name!r}: lookup column {lookup['column']!r} is a stored column")
+            if lookup["keys"] not in sample:
+                raise LogInputError(f"stream {self.name!r}: lookup keys {lookup['keys']!r} is not a column")
         return {name: _new_column(name, value) for name, value in sample.items()}
 
     def _accept(self, columns: dict, nbytes: int, what: str) -> None:
@@ -330,6 +341,8 @@ class Stream:
             metas.append(meta)
             segments.append(data)
         meta = {"stream": self.name, "chunk": self.chunks, "rows": self.rows, "time": time.time(), "columns": metas}
+        if self.lookups:
+            meta["lookups"] = self.lookups
         self.chunks += 1
         self.rows = self._nbytes = 0
         self._sink.ship(meta, b"".join(segments))
@@ -394,6 +407,18 @@ def _dtype_of(value: Any):
 def _describe(value: Any) -> str:
     dtype = _dtype_of(value)
     return f"{type(value).__name__} of {dtype}" if dtype is not None else type(value).__name__
+
+
+def _checked_lookups(lookups) -> list[dict]:
+    """``lookups`` as chunk meta holds them: a list of maps of ``format.Lookup``'s fields, each a str."""
+    fields = Lookup.__struct_fields__
+    checked = []
+    for lookup in lookups or ():
+        if not isinstance(lookup, dict) or set(lookup) != set(fields) or not all(
+                isinstance(value, str) for value in lookup.values()):
+            raise LogInputError(f"lookups must be maps of {', '.join(fields)} to str, not {lookup!r}")
+        checked.append({field: lookup[field] for field in fields})
+    return checked
 
 
 def _new_column(name: str, value: Any):

@@ -107,3 +107,31 @@ def old_adapter_run(out, checkpoint: str) -> str:
     with open(path.removesuffix(".alog") + "_summary.json", "w", encoding="utf-8") as f:
         json.dump(summary, f)
     return path
+
+
+class WordTokenizer:
+    """A tokenizer in miniature: id i is the word "w<i>"."""
+
+    def decode(self, ids) -> str:
+        return " ".join(f"w{int(i)}" for i in ids)
+
+
+@pytest.fixture
+def texts_log(tmp_path) -> str:
+    """A debug run of ``DetailedLogger`` with a tokenizer: ``tokens/U_batch`` in two chunks (40 prompts x 2
+    responses, prompts left-padded), the texts of its ids in the run's ``vocab`` table."""
+    import torch
+
+    from asynclog import DetailedLogger
+
+    g = torch.Generator().manual_seed(4)
+    prompt_lens = torch.randint(1, 5, (40,), generator=g)
+    mask = (torch.arange(12) >= 4 - prompt_lens[:, None, None]).expand(40, 2, 12).long()
+    batch = {"sequences": torch.randint(3, 500, (40, 2, 12), generator=g) * mask, "attention_masks": mask,
+             "prompt_lens": prompt_lens.tolist()}
+    config = {"detailed_logging": {"enabled": True, "level": "debug", "output_directory": str(tmp_path),
+                                   "log_tokens": True}}
+    logger = DetailedLogger(config, tokenizer=WordTokenizer())
+    logger.log_run_start("step_1")
+    logger.log_batch_data("U_batch", batch)
+    return logger.finalize_log({})

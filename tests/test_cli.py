@@ -220,3 +220,15 @@ def test_cat_rows_skips_a_damaged_chunk_names_it_and_exits_damaged(logdir, tmp_p
     assert done.returncode == cli.DAMAGED
     one_clear_line(done, "chunk 1", "sequences/E_batch")
     assert [json.loads(line)["sequence_id"] for line in done.stdout.splitlines()] == [0, 1, 4]
+
+
+def test_cat_shows_the_token_texts_a_token_chunk_reads_from_the_vocab_table(texts_log):
+    done = asynclog_cli("cat", texts_log)
+    assert done.returncode == 0, done.stderr
+    chunks = [line for line in map(json.loads, done.stdout.splitlines()) if line["type"] == "chunk"]
+    tokens = [c for c in chunks if c["stream"] == "tokens/U_batch"]
+    assert [c["rows"] for c in tokens] == [64, 16]
+    lookup = {"column": "token_texts", "keys": "tokens", "table": "vocab", "key": "token_id", "value": "text"}
+    assert all(c["lookups"] == [lookup] for c in tokens)
+    assert [[c["name"] for c in chunk["columns"]] for chunk in chunks if chunk["stream"] == "vocab"] == [
+        ["token_id", "text"]]

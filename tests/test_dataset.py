@@ -17,6 +17,7 @@ import torch
 
 import asynclog
 from asynclog.analysis import find_logs
+from asynclog.toyprobe import SIZES, ToyTokenizer
 
 pa_ds = pytest.importorskip("pyarrow.dataset")
 duckdb = pytest.importorskip("duckdb")
@@ -116,6 +117,19 @@ def test_runs_table_holds_one_row_per_run_with_its_core_results(logs, dataset):
     assert sorted(r["checkpoint"] or r["run"] for r in runs) == ["ranks", "step_000", "step_001"]
     demo = [r for r in runs if r["checkpoint"] == "step_001"][0]
     assert demo["status"] == "complete" and demo["level"] == "debug" and isinstance(demo["deltaH1"], float)
+
+
+def test_token_texts_each_demo_run_stores_once_per_id_reach_every_token_row(logs, dataset):
+    tokenizer = ToyTokenizer(SIZES["tiny"].vocab)
+    for path in (p for p in find_logs(logs) if p.endswith(".alog")):  # the demo's runs, with its tokenizer
+        with asynclog.open(path) as log:
+            stored = {c["name"] for chunk in log.stream("tokens/E_batch") for c in chunk.meta["columns"]}
+            assert "token_texts" not in stored and "vocab" in log.stream_names()
+    glob = os.path.join(dataset, "table=tokens", "checkpoint=step_*", "**", "*.parquet")
+    rows = duckdb.sql(f"select tokens, token_texts from read_parquet('{glob}', hive_partitioning=true)").fetchall()
+    assert len(rows) == sum(n for (checkpoint, _), (n, _) in tokens_per_partition(logs).items()
+                            if checkpoint.startswith("step_"))
+    assert all(text == tokenizer.decode([token]) for token, text in rows)
 
 
 def parquet_mtimes(folder) -> dict[str, int]:

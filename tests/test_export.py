@@ -247,3 +247,29 @@ def test_a_run_folder_with_a_killed_rank_exports_what_is_there_and_names_it(tmp_
     assert "rank 0" not in done.stderr and "Traceback" not in done.stderr and done.stdout.split() == [str(out)]
     got = pq.read_table(out).to_pylist()
     assert [(g["rank"], g["sequence_id"]) for g in got] == [(0, i) for i in range(5)] + [(1, 1000 + i) for i in range(6)]
+
+
+# --- token texts from a run's vocabulary ------------------------------------------------------------------
+def stored_columns(path, stream: str) -> set[str]:
+    with asynclog.open(path) as log:
+        return {column["name"] for chunk in log.stream(stream) for column in chunk.meta["columns"]}
+
+
+@pytest.mark.parametrize("to", ["parquet", "jsonl"])
+def test_token_texts_stored_once_per_id_export_with_every_token(texts_log, tmp_path, to):
+    assert "token_texts" not in stored_columns(texts_log, "tokens/U_batch")
+    path = exported(texts_log, tmp_path, "tokens", to)
+    if to == "parquet":
+        rows = pq.read_table(path).to_pylist()
+    else:
+        with open(path, encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f]
+    assert len(rows) == 80
+    assert all(row["token_texts"] == [f"w{i}" for i in row["tokens"]] for row in rows)
+
+
+def test_the_tokens_view_reads_each_tokens_text_from_the_vocabulary(texts_log):
+    with asynclog.open(texts_log) as log:
+        frame = log.tokens("U_batch")
+    assert "token_texts" not in stored_columns(texts_log, "tokens/U_batch")
+    assert len(frame) > 80 and (frame["token_texts"] == "w" + frame["tokens"].astype(str)).all()

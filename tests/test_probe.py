@@ -18,6 +18,7 @@ import sys
 import textwrap
 import time
 import tracemalloc
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -352,6 +353,70 @@ def test_texts_come_from_the_tokenizer_when_the_batch_has_none(tmp_path):
         assert row["response_text"] == " ".join(f"w{i}" for i in response)
         assert token_row["token_texts"] == [f"w{i}" for i in token_row["tokens"].tolist()]
         assert token_row["token_texts"][: len(response)] == [f"w{i}" for i in response]
+
+
+class CountingTokenizer(WordTokenizer):
+    """A WordTokenizer that counts how often each id is decoded alone (``batch_decode`` of single ids, the way
+    token texts are decoded)."""
+
+    def __init__(self):
+        self.decoded: Counter = Counter()
+
+    def batch_decode(self, sequences) -> list[str]:
+        self.decoded.update(ids[0] for ids in sequences if len(ids) == 1)
+        return [self.decode(ids) for ids in sequences]
+
+
+def logged_ids(log, *batches: str) -> set[int]:
+    return {i for name in batches for row in log.rows(f"tokens/{name}") for i in row["tokens"].tolist()}
+
+
+def vocabulary(log) -> tuple[list[int], list[str]]:
+    """The ids and texts of the run's ``vocab`` table, whose rows each hold a list of ids and their texts."""
+    rows = list(log.rows("vocab"))
+    return [i for row in rows for i in row["token_id"]], [text for row in rows for text in row["text"]]
+
+
+def stored_columns(log, stream: str) -> set[str]:
+    return {column["name"] for chunk in log.stream(stream) for column in chunk.meta["columns"]}
+
+
+def test_token_texts_are_stored_once_per_id_and_joined_when_read(tmp_path, batches):
+    tokenizer = CountingTokenizer()
+    config = config_for(tmp_path, "debug")
+    path = run_like_the_probe(DetailedLogger(config, tokenizer=tokenizer), config, batches)
+    with asynclog.open(path) as log:
+        for name in ("E_batch", "U_batch"):
+            assert "token_texts" not in stored_columns(log, f"tokens/{name}")  # no string per token on disk
+            for row in log.rows(f"tokens/{name}"):
+                assert row["token_texts"] == [f"w{i}" for i in row["tokens"].tolist()]
+        ids, texts = vocabulary(log)
+        assert len(ids) == len(set(ids))  # each id once, though E and U share most of them
+        assert set(ids) == logged_ids(log, "E_batch", "U_batch")
+        assert texts == [f"w{i}" for i in ids]
+    assert set(tokenizer.decoded.values()) == {1}
+
+
+def test_a_sweep_writes_each_runs_vocabulary_and_decodes_each_id_once(tmp_path):
+    tokenizer = CountingTokenizer()
+    config = config_for(tmp_path, "debug", max_files=0)
+    logger = DetailedLogger(config, tokenizer=tokenizer)
+    paths = []
+    for step, seed in ((1, 21), (2, 22)):
+        batch, seq = make_batch(16, 4, seed=seed, rewards=True, gen_max=40)
+        logger.log_run_start(f"step_{step}", config)
+        logger.log_batch_data("U_batch", batch, seq)
+        paths.append(logger.finalize_log({}))
+    seen = []
+    for path in paths:  # each file alone holds the texts of the ids it logged
+        with asynclog.open(path) as log:
+            ids, _ = vocabulary(log)
+            assert sorted(ids) == sorted(logged_ids(log, "U_batch"))
+            assert all(row["token_texts"] == [f"w{i}" for i in row["tokens"].tolist()]
+                       for row in log.rows("tokens/U_batch"))
+            seen.append(set(ids))
+    assert seen[0] & seen[1]  # the runs share ids: the second run stored them again, decoded them not again
+    assert set(tokenizer.decoded) == seen[0] | seen[1] and set(tokenizer.decoded.values()) == {1}
 
 
 def test_the_probes_own_result_objects_are_read_by_attribute(tmp_path):

@@ -104,3 +104,42 @@ def test_a_run_folder_warns_of_a_missing_name_as_one_shard_does(run_folder):
     assert len(every) == 1
     assert str(every[0].message) == str(one[0].message).replace(shard.path, log.path)
     assert "'step'" in str(every[0].message)
+
+
+# --- lookup columns -----------------------------------------------------------------------------------------
+WORDS = {"column": "words", "keys": "ids", "table": "names", "key": "id", "value": "name"}
+
+
+def lookup_log(logdir, table: bool = True) -> str:
+    """A stream whose ``words`` are its ``ids`` looked up in the ``names`` table (written after the rows: a row
+    of two ids and their names, then a row of one); id 4 is not in the table."""
+    with asynclog.start(logdir, name="lookups") as run:
+        rows = run.stream("rows", chunk_rows=2, lookups=[WORDS])
+        rows.extend(lengths=[2, 3, 0], ids=torch.tensor([[1, 2, 0], [3, 3, 4], [0, 0, 0]]), n=[2, 3, 0])
+        if table:
+            names = run.stream("names", chunk_rows=1)
+            names.append(id=[1, 2], name=["one", "two"])
+            names.append(id=3, name="three")
+    return run.path
+
+
+def test_a_lookup_column_reads_each_key_through_its_table(logdir):
+    with asynclog.open(lookup_log(logdir)) as log:
+        chunks = list(log.stream("rows"))
+        assert all("words" not in [c["name"] for c in chunk.meta["columns"]] for chunk in chunks)  # not stored
+        assert [row["words"] for row in log.rows("rows")] == [["one", "two"], ["three", "three", None], []]
+        assert list(chunks[0]) == ["ids", "n", "words"]
+
+
+def test_a_lookup_whose_table_is_missing_reads_none(logdir):
+    with asynclog.open(lookup_log(logdir, table=False)) as log:
+        assert [row["words"] for row in log.rows("rows")] == [[None, None], [None, None, None], []]
+
+
+def test_a_stored_column_reads_as_stored_without_a_table(logdir):
+    """The layout of logs written before lookups (``token_texts`` stored per row) reads as it did."""
+    with asynclog.start(logdir, name="stored") as run:
+        run.stream("tokens/E_batch").append(tokens=torch.tensor([5, 6]), token_texts=["five", "six"])
+    with asynclog.open(run.path) as log:
+        [row] = log.rows("tokens/E_batch")
+    assert row["token_texts"] == ["five", "six"] and row["tokens"].tolist() == [5, 6]

@@ -269,3 +269,14 @@ def test_a_row_larger_than_the_staging_pool_is_refused_with_advice(logdir, call)
                 stream.extend(row_id=[3, 4], tokens=torch.stack([huge, huge]), text=["a", "b"])
         stream.append(**_row(5))
     _check_rows(run.path, "rows", [0, 1, 2, 5])
+
+
+@pytest.mark.parametrize("lookup, message", [
+    ({"column": "text", "keys": "tokens", "table": "t", "key": "k", "value": "v"}, "'text' is a stored column"),
+    ({"column": "words", "keys": "nope", "table": "t", "key": "k", "value": "v"}, "'nope' is not a column"),
+    ({"column": "words", "keys": "tokens"}, "lookups"),
+])
+def test_a_lookup_that_does_not_fit_the_rows_is_refused(logdir, lookup, message):
+    with asynclog.start(logdir, name="lookup") as run:
+        with pytest.raises(asynclog.LogInputError, match=message):
+            run.stream("rows", lookups=[lookup]).extend(**_padded([0, 1]))
