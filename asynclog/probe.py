@@ -26,9 +26,11 @@ In a job of several ranks (``torch.distributed`` initialised, or ``rank=``/``wor
 makes its own DetailedLogger, and each run is one folder (``layout.rank_run_paths``) holding one shard per
 rank: each rank's phases, batch statistics, rows and tensors go to its shard; results the probe has reduced
 across ranks already (core results, ground truth, final results) are logged once, by rank 0. The folder's
-name must be the same on every rank without asking the others (no collective: a logger must not deadlock a
-job whose ranks diverge): ``run_name``, else a name from the launcher's environment (``ranks.job_name``),
-else, when ``broadcast_name=True``, rank 0's, broadcast once per run; else LogInputError says so.
+name must be the same on every rank without a collective (a logger must not deadlock a job whose ranks
+diverge): ``run_name``, else a name from the launcher's environment (``ranks.launcher_name``), else, when
+``broadcast_name=True``, rank 0's, broadcast once per run, else one for this launch (``ranks.launch_name``:
+torchrun's launch folder, or a name rank 0 leaves in the process group's store); else LogInputError says
+so. The run's ``run_metadata`` says which (``name_source``).
 Batch statistics carry raw aggregates there, so the reader merges the ranks' exactly
 (``ShardedLog.batch_statistics``).
 """
@@ -230,10 +232,11 @@ class DetailedLogger:
         config = self._config if config is None else config
         s = self.settings
         where = ranks.placement(self.rank, self.world_size)
-        paths = self._run_paths(checkpoint_path, where, run_name or self.run_name)
+        paths, name_source = self._run_paths(checkpoint_path, where, run_name or self.run_name)
         layout.ensure_readme(paths.root)
-        metadata = run_metadata(checkpoint_path, config,
-                                layout.checkpoint_name(checkpoint_path, s.checkpoint_name))
+        metadata = {**run_metadata(checkpoint_path, config,
+                                   layout.checkpoint_name(checkpoint_path, s.checkpoint_name)),
+                    "name_source": name_source}
         start_summary = {"log_path": paths.main, "summary_path": paths.summary, "config_path": paths.config,
                          "level": s.level, "run_metadata": metadata}
         if where is not None:
@@ -268,23 +271,27 @@ class DetailedLogger:
         self.logger.warning("asynclog: max_files: %d keeps the newest %d runs under %s; removed %d file(s) of older "
                             "runs: %s (max_files: 0 keeps every run)", n, n, root, len(removed), files)
 
-    def _run_paths(self, checkpoint_path, where: ranks.Placement | None, name: str | None) -> layout.RunPaths:
-        """A single process's run files; or this rank's in the run folder all ranks share (see the class)."""
+    def _run_paths(self, checkpoint_path, where: ranks.Placement | None,
+                   name: str | None) -> tuple[layout.RunPaths, str]:
+        """A single process's run files; or this rank's in the run folder all ranks share (see the class); and
+        how the run was named (``ranks.SharedName.source``, or "clock" for a single process's time)."""
         s = self.settings
+        rule = s.checkpoint_name
         if where is None:
-            return layout.run_paths(s.output_directory, s.filename_template, checkpoint_path, s.level, name=name,
-                                    checkpoint_rule=s.checkpoint_name)
-        name = name or ranks.job_name()
-        if name is not None:
-            key = (name, layout.checkpoint_name(checkpoint_path, s.checkpoint_name))
-            # Counted when attempted, started or not: every rank attempts the same runs in the same order, so
-            # the n-th attempt names the same folder on every rank even where one rank's start failed.
-            occurrence = self._occurrences[key] = self._occurrences.get(key, -1) + 1
-            return layout.rank_run_paths(s.output_directory, s.filename_template, checkpoint_path, s.level, name,
-                                         where.rank, occurrence, checkpoint_rule=s.checkpoint_name)
-        if not self.broadcast_name:
+            return (layout.run_paths(s.output_directory, s.filename_template, checkpoint_path, s.level, name=name,
+                                     checkpoint_rule=rule), "run_name" if name else "clock")
+        shared = ranks.SharedName(name, "run_name") if name else ranks.launcher_name()
+        if shared is None and self.broadcast_name:
+            return self._broadcast_paths(checkpoint_path, where), "broadcast_name"
+        shared = shared or ranks.launch_name(where)
+        if shared is None:
             raise ranks.no_shared_name(where)
-        return self._broadcast_paths(checkpoint_path, where)
+        key = (shared.name, layout.checkpoint_name(checkpoint_path, rule))
+        # Counted when attempted, started or not: every rank attempts the same runs in the same order, so
+        # the n-th attempt names the same folder on every rank even where one rank's start failed.
+        occurrence = self._occurrences[key] = self._occurrences.get(key, -1) + 1
+        return (layout.rank_run_paths(s.output_directory, s.filename_template, checkpoint_path, s.level,
+                                      shared.name, where.rank, occurrence, checkpoint_rule=rule), shared.source)
 
     def _broadcast_paths(self, checkpoint_path, where: ranks.Placement) -> layout.RunPaths:
         """Rank 0 names and creates the run folder from its clock and tells the others (``broadcast_name``)."""

@@ -14,18 +14,23 @@ deadlock a job whose ranks diverge. Which shards are complete is read from their
 (``asynclog.open(folder)``), so a rank that was killed shows as incomplete while the others stay intact.
 Each shard's header holds ``rank`` and ``world_size``.
 
-DetailedLogger names its run folders from a name every rank shares (``shared_run_name``): one given to it,
-else one the launcher put in every rank's environment (``job_name``), else, only when asked, one
-broadcast from rank 0 (``broadcast_from_rank0``, the single collective, opt-in); else ``no_shared_name``
-is the error to raise.
+DetailedLogger names its run folders from a name every rank shares, and logs how it found it
+(``SharedName.source``): one given to it; else one the launcher put in every rank's environment
+(``launcher_name``); else, only when asked, one broadcast from rank 0 (``broadcast_from_rank0``, the single
+collective, opt-in); else one for this launch (``launch_name``): torchrun's launch folder, alike on every
+rank of a one-node launch, or one rank 0 writes into the process group's store, where the other ranks read
+it (no collective: rank 0 never waits, the others wait a bounded time for rank 0's first run); else
+``no_shared_name`` is the error to raise.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import NamedTuple, TypeVar
 
 import msgspec
@@ -35,8 +40,9 @@ from .files import atomic_write
 from .format import SUFFIX
 
 __all__ = ["Placement", "placement", "per_rank_staging", "shard_name", "shard_stem", "SHARD_STEM", "MANIFEST",
-           "SHARDS_ID", "write_manifest", "read_manifest", "RUN_NAME_ENV", "job_name", "broadcast_from_rank0",
-           "no_shared_name"]
+           "SHARDS_ID", "write_manifest", "read_manifest", "RUN_NAME_ENV", "SharedName", "launcher_name", "job_name",
+           "broadcast_from_rank0", "launch_name", "torchrun_launch_name", "store_name", "agree_through_store",
+           "STORE_WAIT_S", "no_shared_name"]
 
 MANIFEST = "manifest.json"
 SHARDS_ID = "asynclog.shards/1"
@@ -126,7 +132,16 @@ def read_manifest(folder: str) -> dict | None:
 RUN_NAME_ENV = "ASYNCLOG_RUN_NAME"  # a launcher (a job script) may export the run's name to every rank
 
 
-def job_name(environ: dict | None = None) -> str | None:
+class SharedName(NamedTuple):
+    """A run's name that every rank of the job finds, and how it was found: ``source`` is ``"run_name"``, the
+    environment variable it came from, ``"broadcast_name"`` or ``"process_group_store"`` (logged as the
+    run's ``name_source``)."""
+
+    name: str
+    source: str
+
+
+def launcher_name(environ: dict | None = None) -> SharedName | None:
     """The job's name as every rank of it finds it in its environment, or None.
 
     ``ASYNCLOG_RUN_NAME``; else torchrun's ``TORCHELASTIC_RUN_ID`` (its rendezvous id: not "none", the
@@ -136,15 +151,23 @@ def job_name(environ: dict | None = None) -> str | None:
     """
     env = os.environ if environ is None else environ
     if env.get(RUN_NAME_ENV):
-        return env[RUN_NAME_ENV]
+        return SharedName(env[RUN_NAME_ENV], RUN_NAME_ENV)
     run_id = env.get("TORCHELASTIC_RUN_ID")
     if run_id and run_id != "none":
-        return _restarted(f"torchrun-{run_id}", env.get("TORCHELASTIC_RESTART_COUNT"))
+        return SharedName(_restarted(f"torchrun-{run_id}", env.get("TORCHELASTIC_RESTART_COUNT")),
+                          "TORCHELASTIC_RUN_ID")
     job = env.get("SLURM_JOB_ID")
     if job:
         step = env.get("SLURM_STEP_ID")
-        return _restarted(f"slurm-{job}" + (f".{step}" if step else ""), env.get("SLURM_RESTART_COUNT"))
+        return SharedName(_restarted(f"slurm-{job}" + (f".{step}" if step else ""), env.get("SLURM_RESTART_COUNT")),
+                          "SLURM_JOB_ID")
     return None
+
+
+def job_name(environ: dict | None = None) -> str | None:
+    """``launcher_name``'s name alone."""
+    found = launcher_name(environ)
+    return None if found is None else found.name
 
 
 def _restarted(name: str, count: str | None) -> str:
@@ -175,6 +198,88 @@ def broadcast_from_rank0(make: Callable[[], _T], what: str) -> _T:
     return value
 
 
+# --- a name for this launch, when the launcher named none ----------------------------------------------------
+STORE_WAIT_S = 300.0  # how long a rank above 0 waits for rank 0 to write the launch's name into the store
+_STORE_KEY = "asynclog/run_name/attempt_{}"
+_agreed: dict[tuple[int, str], str] = {}  # (rank, store key) -> the name agreed; one per process and launch
+
+
+def launch_name(where: Placement, environ: dict | None = None, timeout: float = STORE_WAIT_S) -> SharedName | None:
+    """A name for this launch of the job, alike on every rank: torchrun's launch folder when one holds every
+    rank (``torchrun_launch_name``, nothing asked of anyone), else one agreed through the process group's
+    store (``store_name``); None when there is neither."""
+    return torchrun_launch_name(where, environ) or store_name(where, environ, timeout)
+
+
+def torchrun_launch_name(where: Placement, environ: dict | None = None) -> SharedName | None:
+    """``torchrun-<letters>``, from the folder torchrun made for this launch, when every rank is in it.
+
+    torchrun's agent makes one folder per launch with ``tempfile.mkdtemp`` (``<run id>_<letters>``, in
+    ``--log-dir`` or in a fresh ``$TMPDIR/torchelastic_<letters>``), so no other launch on the node has it
+    while it exists, and gives each of its workers an error file inside it:
+    ``TORCHELASTIC_ERROR_FILE=<folder>/attempt_<restart>/<local rank>/error.json``. Each node's agent makes
+    its own folder, so it names the job only when one agent runs every rank (``LOCAL_WORLD_SIZE`` equals
+    ``WORLD_SIZE``, and this process is torchrun's ``RANK`` of that world). The folder outlives a restart,
+    so a restarted launch gets ``-restartN``. None for any other path (``--log-dir /dev/null`` gives none).
+    """
+    env = os.environ if environ is None else environ
+    path = env.get("TORCHELASTIC_ERROR_FILE")
+    one_agent = env.get("WORLD_SIZE") == env.get("LOCAL_WORLD_SIZE") == str(where.world_size)
+    if not (path and one_agent and env.get("RANK") == str(where.rank)):
+        return None
+    restart = env.get("TORCHELASTIC_RESTART_COUNT", "0")
+    rest, leaf = os.path.split(path)
+    rest, local_rank = os.path.split(rest)
+    folder, attempt = os.path.split(rest)
+    letters = os.path.basename(folder).removeprefix(f"{env.get('TORCHELASTIC_RUN_ID', 'none')}_")
+    if (leaf, local_rank, attempt) != ("error.json", env.get("LOCAL_RANK"), f"attempt_{restart}") or not letters:
+        return None
+    return SharedName(_restarted(f"torchrun-{letters}", restart), "TORCHELASTIC_ERROR_FILE")
+
+
+def store_name(where: Placement, environ: dict | None = None, timeout: float = STORE_WAIT_S) -> SharedName | None:
+    """The name rank 0 of the initialised process group wrote into the group's store for this launch
+    (``agree_through_store``); None without a process group, or when ``where`` is not its rank and size.
+
+    The store is the one ``init_process_group`` made (torchrun's agent store, a ``tcp://`` or ``file://``
+    one): shared by every rank of every node and by no other launch. Its key carries torchrun's restart
+    count, since the agent's store outlives a restart: a restarted launch agrees on a new name."""
+    dist = _initialised_process_group()
+    if dist is None or (dist.get_rank(), dist.get_world_size()) != where:
+        return None
+    default_store = getattr(dist.distributed_c10d, "_get_default_store", None)
+    if default_store is None:
+        return None
+    env = os.environ if environ is None else environ
+    key = _STORE_KEY.format(env.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    return SharedName(agree_through_store(default_store(), where.rank, key, timeout), "process_group_store")
+
+
+def agree_through_store(store, rank: int, key: str, timeout: float = STORE_WAIT_S) -> str:
+    """One name for ``key``, alike on every rank: rank 0 makes it (its local time and six random hex digits)
+    and ``set``s it, which waits for no other rank; another rank reads it, waiting at most ``timeout``
+    seconds for rank 0 to get there, then raises a LogInputError rather than wait on.
+
+    Made and read once per process: the launch's later runs are told apart as the runs of any shared name
+    are (by checkpoint, then ``-1``, ``-2``). Rank 0 sets its name again at every call, so a process group
+    made anew in the same process finds it."""
+    name = _agreed.get((rank, key))
+    if rank == 0:
+        name = name or f"{time.strftime('%H-%M-%S')}-{secrets.token_hex(3)}"
+        store.set(key, name)
+    elif name is None:
+        try:
+            store.wait([key], timedelta(seconds=timeout))
+        except RuntimeError as exc:  # torch's DistStoreError, or a FileStore's RuntimeError
+            raise LogInputError(
+                f"rank {rank}: rank 0 did not name the run in the process group's store within {timeout:g} s "
+                f"({type(exc).__name__}: {exc}). Does rank 0 log too (a DetailedLogger and log_run_start)? "
+                f"Else give every rank the name: run_name= or {RUN_NAME_ENV}.") from None
+        name = store.get(key).decode()
+    _agreed[(rank, key)] = name
+    return name
+
+
 def no_shared_name(where: Placement) -> LogInputError:
     """The error for a rank of a job that has no name all its ranks share (a clock-made name would split the
     run into one folder per rank)."""
@@ -183,5 +288,6 @@ def no_shared_name(where: Placement) -> LogInputError:
         "must be the same on every rank, and a name made from each rank's clock is not. Give one of: "
         "run_name= (DetailedLogger or log_run_start, the same on every rank); a name in every rank's "
         f"environment ({RUN_NAME_ENV}, torchrun's TORCHELASTIC_RUN_ID with --rdzv-id or --standalone, or "
-        "SLURM_JOB_ID); or broadcast_name=True (one broadcast from rank 0 per run, a collective every rank must "
-        "reach).")
+        "SLURM_JOB_ID); broadcast_name=True (one broadcast from rank 0 per run, a collective every rank must "
+        "reach); or torch.distributed's process group, initialised before log_run_start (rank 0 names the "
+        "launch in its store).")

@@ -64,8 +64,8 @@ for _ in range(runs):
 print(json.dumps(folders), flush=True)
 """
 
-_LAUNCHER_VARS = ("ASYNCLOG_RUN_NAME", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "SLURM_JOB_ID",
-                  "SLURM_STEP_ID", "SLURM_RESTART_COUNT")
+_LAUNCHER_VARS = ("ASYNCLOG_RUN_NAME", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_ERROR_FILE",
+                  "SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_RESTART_COUNT")
 
 
 def _job(tmp_path, world: int, env: dict, doomed: int = -1, broadcast: bool = False, runs: int = 1) -> list:
@@ -157,12 +157,12 @@ def test_a_killed_rank_leaves_the_others_intact_and_the_run_incomplete(tmp_path)
 
 
 # --- names ---------------------------------------------------------------------------------------------------
-def test_ranks_without_a_shared_name_get_an_error_naming_the_three_ways(tmp_path, no_launcher):
+def test_ranks_without_a_shared_name_or_a_process_group_get_an_error_naming_the_ways(tmp_path, no_launcher):
     for rank in (0, 1):
         logger = DetailedLogger(_config(tmp_path / "logs"), rank=rank, world_size=2)
         with pytest.raises(asynclog.LogInputError) as caught:
             logger.log_run_start("/ckpt/step_10")
-        for way in ("run_name=", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "broadcast_name=True"):
+        for way in ("run_name=", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "broadcast_name=True", "process group"):
             assert way in str(caught.value)
     assert not (tmp_path / "logs").exists() or not any((tmp_path / "logs").rglob("*.alog"))
 
@@ -201,13 +201,69 @@ def test_a_run_name_used_again_is_an_error_not_a_merge(tmp_path, no_launcher, mo
 
 
 def test_the_launchers_names_are_found_in_the_environment():
-    from asynclog.ranks import job_name
+    from asynclog.ranks import job_name, launcher_name
 
     assert job_name({"TORCHELASTIC_RUN_ID": "abc", "SLURM_JOB_ID": "9"}) == "torchrun-abc"
     assert job_name({"TORCHELASTIC_RUN_ID": "none", "SLURM_JOB_ID": "9", "SLURM_STEP_ID": "0"}) == "slurm-9.0"
     assert job_name({"TORCHELASTIC_RUN_ID": "abc", "TORCHELASTIC_RESTART_COUNT": "2"}) == "torchrun-abc-restart2"
     assert job_name({"ASYNCLOG_RUN_NAME": "sweep7", "TORCHELASTIC_RUN_ID": "abc"}) == "sweep7"
     assert job_name({"TORCHELASTIC_RUN_ID": "none", "MASTER_PORT": "29500"}) is None  # shared by every job
+    assert [launcher_name(env).source for env in ({"ASYNCLOG_RUN_NAME": "a"}, {"TORCHELASTIC_RUN_ID": "b"},
+                                                  {"SLURM_JOB_ID": "9"})] == ["ASYNCLOG_RUN_NAME",
+                                                                              "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID"]
+
+
+def _torchrun_env(rank: int, local_world: int = 2, restart: int = 0, **changed) -> dict:
+    """What torchrun (torch 2.13, no --rdzv-id) gives rank ``rank`` of a launch of 2 ranks."""
+    folder = "/tmp/torchelastic_twpyqxzo/none_f06mhsyz"
+    local = rank % local_world
+    return {"TORCHELASTIC_RUN_ID": "none", "TORCHELASTIC_RESTART_COUNT": str(restart), "RANK": str(rank),
+            "WORLD_SIZE": "2", "LOCAL_RANK": str(local), "LOCAL_WORLD_SIZE": str(local_world),
+            "TORCHELASTIC_ERROR_FILE": f"{folder}/attempt_{restart}/{local}/error.json", **changed}
+
+
+def test_torchruns_launch_folder_names_a_launch_on_one_node_only():
+    from asynclog.ranks import Placement, SharedName, torchrun_launch_name
+
+    want = SharedName("torchrun-f06mhsyz", "TORCHELASTIC_ERROR_FILE")
+    assert [torchrun_launch_name(Placement(r, 2), _torchrun_env(r)) for r in (0, 1)] == [want, want]
+    assert torchrun_launch_name(Placement(1, 2), _torchrun_env(1, restart=1)).name == "torchrun-f06mhsyz-restart1"
+    assert torchrun_launch_name(Placement(1, 2), _torchrun_env(1, local_world=1)) is None  # a folder per node
+    assert torchrun_launch_name(Placement(0, 4), _torchrun_env(0)) is None  # not torchrun's world
+    assert torchrun_launch_name(Placement(0, 2), _torchrun_env(0, TORCHELASTIC_ERROR_FILE="")) is None  # /dev/null
+    assert torchrun_launch_name(Placement(0, 2), _torchrun_env(0, TORCHELASTIC_ERROR_FILE="/tmp/e.json")) is None
+
+
+def test_rank_0_names_the_launch_in_the_store_without_waiting_and_a_rank_it_keeps_waiting_gives_up():
+    import time
+
+    from torch.distributed import HashStore
+
+    from asynclog.ranks import agree_through_store
+
+    store = HashStore()
+    with pytest.raises(asynclog.LogInputError, match="rank 0 did not name the run.*within 0.2 s"):
+        agree_through_store(store, 1, "asynclog/test/attempt_0", timeout=0.2)
+    begin = time.monotonic()
+    name = agree_through_store(store, 0, "asynclog/test/attempt_0", timeout=0.2)
+    assert time.monotonic() - begin < 0.1
+    assert agree_through_store(store, 1, "asynclog/test/attempt_0") == name
+    assert agree_through_store(store, 0, "asynclog/test/attempt_1") != name  # a restart agrees anew
+
+
+def test_ranks_of_a_process_group_without_a_launcher_name_agree_on_one_through_its_store(tmp_path):
+    results = _job(tmp_path, 2, {}, runs=2)
+    for proc, _, err in results:
+        assert proc.returncode == 0, err[-3000:]
+    folders = [json.loads(out) for _, out, _ in results]
+    assert folders[0] == folders[1]
+    first, again = folders[0]
+    assert again == first + "-1"  # the same checkpoint again, in the same job
+    for folder in folders[0]:
+        with asynclog.open(folder) as log:
+            assert log.complete and log.ranks == [0, 1]
+            assert [log.shard(r).header["metadata"]["run_metadata"]["name_source"] for r in (0, 1)] == \
+                ["process_group_store"] * 2
 
 
 def test_ranks_on_both_sides_of_midnight_meet_in_one_folder(tmp_path):
