@@ -1,4 +1,13 @@
-"""File helpers both processes share: create a file exclusively, replace one atomically.
+"""File helpers both processes share: create a file exclusively, replace one atomically, make folders, and make
+names durable.
+
+What survives a power loss (POSIX): an fsync makes a file's bytes durable, not its name. A new name in a folder
+is durable once that folder is fsynced, and a folder made since its parent was last fsynced can vanish with
+everything in it. So this module remembers each folder this process makes (``makedirs``, ``mkdir``) until an
+fsync of its parent covers it, and ``folders_to_sync(path)`` lists what to fsync for ``path``'s name to last:
+its own folder, then the parent of each folder above it made here and not synced since. The writer process
+fsyncs that list for a log before it answers the first durable flush or the close (``wire.Open`` carries it),
+so ``start()`` pays no fsync.
 
 Small and dependency-free on purpose: the writer process imports it.
 """
@@ -6,17 +15,80 @@ Small and dependency-free on purpose: the writer process imports it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import threading
+from collections.abc import Iterable
 
-__all__ = ["create_exclusive", "atomic_write", "open_for_writing", "write_start", "open_started"]
+__all__ = ["create_exclusive", "atomic_write", "makedirs", "mkdir", "folders_to_sync", "fsync_folders",
+           "open_for_writing", "write_start", "open_started"]
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_FOLDER = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _CLOEXEC
+
+_made_lock = threading.Lock()
+_made: set[str] = set()  # folders this process made whose name in their parent is not known durable yet
 
 
+# --- folders and their names ---------------------------------------------------------------------------------
+def makedirs(path: str | os.PathLike) -> None:
+    """``os.makedirs(path, exist_ok=True)``, remembering each folder it makes (see the module docstring)."""
+    path = folder = os.path.abspath(os.fspath(path))
+    missing = []
+    while not os.path.lexists(folder) and folder != os.path.dirname(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    for folder in reversed(missing):
+        try:
+            mkdir(folder)
+        except FileExistsError:
+            pass  # another process made it meanwhile: its name is that process's to sync
+    if not os.path.isdir(path):
+        raise FileExistsError(errno.EEXIST, "exists and is not a folder", path)
+
+
+def mkdir(path: str | os.PathLike) -> None:
+    """``os.mkdir(path)`` (FileExistsError if anything is there), remembering the folder it makes."""
+    path = os.path.abspath(os.fspath(path))
+    os.mkdir(path)
+    with _made_lock:
+        _made.add(path)
+
+
+def folders_to_sync(path: str | os.PathLike) -> list[str]:
+    """The folders whose fsync makes ``path``'s name durable: its own folder, then, going up, the parent of
+    each folder this process made and has not synced since, up to the first folder it did not make."""
+    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+    folders = [folder]
+    with _made_lock:
+        while folder in _made:
+            folder = os.path.dirname(folder)
+            folders.append(folder)
+    return folders
+
+
+def fsync_folders(folders: Iterable[str]) -> None:
+    """fsync each folder, which makes every name in it durable, and forget the folders made in them."""
+    folders = list(folders)
+    with _made_lock:  # taken first: a folder made while the fsyncs run may not be covered by them
+        covered = {made for made in _made if os.path.dirname(made) in folders}
+    for folder in folders:
+        fd = os.open(folder, _FOLDER)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    with _made_lock:
+        _made.difference_update(covered)
+
+
+# --- log files -----------------------------------------------------------------------------------------------
 def create_exclusive(path: str, mode: int = 0o644) -> None:
-    """Create an empty file at ``path``; FileExistsError if anything, even a dangling symlink, is there."""
+    """Create an empty file at ``path``; FileExistsError if anything, even a dangling symlink, is there.
+
+    Its name is not durable yet: the writer fsyncs ``folders_to_sync(path)`` before it acknowledges a durable
+    flush or a close."""
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, mode))
 
 
@@ -40,9 +112,7 @@ def write_start(path: str, data: bytes, overwrite: bool) -> None:
     """
     fd = open_for_writing(path, overwrite)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        _write_all(fd, data)
     except BaseException:
         with contextlib.suppress(OSError):  # the write's own error is the one to raise
             os.ftruncate(fd, 0)
@@ -91,3 +161,9 @@ def atomic_write(path: str, data: bytes | str, replace: bool = True) -> None:
             os.unlink(tmp)
         except OSError:
             pass
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
