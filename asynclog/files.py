@@ -7,7 +7,8 @@ everything in it. So this module remembers each folder this process makes (``mak
 fsync of its parent covers it, and ``folders_to_sync(path)`` lists what to fsync for ``path``'s name to last:
 its own folder, then the parent of each folder above it made here and not synced since. The writer process
 fsyncs that list for a log before it answers the first durable flush or the close (``wire.Open`` carries it),
-so ``start()`` pays no fsync.
+so ``start()`` pays no fsync; ``replacing`` (and ``atomic_write``) fsync the file, rename it into place and
+fsync the list before they return.
 
 Small and dependency-free on purpose: the writer process imports it.
 """
@@ -18,9 +19,9 @@ import contextlib
 import errno
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
-__all__ = ["create_exclusive", "atomic_write", "makedirs", "mkdir", "folders_to_sync", "fsync_folders",
+__all__ = ["create_exclusive", "atomic_write", "replacing", "makedirs", "mkdir", "folders_to_sync", "fsync_folders",
            "open_for_writing", "write_start", "open_started"]
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -135,32 +136,51 @@ def open_started(path: str, start_len: int) -> int:
     return fd
 
 
-def atomic_write(path: str, data: bytes | str, replace: bool = True) -> None:
-    """Write ``data`` to ``path`` through a temporary file: readers see no file, the old one or the whole new one.
+# --- whole files, replaced -----------------------------------------------------------------------------------
+@contextlib.contextmanager
+def replacing(path: str, replace: bool = True) -> Iterator[str]:
+    """A temporary name beside ``path`` for the block to write; once the block ends, the file is put in place.
 
-    With ``replace=False`` an existing ``path`` is left alone (FileExistsError), race-free between processes.
+    Readers, and whatever a power loss leaves, see no file, the old one or the whole new one, never an empty
+    or partial one: the temporary file is fsynced before it is renamed to ``path``, and ``path``'s folders
+    (``folders_to_sync``) are fsynced after. With ``replace=False`` an existing ``path`` is left alone
+    (FileExistsError), race-free between processes. The temporary file is removed whatever happens.
     """
-    if isinstance(data, str):
-        data = data.encode("utf-8")
     tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"  # threads of one process write apart too
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
     try:
-        fd = os.open(tmp, flags, 0o644)
-    except FileExistsError:  # left by a crashed process that had our pid (and thread id)
-        os.unlink(tmp)
-        fd = os.open(tmp, flags, 0o644)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         if replace:
             os.replace(tmp, path)
         else:
             os.link(tmp, path)  # fails if anything is there; never overwrites
-    finally:
-        try:
             os.unlink(tmp)
-        except OSError:
-            pass
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_folders(folders_to_sync(path))
+
+
+def atomic_write(path: str, data: bytes | str, replace: bool = True) -> None:
+    """Write ``data`` to ``path`` through ``replacing``: durable, and seen whole or not at all."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
+    with replacing(path, replace) as tmp:
+        try:
+            fd = os.open(tmp, flags, 0o644)
+        except FileExistsError:  # left by a crashed process that had our pid (and thread id)
+            os.unlink(tmp)
+            fd = os.open(tmp, flags, 0o644)
+        try:
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -201,3 +201,28 @@ def test_detailed_logger_run_fsyncs_its_day_folder_and_output_directory_before_f
     trace, work, path = traced
     assert os.path.dirname(os.path.dirname(path)) == os.path.join(work, "probe")
     _assert_names_durable(trace, path, work, trace.mark("finalized"))
+
+
+def test_sidecars_are_fsynced_before_their_rename_and_their_folder_after(traced):
+    trace, work, path = traced
+    stem = path.removesuffix(".alog")
+    replaced = trace.replacements(work)
+    targets = {op.paths[1] for op in replaced}
+    expected = {stem + "_summary.json", stem + "_config.yaml", os.path.join(work, "probe", "README.md"),
+                os.path.join(work, "ranked", "job", "manifest.json")}
+    assert expected <= targets, sorted(targets)
+    assert any(t.startswith(os.path.join(work, "exported")) for t in targets), sorted(targets)
+    for op in replaced:
+        tmp, target = op.paths
+        assert trace.fsynced(tmp, trace.created(tmp, op.at), op.at), f"{tmp} not fsynced before it became {target}"
+        returned = trace.marks_after(op.at)
+        assert trace.fsynced(os.path.dirname(target), op.at, returned), \
+            f"{os.path.dirname(target)} not fsynced after {target} was put in place"
+
+
+def test_an_exports_new_folders_are_fsynced_before_it_returns(traced):
+    trace, work, _ = traced
+    written = [op.paths[1] for op in trace.replacements(os.path.join(work, "exported"))]
+    assert written
+    for target in written:  # the file's own name: test_sidecars_are_fsynced_before_their_rename_and_their_folder_after
+        _assert_names_durable(trace, os.path.dirname(target), work, trace.mark("exported"))
