@@ -70,18 +70,29 @@ def folders_to_sync(path: str | os.PathLike) -> list[str]:
 
 
 def fsync_folders(folders: Iterable[str]) -> None:
-    """fsync each folder, which makes every name in it durable, and forget the folders made in them."""
-    folders = list(folders)
+    """fsync each folder, which makes every name in it durable, and forget the folders made in them.
+
+    As PostgreSQL does, a folder that cannot be opened for lack of read permission, or whose file system
+    cannot fsync a folder (EINVAL), is passed over: nothing more can be done for its names.
+    """
     with _made_lock:  # taken first: a folder made while the fsyncs run may not be covered by them
-        covered = {made for made in _made if os.path.dirname(made) in folders}
+        made = set(_made)
+    synced = set()
     for folder in folders:
-        fd = os.open(folder, _FOLDER)
+        try:
+            fd = os.open(folder, _FOLDER)
+        except PermissionError:
+            continue
         try:
             os.fsync(fd)
+            synced.add(folder)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.EBADF):
+                raise
         finally:
             os.close(fd)
     with _made_lock:
-        _made.difference_update(covered)
+        _made.difference_update(folder for folder in made if os.path.dirname(folder) in synced)
 
 
 # --- log files -----------------------------------------------------------------------------------------------
