@@ -39,7 +39,7 @@ INTERRUPTED = 130
 EXIT_STATUSES = {
     OK: "success",
     DAMAGED: "a log is damaged, or is not an asynclog log (cat prints what is intact); import: a file was skipped",
-    INCOMPLETE: "verify: every frame is intact but the run was not closed normally",
+    INCOMPLETE: "verify: the run was not closed normally; every frame is intact, or only a last one a crash tore",
     USAGE: "a usage mistake or bad input: a wrong argument, a folder given for a file, a bad config",
     NOT_FOUND: "a file or folder named on the command line does not exist",
     CANNOT_ACCESS: "a file cannot be read or written (permissions, a full disk, the writer failed)",
@@ -58,7 +58,8 @@ class Failure(Exception):
 def cmd_verify(args: argparse.Namespace) -> int:
     """Check every frame of a log. Exit 0 when every frame is intact and the footer says the run closed
     normally; 1 when anything is damaged (each stretch is named on stderr); 2 when nothing is damaged but the
-    run is incomplete (no footer, or a footer marked incomplete). Damage wins over incomplete."""
+    run is incomplete (no footer, or a footer marked incomplete). Damage wins over incomplete. A torn tail
+    (a last frame a crash cut short or zero-filled, in a file without a trailer) is incomplete, not damage."""
     frames, damaged, incomplete = check(args.path)
     for d in damaged:
         print(f"{args.path}: damaged at offset {d.offset} ({d.size} bytes): {d.reason}", file=sys.stderr)
@@ -79,8 +80,9 @@ def cmd_cat(args: argparse.Namespace) -> int:
     "-Infinity", so they stay apart from null (``jq 'select(.data.x == "NaN")'`` finds them).
     Damaged stretches are skipped, each named on stderr (offset, bytes, why), and printing goes on with the
     next intact frame. Exit 0 when every frame was printed, 1 when something was skipped or the file is
-    not an asynclog log. With ``--rows STREAM``, the stream's rows instead, one JSON object per row
-    (tensor cells as lists), one chunk in memory at a time.
+    not an asynclog log. A torn tail ends the output as the end of any log that was not closed does. With
+    ``--rows STREAM``, the stream's rows instead, one JSON object per row (tensor cells as lists), one chunk
+    in memory at a time.
     """
     out = sys.stdout.buffer
     try:
@@ -93,6 +95,8 @@ def cmd_cat(args: argparse.Namespace) -> int:
     skipped = 0
     with log:
         for item in log.walk():
+            if isinstance(item, Damage) and item.torn:
+                continue
             try:
                 if isinstance(item, Damage):
                     raise CorruptLogError(item.reason, item.offset)

@@ -39,9 +39,9 @@ import msgspec
 from . import index
 from .analysis import COLUMNS, NUMBERS, find_logs, read_run, row, run_sources
 from .errors import AsyncLogError
-from .export import (EVENT_BATCH, STREAM_KINDS, ExportError, _arrow_batch, _groups, _per_token, _writing, event_row,
+from .export import (EVENT_BATCH, STREAM_KINDS, ExportError, _arrow_batch, _groups, _per_token, event_row,
                      need, shards_of)
-from .files import atomic_write
+from .files import atomic_write, makedirs, replacing
 from .format import SUFFIX
 
 __all__ = ["export_dataset", "is_dataset", "connect", "table", "STATE", "TABLES"]
@@ -100,7 +100,7 @@ def export_dataset(directory: str | os.PathLike, out: str | os.PathLike) -> list
     """Export every run below ``directory`` not yet in the dataset ``out``; return the part files written."""
     directory, out = os.fspath(directory), os.fspath(out)
     runs, base = _runs(directory)
-    os.makedirs(out, exist_ok=True)
+    makedirs(out)
     state, written, unsaved, saved = _read_state(out), [], False, time.monotonic()
     try:
         for path in runs:
@@ -275,9 +275,9 @@ def _write(path: str, sources: Sources) -> bool:
     schema = _schema(firsts, sources)
     if schema is None:
         return False
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    makedirs(os.path.dirname(path))
     dictionary = _dictionary_columns(schema, firsts)
-    with _writing(path) as tmp, pq.ParquetWriter(tmp, schema, use_dictionary=dictionary) as writer:
+    with replacing(path) as tmp, pq.ParquetWriter(tmp, schema, use_dictionary=dictionary) as writer:
         for k, rest in enumerate(passes):
             if firsts[k] is not None:
                 writer.write_batch(_conform(firsts[k], schema))

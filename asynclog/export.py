@@ -34,7 +34,6 @@ records at a time, tensors one at a time; a file appears under its name only whe
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import itertools
 import math
@@ -46,6 +45,7 @@ from collections.abc import Callable, Iterable, Iterator
 import msgspec
 
 from .errors import AsyncLogError
+from .files import makedirs, replacing
 
 __all__ = ["export", "sequences", "tokens", "register", "main", "ExportError", "FORMATS", "STREAM_KINDS"]
 
@@ -224,7 +224,7 @@ def write_parquet(table: Table, path: str) -> None:
     if first is None:
         first = _arrow_batch({})
     schema = _schema(first, lambda: itertools.islice(table.batches(), 1, None))
-    with _writing(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+    with replacing(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         for k, batch in enumerate(itertools.chain([first], batches)):
             if batch.schema != schema:
                 try:
@@ -236,7 +236,7 @@ def write_parquet(table: Table, path: str) -> None:
 
 # --- text and npz ---------------------------------------------------------------------------------------
 def write_jsonl(table: Table, path: str) -> None:
-    with _writing(path) as tmp, open(tmp, "wb") as f:
+    with replacing(path) as tmp, open(tmp, "wb") as f:
         for row in table.rows():
             f.write(_json.encode(plain(row)) + b"\n")
 
@@ -248,7 +248,7 @@ def _csv_cell(value):
 
 
 def write_csv(table: Table, path: str) -> None:
-    with _writing(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+    with replacing(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = None
         for row in table.rows():
             if writer is None:
@@ -261,7 +261,7 @@ def write_npz(table: Table, path: str) -> None:
     import numpy as np
 
     shards = dict(shards_of(table.log))
-    with _writing(path) as tmp, zipfile.ZipFile(tmp, "w", allowZip64=True) as npz:
+    with replacing(path) as tmp, zipfile.ZipFile(tmp, "w", allowZip64=True) as npz:
         for name, k, tensor, rank in _tensors(table.log):
             key = name if shards[rank].tensor_count(name) == 1 else f"{name}#{k}"
             key = key if rank is None else f"rank-{rank:05d}/{key}"
@@ -270,18 +270,6 @@ def write_npz(table: Table, path: str) -> None:
 
 
 _WRITERS = {"parquet": write_parquet, "csv": write_csv, "jsonl": write_jsonl, "npz": write_npz}
-
-
-@contextlib.contextmanager
-def _writing(path: str) -> Iterator[str]:
-    """A temporary name beside ``path``, renamed to it once written whole; removed on failure."""
-    tmp = f"{path}.{os.getpid()}.part"
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 def export(path: str | os.PathLike, to: str, what: str | None = None, out: str | os.PathLike | None = None) -> list[str]:
@@ -304,7 +292,7 @@ def _targets(path: str, chosen: list[Table], to: str, out) -> list[str]:
     if out and len(chosen) == 1 and not os.path.isdir(out) and os.path.splitext(out)[1]:
         return [out]
     folder = out or os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
+    makedirs(folder)
     stem = os.path.splitext(os.path.basename(path.rstrip(os.sep)))[0]
     return [os.path.join(folder, f"{stem}_{t.label}{_EXT[to]}") for t in chosen]
 

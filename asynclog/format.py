@@ -28,7 +28,9 @@ and zlib's CRC-32 in version 1, which is all that changed: a file is checked by 
 
 Checking the header on its own lets a reader skip a frame without reading its payload, and tells a torn
 length apart from a torn payload. A reader that finds no trailer scans frames from the preamble; past a frame
-that fails it searches forward for the next frame magic whose header checksum holds (``walk_frames``).
+that fails it searches forward for the next frame magic whose header checksum holds (``walk_frames``). A
+stretch that fails and runs to the end of a file without a trailer is its torn tail (``Damage.torn``): what a
+crash leaves while the last frame is written, so the log is incomplete, not damaged.
 
 Reading trusts nothing a checksum does not cover, and checksums are no defence against a crafted file: the
 lengths in a header are checked against the file before anything is read, and meta is decoded into the
@@ -339,11 +341,17 @@ def scan_frames(f: BinaryIO, verify: bool = True, version: int | None = None) ->
 
 
 class Damage(NamedTuple):
-    """A stretch of a file a reader skipped: where it starts, how many bytes, and why."""
+    """A stretch of a file a reader skipped: where it starts, how many bytes, and why.
+
+    ``torn``: the stretch is a torn tail, what a crash leaves at the end of a log being written (a last frame
+    cut short, or whose blocks never reached the disk): it runs to the end of a file that has no trailer. A
+    reader calls such a log incomplete, not damaged (it cannot tell a torn last frame from a damaged one).
+    """
 
     offset: int
     size: int
     reason: str
+    torn: bool = False
 
 
 def damage(exc, size: int) -> Damage:
@@ -352,7 +360,8 @@ def damage(exc, size: int) -> Damage:
 
 
 def walk_frames(f: BinaryIO, verify: bool = True, version: int | None = None) -> Iterator[FrameHeader | Damage]:
-    """Like ``scan_frames``, but past a damaged stretch go on with the next intact frame, yielding a Damage.
+    """Like ``scan_frames``, but past a damaged stretch go on with the next intact frame, yielding a Damage
+    (marked ``torn`` when it is the torn tail of a file without a trailer).
 
     A frame whose header holds but whose payload fails is skipped by its (checked) lengths; past a damaged
     header the next frame is found by searching for the frame magic with a header checksum that holds.
@@ -373,9 +382,10 @@ def walk_frames(f: BinaryIO, verify: bool = True, version: int | None = None) ->
                 raise CorruptLogError("frame payload checksum mismatch", offset)
         except CorruptLogError as exc:
             following = find_frame(f, header.end if header else offset + 1, size, version)
-            yield damage(exc, (size if following is None else following) - offset)
             if following is None:
+                yield damage(exc, size - offset)._replace(torn=read_trailer(f) is None)
                 return
+            yield damage(exc, following - offset)
             offset = following
             continue
         yield header

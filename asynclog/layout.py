@@ -38,7 +38,7 @@ from datetime import datetime, timedelta
 from typing import BinaryIO, NamedTuple, TypeVar
 
 from .errors import ConfigError, CorruptLogError
-from .files import atomic_write, create_exclusive
+from .files import atomic_write, create_exclusive, makedirs, mkdir
 from .format import PREAMBLE_SIZE, SUFFIX, FrameKind, read_header, read_payload, read_preamble, read_trailer
 from .ranks import MANIFEST, SHARD_STEM, shard_name, shard_stem
 
@@ -222,7 +222,7 @@ def _values(now: datetime, checkpoint_path, level: str, timestamp: str | None = 
 
 def _day_folder(root: str, now: datetime) -> str:
     day_dir = os.path.join(root, now.strftime("%Y-%m-%d"))
-    os.makedirs(day_dir, exist_ok=True)
+    makedirs(day_dir)
     if os.path.islink(day_dir):  # a link would place the run outside the output directory
         raise FileExistsError(f"{day_dir} is a symlink; asynclog writes day folders only as real directories")
     return day_dir
@@ -272,7 +272,7 @@ def new_rank_run_folder(output_directory: str | os.PathLike, template: str, chec
         if os.path.lexists(folder + SUFFIX):
             continue
         try:
-            os.mkdir(folder)
+            mkdir(folder)
             return folder
         except FileExistsError:
             continue
@@ -287,7 +287,7 @@ def rank_run_paths_in(output_directory: str | os.PathLike, folder: str, rank: in
     root, folder = os.path.abspath(os.fspath(output_directory)), os.path.abspath(folder)
     if os.path.dirname(os.path.dirname(folder)) != root:
         raise FileExistsError(f"{folder} is outside {root}; run folders are real directories there")
-    os.makedirs(folder, exist_ok=True)
+    makedirs(folder)
     if os.path.islink(folder):
         raise FileExistsError(f"{folder} is a symlink; run folders are real directories in {root}")
     summary = os.path.join(folder, shard_stem(rank) + SUMMARY_SUFFIX)

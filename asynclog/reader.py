@@ -3,7 +3,10 @@
 A closed log is opened through its trailer and footer index: finding a tensor reads only its frames. A log
 without a valid footer (the probe crashed, the disk filled), or whose footer index does not hold up, is
 indexed by scanning every frame; past a damaged frame the scan goes on with the next intact one.
-``Log.cut_at`` is where the first damage starts and ``Log.damaged`` lists every stretch skipped so far.
+``Log.cut_at`` is where the first damage starts and ``Log.damaged`` lists every stretch skipped so far. A
+torn tail (``Damage.torn``: a last frame a crash cut short or left zero-filled, in a file without a trailer)
+is where the log was cut, not damage: ``cut_at`` names it when nothing before it is damaged, ``damaged``
+leaves it out, and ``verify`` calls such a log incomplete.
 
 Nothing in a file is trusted to size an allocation: a frame may declare at most what this run's writer
 could have written in one frame (``frame_limits``), a tensor's pieces must add up to its shape before its
@@ -215,6 +218,7 @@ class Log:
             self.size = self._file.seek(0, os.SEEK_END)
             self.damaged: list[Damage] = []
             self._tables: dict[tuple[str, str, str], dict] = {}  # lookup tables read so far (``_table``)
+            self._torn: Damage | None = None
             self.header: dict = self._read_header()
             self._limits = frame_limits(self.header.get("config"))
             self.footer: dict | None = None
@@ -244,7 +248,10 @@ class Log:
         return meta
 
     def _note(self, damage: Damage) -> None:
-        if all(d.offset != damage.offset for d in self.damaged):
+        if damage.torn:  # where the log was cut, not damage; the header frame may have been noted as damaged
+            self._torn = damage
+            self.damaged = [d for d in self.damaged if d.offset != damage.offset]
+        elif all(d.offset != damage.offset for d in self.damaged):
             self.damaged.append(damage)
 
     def _damage(self, exc: CorruptLogError) -> Damage:
@@ -295,8 +302,9 @@ class Log:
             except CorruptLogError as exc:
                 self._note(fmt.damage(exc, item.size))
         self._tensors = {name: list(by_tid.values()) for name, by_tid in groups.items()}
-        if self.damaged:
-            self.cut_at, self.cut_reason = self.damaged[0].offset, self.damaged[0].reason
+        first = self.damaged[0] if self.damaged else self._torn
+        if first is not None:
+            self.cut_at, self.cut_reason = first.offset, first.reason
 
     def _index_frame(self, header: fmt.FrameHeader, groups: dict) -> None:
         if header.kind == FrameKind.RECORDS:
@@ -609,7 +617,8 @@ def open_log(path: str | os.PathLike):
 # --- verify ---------------------------------------------------------------------------------------------
 class Verdict(NamedTuple):
     """What ``check`` found: intact frames, damaged stretches, and why the run is not known complete
-    (None when its footer says it was closed normally)."""
+    (None when its footer says it was closed normally). A torn tail is not among the damaged stretches:
+    ``incomplete`` names it."""
 
     frames: int
     damaged: list[Damage]
@@ -620,13 +629,16 @@ def check(path: str | os.PathLike) -> Verdict:
     """Check every frame of a log: checksums, typed meta, and that each body decodes to its declared
     length within this run's frame limits. Bodies are decompressed a block at a time, so memory stays
     small whatever a frame declares."""
-    frames, damaged, footer, limits = 0, [], None, frame_limits(None)
+    frames, damaged, torn, footer, limits = 0, [], None, None, frame_limits(None)
     with open(path, "rb") as f:
         try:
             version = fmt.read_preamble(f)
         except CorruptLogError as exc:
             return Verdict(0, [fmt.damage(exc, f.seek(0, os.SEEK_END))], "not an asynclog file")
         for item in fmt.walk_frames(f, verify=True, version=version):
+            if isinstance(item, Damage) and item.torn:
+                torn = item
+                continue
             try:
                 if isinstance(item, Damage):
                     raise CorruptLogError(item.reason, item.offset)
@@ -640,7 +652,7 @@ def check(path: str | os.PathLike) -> Verdict:
             elif item.kind == FrameKind.FOOTER:
                 footer = meta
         closed = fmt.read_trailer(f) is not None
-    return Verdict(frames, damaged, _incomplete(footer, closed))
+    return Verdict(frames, damaged, _incomplete(footer, closed, torn))
 
 
 def _typed_meta(f, header: fmt.FrameHeader) -> dict:
@@ -664,7 +676,10 @@ def _check_frame(f, header: fmt.FrameHeader, limits: dict) -> dict:
     return meta
 
 
-def _incomplete(footer: dict | None, closed: bool) -> str | None:
+def _incomplete(footer: dict | None, closed: bool, torn: Damage | None = None) -> str | None:
+    if torn is not None:
+        return (f"no footer: the run was not closed, and its last frame, at offset {torn.offset} ({torn.size} "
+                f"bytes), is torn ({torn.reason}), as a crash leaves it (readable up to there)")
     if footer is None or not closed:
         return "no footer: the run was not closed (readable up to its last frame)"
     if footer.get("complete") is not True:

@@ -23,7 +23,7 @@ from . import __version__, ranks, wire
 from .channel import Channel
 from .config import STAGING_BYTES, Config, level_rank
 from .errors import ConfigError, LogInputError, WriterError
-from .files import create_exclusive, write_start
+from .files import create_exclusive, folders_to_sync, makedirs, write_start
 from .format import FORMAT_VERSION, SUFFIX, log_start
 from .kernel import close_on_kernel_shutdown
 from .names import check_run_name
@@ -109,12 +109,12 @@ def _reserve(directory, name: str | None, path, overwrite: bool) -> tuple[str, s
     if path is None:
         name = check_run_name(name) if name is not None else time.strftime("run_%Y%m%d-%H%M%S") + f"_{os.getpid()}"
         directory = os.path.abspath(os.fspath(directory))
-        os.makedirs(directory, exist_ok=True)
+        makedirs(directory)
         return _reserve_unique(directory, name), name
     path = os.path.abspath(os.fspath(path))
     if "\0" in path:
         raise LogInputError(f"log path {path!r} contains a NUL byte")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    makedirs(os.path.dirname(path))
     if not overwrite:
         try:
             create_exclusive(path)
@@ -166,7 +166,9 @@ def start(directory: str | os.PathLike = "logs", name: str | None = None, *, lev
             first = log_start(encode_value(header, "run metadata"))
             write_start(path, first, overwrite)
             start_bytes = first
-            opening = wire.encode(wire.Open(wire.NO_ANSWER, run_id, path, len(first), summary, options))
+            # The writer fsyncs the folders that hold the new name, off this thread (files.py).
+            opening = wire.encode(wire.Open(wire.NO_ANSWER, run_id, path, len(first), summary, options,
+                                            folders_to_sync(path)))
             channel, stager = _channel_for(config, opening)
         except BaseException:
             _unlink_quietly(path, len(start_bytes))  # the reservation, or only what this start wrote
@@ -183,7 +185,7 @@ def _shard_path(directory, name: str | None, path, where: ranks.Placement) -> st
         raise LogInputError("in a job of several ranks, pass name= (the same on every rank) and no path=: "
                             "each rank writes <directory>/<name>/rank-NNNNN.alog")
     folder = os.path.join(os.path.abspath(os.fspath(directory)), check_run_name(name))
-    os.makedirs(folder, exist_ok=True)
+    makedirs(folder)
     return os.path.join(folder, ranks.shard_name(where.rank))
 
 

@@ -6,7 +6,7 @@ positional lists cost while each field has a name and a type the decoder checks.
 
 Probe -> writer, on the data pipe::
 
-    Open(ask, run, path, start_len, sidecar, options)           take over the file the probe started
+    Open(ask, run, path, start_len, sidecar, options, folders)  take over the file the probe started
     Records(run, count, body, inline)                           a batch of encoded records (+ small tensors)
     Staged(run, frame, offset, nbytes, mark)                    a frame whose body sits in the staging pool
     Sync(ask, run, durable)                                     answered once all before it is written (+fsync)
@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 
-WIRE_VERSION = 3  # bumped whenever a message changes; the handshake refuses a writer that speaks another
+WIRE_VERSION = 4  # bumped whenever a message changes; the handshake refuses a writer that speaks another
 
 
 class Op(enum.IntEnum):
@@ -93,6 +93,9 @@ class Open(_Message, tag=int(Op.OPEN)):
     start_len: int  # the preamble and header frame the probe wrote: the writer appends after exactly these
     sidecar: Union[dict, None]
     options: RunOptions
+    # What to fsync for the file's name to survive a power loss (``files.folders_to_sync``): the writer does it
+    # before its first durable sync or the close returns.
+    folders: list[str] = []
 
 
 class Records(_Message, tag=int(Op.RECORDS)):

@@ -9,7 +9,8 @@ in a fraction of a second. Its life:
    record and close their runs. After such a signal the writer serves on for ``grace_s`` at most.
 2. Serve: ``Open`` a run file and write its header frame; turn ``Records`` and ``Staged`` into frames (built
    on ``compress_threads`` threads, written in the order they arrived) and release their staging space;
-   ``Sync`` answers once all before it is written (and fsynced); ``Close`` writes footer and trailer;
+   ``Sync`` answers once all before it is written (and fsynced: with the file's first fsync, the folders
+   ``Open`` names, so that the file's name survives a power loss too); ``Close`` writes footer and trailer;
    ``Shutdown`` ends the loop. The periodic fsync (``fsync_interval_s``) runs behind, on a thread of its own,
    so that writing goes on while the disk catches up; a durable ``Sync`` and ``Close`` wait for it.
 3. The probe is gone when the data pipe reaches end-of-file or, since a forked child of the probe may hold
@@ -38,7 +39,7 @@ import msgspec
 
 from . import format as fmt
 from . import wire
-from .files import atomic_write, open_started
+from .files import atomic_write, fsync_folders, open_started
 from .filters import Codec
 
 _RAW = Codec("raw")
@@ -66,6 +67,7 @@ class RunFile:
         self.stats = {"frames": 1, "records": 0, "bytes_raw": 0, "bytes_on_disk": 0}
         self.last_sync = time.monotonic()
         self.synced = 0  # the file offset the last fsync covered
+        self.folders = msg.folders  # fsynced with the file, once: then the file's name is durable too
         self.syncing: Future | None = None  # an fsync running on the writer's sync thread
 
     def append(self, parts: list, spec: wire.FrameSpec, raw_len: int, records: int) -> None:
@@ -140,6 +142,9 @@ class RunFile:
         if upto != self.synced:
             os.fsync(self.fd)
             self.synced = upto
+        if self.folders:
+            fsync_folders(self.folders)
+            self.folders = []
         self.last_sync = time.monotonic()
 
     def finish(self, complete: bool, reason: str | None, probe_stats: dict) -> dict:

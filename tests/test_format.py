@@ -255,6 +255,54 @@ def test_cli_verify_exits_2_for_a_log_without_footer(sample_log, tmp_path):
     assert res.returncode == 2 and "no footer" in res.stderr
 
 
+def _torn(sample_log, out, tear: str) -> int:
+    """Write to ``out`` the sample log as a power loss leaves it while its last frame is being written: no
+    footer, and that frame cut short or zero-filled (the file's length reached the disk, its blocks did not).
+    Return the last frame's offset."""
+    ends = _frame_ends(sample_log)
+    data, last = open(sample_log, "rb").read()[:ends[-2]], ends[-3]  # ends[-2]: the last frame before the footer
+    if tear == "cut short":
+        out.write_bytes(data[:last + (len(data) - last) // 2])
+    else:
+        out.write_bytes(data[:last] + bytes(len(data) - last))
+    return last
+
+
+@pytest.mark.parametrize("tear", ["cut short", "zero-filled"])
+def test_verify_calls_a_log_whose_last_frame_a_crash_tore_incomplete_not_damaged(sample_log, tmp_path, tear):
+    torn = tmp_path / "torn.alog"
+    last = _torn(sample_log, torn, tear)
+    res = subprocess.run([sys.executable, "-m", "asynclog", "verify", str(torn)], capture_output=True, text=True)
+    assert res.returncode == 2, res.stderr
+    assert "no footer" in res.stderr and f"offset {last}" in res.stderr and "damaged" not in res.stderr
+    frames, problems = asynclog.verify(torn)
+    assert len(problems) == 1 and f"offset {last}" in problems[0]
+
+
+def test_verify_calls_damage_before_a_torn_last_frame_damage(sample_log, tmp_path):
+    torn = tmp_path / "torn.alog"
+    _torn(sample_log, torn, "cut short")
+    with open(sample_log, "rb") as f:
+        victim = [h for h in fmt.scan_frames(f) if h.kind == fmt.FrameKind.TENSOR][1]
+    bad = tmp_path / "bad.alog"
+    _damage(torn, bad, victim.end - 10)
+    res = subprocess.run([sys.executable, "-m", "asynclog", "verify", str(bad)], capture_output=True, text=True)
+    assert res.returncode == 1 and f"damaged at offset {victim.offset}" in res.stderr
+    assert res.stderr.count("damaged at") == 1  # the torn last frame is not damage
+
+
+def test_a_torn_last_frame_is_where_the_reader_says_the_log_was_cut_and_not_damage(sample_log, tmp_path):
+    torn = tmp_path / "torn.alog"
+    last = _torn(sample_log, torn, "zero-filled")
+    with asynclog.open(torn) as log:
+        assert not log.complete and log.cut_at == last and log.damaged == []
+        assert len(list(log.events())) == 30 and len(list(log.frames())) > 1
+        assert log.damaged == []
+    cat = subprocess.run([sys.executable, "-m", "asynclog", "cat", str(torn)], capture_output=True, text=True)
+    assert cat.returncode == 0 and cat.stderr == ""  # as for any log that was not closed
+    assert [msgspec.json.decode(line)["type"] for line in cat.stdout.splitlines()].count("event") == 30
+
+
 def test_unknown_frame_kind_is_skipped_by_its_lengths(sample_log, tmp_path):
     data = open(sample_log, "rb").read()
     ends = _frame_ends(sample_log)
