@@ -327,3 +327,27 @@ def test_switches_default_as_the_users_logger_and_a_level_they_cut_is_reported(t
     with caplog.at_level(logging.WARNING, logger="asynclog.probe"):
         DetailedLogger({"detailed_logging": {**settings, "level": "standard"}})
     assert caplog.text == ""
+
+
+USERS_SECTION = """
+detailed_logging:
+  enabled: true                   # Master switch for detailed logging
+  level: "detailed"               # Options: minimal, standard, detailed, debug
+  log_sequences: true             # Include individual sequence data with text
+  log_tokens: false               # Include token-level data (debug level only)
+  log_raw_tensors: false          # Include raw tensor values (debug level only)
+  output_directory: "entropy_experiments/logs"
+  filename_template: "entropy_probe_{timestamp}_{checkpoint_name}.json"
+  compress: true                  # Gzip the output files (recommended for large logs)
+  max_files: 50                   # Auto-cleanup old log files (0 = no cleanup)
+"""
+
+
+def test_the_users_own_config_section_loads_as_it_reads(tmp_path):
+    """The section of the user's example config, as written there, beside its other sections."""
+    path = tmp_path / "probe.yaml"
+    path.write_text("batch_config:\n  B_E: 64\n  G: 8\noutput:\n  log_level: INFO\n" + USERS_SECTION)
+    logger = DetailedLogger(str(path))
+    assert (logger.enabled, logger.level, logger.settings.max_files) == (True, "detailed", 50)
+    assert (logger.keeps.sequences, logger.keeps.tokens, logger.keeps.raw_tensors) == (True, False, False)
+    assert logger.keeps.importance_details and logger.engine_config.compression != "raw"
