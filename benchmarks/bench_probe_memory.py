@@ -5,7 +5,7 @@ The workload is the probe's logging calls on synthetic batches of the size the r
 - E batch: 2048 prompts x G=1, prompts of 80-120 tokens (left-padded), responses of 100-150 generated tokens;
 - U batch: 64 prompts x G=8, the same lengths, with rewards;
 - token ids from a vocabulary of 151,646, texts from a tokenizer that spells each id as a short word;
-- per checkpoint: run start, six phases, ``log_batch_data`` for E and U (with the ``sequences`` dict: sequence
+- per checkpoint: run start, six phases of 0.2 s each, ``log_batch_data`` for E and U (with the ``sequences`` dict: sequence
   and per-token log-probs and entropies), the importance-sampling details, ground truth, core results,
   ``finalize_log``; ``--checkpoints`` of them in a row, as a sweep does.
 
@@ -46,6 +46,7 @@ VOCAB = 151_646
 E_PROMPTS, U_PROMPTS, U_G = 2048, 64, 8
 PROMPT_TOKENS, NEW_TOKENS = (80, 120), (100, 150)
 EVENTS = 20_000
+PHASE_S = 0.2  # the probe's own work in each phase (minutes in the real probe): background work has its time
 PHASES = ("phase0_sampling", "phase1_sum_X", "phase2_sum_Y", "phase3_delta_h1", "phase4_sum_Z", "phase5_importance")
 
 
@@ -156,6 +157,7 @@ def probe_child(variant: str, level: str, checkpoints: int, staging_mib: int, di
         call(logger.log_run_start, f"checkpoints/step_{checkpoint}", config)
         for phase in PHASES:
             call(logger.log_phase_start, phase)
+            time.sleep(PHASE_S)
             if phase == "phase0_sampling":
                 call(logger.log_batch_data, "E_batch", E_batch, E_seq)
                 call(logger.log_batch_data, "U_batch", U_batch, U_seq)
