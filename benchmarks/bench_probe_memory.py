@@ -5,9 +5,9 @@ The workload is the probe's logging calls on synthetic batches of the size the r
 - E batch: 2048 prompts x G=1, prompts of 80-120 tokens (left-padded), responses of 100-150 generated tokens;
 - U batch: 64 prompts x G=8, the same lengths, with rewards;
 - token ids from a vocabulary of 151,646, texts from a tokenizer that spells each id as a short word;
-- per checkpoint: run start, six phases of 0.2 s each, ``log_batch_data`` for E and U (with the ``sequences`` dict: sequence
-  and per-token log-probs and entropies), the importance-sampling details, ground truth, core results,
-  ``finalize_log``; ``--checkpoints`` of them in a row, as a sweep does.
+- per checkpoint: run start, six phases of 0.2 s each, ``log_batch_data`` for E and U (with the ``sequences``
+  dict: sequence and per-token log-probs and entropies), the importance-sampling details, ground truth, core
+  results, ``finalize_log``; ``--checkpoints`` of them in a row, as a sweep does.
 
 Variants, each in its own subprocess, so the peak is that variant's alone:
 
@@ -233,13 +233,14 @@ def report(args, table: dict, events: list[dict]) -> str:
                      f"log size {median(ours, 'log_bytes') / median(theirs, 'log_bytes'):.2f}x")
     if events:
         lines += ["",
-                  f"events only ({EVENTS} run.event, no torch): RSS before start() {median(events, 'rss_before_start_mib'):.1f}"
-                  f" MiB, peak {median(events, 'peak_mib'):.1f} MiB, growth {median(events, 'growth_mib'):+.1f} MiB, "
-                  f"pool pages mapped {median(events, 'shmem_mib'):.1f} of {median(events, 'pool_mib'):.0f} MiB"]
+                  f"events only ({EVENTS} run.event, no torch): RSS before start() "
+                  f"{median(events, 'rss_before_start_mib'):.1f} MiB, peak {median(events, 'peak_mib'):.1f} MiB, "
+                  f"growth {median(events, 'growth_mib'):+.1f} MiB, pool pages mapped "
+                  f"{median(events, 'shmem_mib'):.1f} of {median(events, 'pool_mib'):.0f} MiB"]
     lines += ["",
-              "peak: VmHWM of the probe's process; + setup: over its RSS once the batches were built; shmem: RssShmem",
-              "at the end (staging pool pages the probe touched); thread: CPU of the probe's thread inside the logger's",
-              "calls; writer: asynclog's writer process CPU; log: one checkpoint's log file."]
+              "peak: VmHWM of the probe's process; + setup: over its RSS once the batches were built; shmem:",
+              "RssShmem at the end (staging pool pages the probe touched); thread: CPU of the probe's thread inside",
+              "the logger's calls; writer: asynclog's writer process CPU; log: one checkpoint's log file."]
     return "\n".join(lines)
 
 
