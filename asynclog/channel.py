@@ -113,7 +113,6 @@ class Channel:
         self._released = False
         self._ready = threading.Event()  # the writer answered its handshake
         self._spawned = threading.Event()  # the writer process exists (or failed to: then ``error`` is set)
-        self._prefault: threading.Thread | None = None
         self._sender = threading.Thread(target=self._guarded, args=(self._send_loop, "sender"),
                                         name="asynclog-sender", daemon=True)
         self._receiver = threading.Thread(target=self._guarded, args=(self._receive_loop, "receiver"),
@@ -130,10 +129,6 @@ class Channel:
             raise
         finally:
             self._spawned.set()
-        # Last: the page-touching thread would slow the other threads' start, and the writer's.
-        with self._lock:
-            if not self._released:  # a writer that died at once has had the pool released already
-                self._prefault = self.pool.prefault()
 
     # --- start-up -------------------------------------------------------------------------------------------
     def _spawn(self, writer_options: dict) -> None:
@@ -293,10 +288,6 @@ class Channel:
             raise reply.error
         return reply.value
 
-    def wait_prefault(self) -> None:
-        if self._prefault is not None:
-            self._prefault.join()
-
     # --- background threads ---------------------------------------------------------------------------------
     def _guarded(self, loop: Callable[[], None], role: str) -> None:
         """Run a thread's loop; whatever kills it fails the channel, so callers raise instead of hanging."""
@@ -453,8 +444,6 @@ class Channel:
                 conn.close()
             except OSError:
                 pass
-        if self._prefault is not None:
-            self._prefault.join()
         self.pool.close()
 
     def forget_in_child(self) -> None:

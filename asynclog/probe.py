@@ -76,14 +76,21 @@ VOCAB_ROW_IDS = 4096  # ids per ``vocab`` row: a row is far below a chunk's room
 TOKEN_TEXTS = {"column": "token_texts", "keys": "tokens", "table": "vocab", "key": "token_id", "value": "text"}
 CORE_KEYS = ("bars_dot", "deltaH1", "deltaH_true", "learning_rate", "B_E", "B_U", "G", "mb_size_prompts",
              "weighting_mode")
-# Probe logs are megabytes; the core's 256 MiB default pool would only cost resident memory. An
-# ``asynclog:`` section in the probe's config overrides this.
+# The staging pool per level when the config does not set ``staging_bytes`` (the core's 256 MiB is sized for
+# tensors of hundreds of MiB). Records go through the pipe, so minimal and standard stage nothing; detailed
+# and debug stage chunks of 256 sequence or 64 token rows (a few hundred KiB at 150 tokens: a chunk ships early
+# at a quarter of the pool, and only a single row larger than that is refused) and raw tensors, in pieces.
+PROBE_STAGING_BYTES = {"minimal": 1 << 20, "standard": 1 << 20, "detailed": 16 << 20, "debug": 32 << 20}
 
 
 def load_settings(config: Mapping | str | os.PathLike | None) -> tuple[DetailedLoggingConfig, Config, dict]:
     """(detailed_logging settings, asynclog engine config, the config as a dict), read by
-    ``asynclog.config.read_config`` as every entry point reads a config (a path, a level name or a mapping)."""
-    return tuple(read_config(config))
+    ``asynclog.config.read_config`` as every entry point reads a config (a path, a level name or a mapping);
+    the pool is ``PROBE_STAGING_BYTES`` of the level unless the config's engine keys set ``staging_bytes``."""
+    settings, engine, data = read_config(config)
+    if "staging_bytes" not in (data.get("asynclog") or data):  # the engine keys: that section, or a flat mapping
+        engine = msgspec.structs.replace(engine, staging_bytes=PROBE_STAGING_BYTES[settings.level])
+    return settings, engine, data
 
 
 class _Keeps(NamedTuple):

@@ -69,7 +69,6 @@ class Stager:
         if self._pool_tensor is None:
             import torch
 
-            self.channel.wait_prefault()
             self._pool_tensor = torch.frombuffer(self.pool.mmap, dtype=torch.uint8)
         return self._pool_tensor
 
@@ -137,11 +136,16 @@ class Stager:
 
     # --- CUDA ------------------------------------------------------------------------------------------
     def pin_for_cuda(self) -> None:
-        """Page-lock the pool once, so device-to-host copies into it are asynchronous."""
+        """Page-lock the pool once, so device-to-host copies into it are asynchronous.
+
+        Pinned pages stay resident, so the whole pool is faulted in first, on this thread: what is registered
+        is memory that exists, as it was when the pool was faulted in at start.
+        """
         if self._pinned:
             return
         import torch
 
+        self.pool.fault_in()
         t = self.pool_tensor()
         rc = torch.cuda.cudart().cudaHostRegister(t.data_ptr(), t.numel(), 0)
         if int(rc) != 0:

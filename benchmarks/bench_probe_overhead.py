@@ -37,13 +37,19 @@ import torch
 
 from asynclog import DetailedLogger
 from asynclog import toyprobe
+from asynclog.config import LEVELS
 
 
 class NaiveLogger:
-    """The same quantities as DetailedLogger at debug, logged synchronously into one dict, gzip-JSON at the end."""
+    """The same quantities as DetailedLogger, logged synchronously into one dict, gzip-JSON at the end.
 
-    def __init__(self, directory: str, tokenizer):
+    ``level`` gates them as the plan does: batch statistics and ground truth from standard, sequence rows
+    from detailed, token rows and raw tensors at debug.
+    """
+
+    def __init__(self, directory: str, tokenizer, level: str = "debug"):
         self.directory, self.tokenizer = directory, tokenizer
+        self.rank = LEVELS.index(level)
         self.data: dict | None = None
         self.count = 0
 
@@ -61,6 +67,11 @@ class NaiveLogger:
                                     "results": results})
 
     def log_batch_data(self, batch_type, batch, sequences=None):
+        if self.rank < 1:
+            return
+        if self.rank < 2:  # batch statistics alone: reduced with torch, no per-sequence lists
+            self.data["batch_statistics"][batch_type] = self._statistics(batch)
+            return
         seqs, masks = batch["sequences"].tolist(), batch["attention_masks"].tolist()
         prompt_lens, advantages = list(batch["prompt_lens"]), batch["advantages"].tolist()
         rewards = batch["rewards"].tolist() if "rewards" in batch else None
@@ -76,29 +87,45 @@ class NaiveLogger:
                                 "generation_length": len(response), "sequence_logprob": seq["sequence_logprob"][b][g],
                                 "rb_entropy": seq["rb_entropy"][b][g], "advantage": advantages[b][g],
                                 "reward": rewards[b][g] if rewards else None})
-                tokens.append({"sequence_id": len(tokens), "tokens": response,
-                               "token_texts": [self.tokenizer.decode([t]) for t in response],
-                               "token_logprobs": seq["token_logprobs"][b][g][: len(response)],
-                               "rb_entropies": seq["token_entropies"][b][g][: len(response)],
-                               "attention_mask": masks[b][g]})
+                if self.rank >= 3:
+                    tokens.append({"sequence_id": len(tokens), "tokens": response,
+                                   "token_texts": [self.tokenizer.decode([t]) for t in response],
+                                   "token_logprobs": seq["token_logprobs"][b][g][: len(response)],
+                                   "rb_entropies": seq["token_entropies"][b][g][: len(response)],
+                                   "attention_mask": masks[b][g]})
         lengths.sort()
         self.data["batch_statistics"][batch_type] = {
             "num_prompts": len(seqs), "num_sequences": len(records), "avg_prompt_length": sum(prompt_lens) / len(seqs),
             "max_sequence_length": lengths[-1], "avg_advantages": statistics.fmean(sum(advantages, [])),
             "sequence_length_distribution": [lengths[int(q * (len(lengths) - 1))] for q in (0.1, 0.25, 0.5, 0.75, 0.9)]}
         self.data["sequences"][batch_type] = records
-        self.data["token_data"][batch_type] = tokens
-        for key in ("rewards", "advantages"):
-            if key in batch:
-                self.data["raw_tensors"][f"{batch_type}_{key}"] = batch[key].tolist()
+        if self.rank >= 3:
+            self.data["token_data"][batch_type] = tokens
+            for key in ("rewards", "advantages"):
+                if key in batch:
+                    self.data["raw_tensors"][f"{batch_type}_{key}"] = batch[key].tolist()
+
+    @staticmethod
+    def _statistics(batch) -> dict:
+        """The batch statistics from torch reductions, as a logger that keeps nothing per sequence computes them."""
+        lengths = batch["attention_masks"].sum(-1).reshape(-1).sort().values
+        quantiles = torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9])
+        prompt_lens = torch.as_tensor(batch["prompt_lens"], dtype=torch.float64)
+        return {"num_prompts": len(prompt_lens), "num_sequences": lengths.numel(),
+                "avg_prompt_length": prompt_lens.mean().item(), "max_sequence_length": lengths[-1].item(),
+                "avg_advantages": batch["advantages"].double().mean().item(),
+                "sequence_length_distribution": lengths[(quantiles * (lengths.numel() - 1)).long()].tolist()}
 
     def log_importance_sampling_details(self, S_orig, S_upd, RB_orig, RB_upd):
+        if self.rank < 2:
+            return
         for name, tensor in (("S_orig", S_orig), ("S_upd", S_upd), ("RB_orig", RB_orig), ("RB_upd", RB_upd)):
             self.data["raw_tensors"][f"E_batch_{name}"] = tensor.tolist()
         self.data["raw_tensors"]["importance_weights"] = torch.exp(S_upd - S_orig).tolist()
 
     def log_ground_truth_results(self, results):
-        self.data["ground_truth"] = results
+        if self.rank >= 1:
+            self.data["ground_truth"] = results
 
     def log_core_results(self, results):
         self.data["core_results"] = results

@@ -761,6 +761,23 @@ def test_shipped_configs_load_at_their_level(level):
     assert asynclog.Config.from_yaml(path).staging_bytes == logger.engine_config.staging_bytes
 
 
+def test_the_staging_pool_fits_the_level_unless_the_config_sets_one():
+    def pool(level: str, engine: dict | None = None, flat: bool = False) -> int:
+        probe = {"enabled": True, "level": level}
+        config = {**(engine or {}), "level": level} if flat else {"detailed_logging": probe}
+        if engine is not None and not flat:
+            config["asynclog"] = engine
+        return DetailedLogger(config).engine_config.staging_bytes
+
+    core = asynclog.Config().staging_bytes
+    assert pool("minimal") <= 1 << 20 and pool("standard") <= 1 << 20  # records only: nothing is staged
+    assert pool("standard", {}) <= 1 << 20 and pool("standard", {}, flat=True) <= 1 << 20
+    assert 1 << 20 < pool("detailed") <= pool("debug") < core
+    assert pool("standard", {"staging_bytes": 64 << 20}) == 64 << 20
+    assert pool("standard", {"staging_bytes": core}) == core  # the core's default, asked for, is kept
+    assert pool("debug", {"staging_bytes": 8 << 20}, flat=True) == 8 << 20
+
+
 def test_compress_false_maps_to_raw_compression():
     logger = DetailedLogger({"detailed_logging": {"compress": False}, "asynclog": {"compression": "zstd"}})
     assert logger.engine_config.compression == "raw"
