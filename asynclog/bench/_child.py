@@ -146,8 +146,9 @@ def _measure_demo(peer: str, job: dict, begin) -> dict:
 
 # --- measuring -------------------------------------------------------------------------------------------
 def _settle() -> None:
-    """Wait until the probe's RSS stops moving: the peer's background start-up (asynclog's prefault of its
-    staging pool, wandb's service handshake) belongs in the baseline, not in the workload's growth."""
+    """Wait until the probe's RSS stops moving: the peer's background start-up (wandb's service handshake)
+    belongs in the baseline, not in the workload's growth. asynclog's staging pool is faulted in as it is
+    used, so its pages count in the workload that uses them."""
     gc.collect()
     deadline = time.monotonic() + SETTLE_MAX_S
     last = _rss()
