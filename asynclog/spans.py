@@ -60,8 +60,8 @@ def find_spans(masks: torch.Tensor, prompt_lens: torch.Tensor, gen_lens: torch.T
     starts = readings[meaning]
     columns = torch.arange(T, device=real.device)
     before = real & (columns < starts[..., None])
-    prompt_first = torch.where(before, columns, T).amin(-1).clamp_max(starts)
-    prompt_lengths = (_last_real(before, columns) + 1 - prompt_first).clamp_min(0)
+    prompt_first = _first_true(before).clamp_max(starts)
+    prompt_lengths = (_last_true(before) + 1 - prompt_first).clamp_min(0)
     from_mask = _response_lengths(real, starts, columns)
     if gen_lens is None:
         gen_lengths, lengths_from = from_mask, "attention_masks"
@@ -74,18 +74,26 @@ def find_spans(masks: torch.Tensor, prompt_lens: torch.Tensor, gen_lens: torch.T
 
 def _after_nth_real(real: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
     """The column right after each row's n-th real token (the first real column's index when n is 0)."""
-    before = (real.long().cumsum(-1) < n).sum(-1)
+    before = (real.to(torch.int32).cumsum(-1, dtype=torch.int32) < n).sum(-1)
     return torch.where(n[..., 0] > 0, before + 1, before)
 
 
-def _last_real(real: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
-    return torch.where(real, columns, -1).amax(-1)
+# Positions of the first and last True of each row, from byte-wide masks: an int64 tensor of column numbers
+# the batch's size, and a reduction over it, cost several times more on a batch of the probe's size.
+def _first_true(mask: torch.Tensor) -> torch.Tensor:
+    """Each row's first True column; the row's width where there is none."""
+    return torch.where(mask.any(-1), mask.to(torch.uint8).argmax(-1), mask.shape[-1])
+
+
+def _last_true(mask: torch.Tensor) -> torch.Tensor:
+    """Each row's last True column; -1 where there is none."""
+    last = mask.shape[-1] - 1 - mask.flip(-1).to(torch.uint8).argmax(-1)
+    return torch.where(mask.any(-1), last, -1)
 
 
 def _response_lengths(real: torch.Tensor, starts: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
     """From the start to the last real token, as the probe's gen_lens counts (EOS-as-padding excluded)."""
-    after = real & (columns >= starts[..., None])
-    return (_last_real(after, columns) + 1 - starts).clamp_min(0)
+    return (_last_true(real & (columns >= starts[..., None])) + 1 - starts).clamp_min(0)
 
 
 def _choose_reading(real, readings: dict, gen_lens, max_lengths) -> tuple[str, list[tuple[str, str]]]:

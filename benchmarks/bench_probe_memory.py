@@ -133,7 +133,10 @@ def probe_child(variant: str, level: str, checkpoints: int, staging_mib: int, di
     ground_truth = {"H_orig": 1.0, "H_upd": 1.01, "deltaH_true": 0.01, "diagnostics": {"ESS": 1900.0}}
     core = {"bars_dot": 0.5, "deltaH1": 0.01, "deltaH_true": 0.01, "learning_rate": 1e-6, "B_E": E_PROMPTS,
             "B_U": U_PROMPTS, "G": U_G, "mb_size_prompts": 8, "weighting_mode": "uniform"}
-    config = {"detailed_logging": {"enabled": True, "level": level, "output_directory": directory, "max_files": 0}}
+    # Every part the level includes is switched on (log_tokens and log_raw_tensors default to off, as in the plan),
+    # as the dict logger writes them.
+    config = {"detailed_logging": {"enabled": True, "level": level, "output_directory": directory, "max_files": 0,
+                                   "log_tokens": True, "log_raw_tensors": True}}
     if staging_mib:
         config["asynclog"] = {"staging_bytes": staging_mib << 20}
     rss_setup = _status("VmRSS")
