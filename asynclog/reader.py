@@ -9,8 +9,9 @@ is where the log was cut, not damage: ``cut_at`` names it when nothing before it
 leaves it out, and ``verify`` calls such a log incomplete.
 
 Nothing in a file is trusted to size an allocation: a frame may declare at most what this run's writer
-could have written in one frame (``frame_limits``), a tensor's pieces must add up to its shape before its
-buffer is allocated, and every mistyped or inconsistent meta is a CorruptLogError naming the offset.
+could have written in one frame (``frame_limits``), a tensor's pieces must add up to its shape, and each
+piece must declare no more than a frame may hold, before its buffer is allocated; every mistyped or
+inconsistent meta is a CorruptLogError naming the offset.
 ``events``, ``stream`` and ``tensors`` skip a damaged frame with a warning by default (``errors="raise"``
 raises instead); ``tensor`` raises.
 
@@ -342,11 +343,14 @@ class Log:
             raise CorruptLogError(f"expected a {kind.name.lower()} frame, found kind {int(header.kind)}", offset)
         return header
 
-    def _payload(self, header: fmt.FrameHeader) -> tuple[dict, bytes]:
+    def _check_size(self, header: fmt.FrameHeader) -> None:
         limit = self._limits.get(header.kind, MAX_FRAME_BYTES)
         if header.raw_len > limit:
             raise CorruptLogError(f"frame declares {header.raw_len} bytes, more than this run writes in one "
                                   f"frame ({limit})", header.offset)
+
+    def _payload(self, header: fmt.FrameHeader) -> tuple[dict, bytes]:
+        self._check_size(header)
         meta, stored = fmt.read_payload(self._file, header)
         try:
             return meta, unfilter(header.filter, header.itemsize, stored, header.raw_len)
@@ -437,6 +441,8 @@ class Log:
         pieces = [self._piece(offset) for offset in offsets]
         dtype, itemsize = _dtype(pieces[0][1].dtype, offsets[0])
         _check_pieces(name, pieces, itemsize)
+        for header, _ in pieces:  # each piece's size, before the tensor they declare is allocated
+            self._check_size(header)
         data = bytearray(pieces[0][1].nbytes)
         for header, meta in pieces:
             body = self._payload(header)[1]
