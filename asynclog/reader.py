@@ -8,6 +8,10 @@ torn tail (``Damage.torn``: a last frame a crash cut short or left zero-filled, 
 is where the log was cut, not damage: ``cut_at`` names it when nothing before it is damaged, ``damaged``
 leaves it out, and ``verify`` calls such a log incomplete.
 
+A log is opened through ``ondisk`` (``open_regular``: a FIFO or any other file that is not regular is refused,
+never waited on), and its header frame and footer are read by ``ondisk``'s rules, which ``ls`` and retention
+share (``ondisk.frame_meta``, ``ondisk.footer_meta``).
+
 Nothing in a file is trusted to size an allocation: a frame may declare at most what this run's writer
 could have written in one frame (``frame_limits``), a tensor's pieces must add up to its shape, and each
 piece must declare no more than a frame may hold, before its buffer is allocated; every mistyped or
@@ -31,6 +35,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from . import format as fmt
+from . import ondisk
 from .errors import CorruptLogError
 from .filters import check_body, unfilter
 from .format import Damage, FrameKind
@@ -151,7 +156,7 @@ def _decode_column(column: fmt.ColumnMeta, body: bytes, rows: int, offset: int) 
     if column.kind == "object":
         try:
             values = _decode(segment)
-        except (msgspec.DecodeError, UnicodeDecodeError):
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             raise CorruptLogError(f"column {column.name!r} is not msgpack", offset) from None
         if not isinstance(values, list) or len(values) != rows:
             raise CorruptLogError(f"column {column.name!r} does not hold {rows} values", offset)
@@ -186,7 +191,7 @@ def _records(meta: dict, body: bytes, offset: int) -> list[dict]:
     count = fmt.typed(meta, fmt.RecordsMeta, offset).count
     try:
         records = _decode_records(body)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # ValidationError included: not a list of maps
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:  # ValidationError: not a list of maps
         raise CorruptLogError(f"records do not decode ({exc})", offset) from None
     if len(records) != count:
         raise CorruptLogError(f"records frame holds {len(records)} records, declares {count}", offset)
@@ -213,7 +218,7 @@ class Log:
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
-        self._file = open(self.path, "rb")
+        self._file = ondisk.open_regular(self.path)
         try:
             self.format_version = fmt.read_preamble(self._file)
             self.size = self._file.seek(0, os.SEEK_END)
@@ -241,12 +246,10 @@ class Log:
         if first.kind != FrameKind.HEADER:
             raise CorruptLogError("first frame is not a header frame", first.offset)
         try:
-            meta = fmt.read_payload(self._file, first)[0]
-            fmt.typed(meta, fmt.HeaderMeta, first.offset)
+            return ondisk.frame_meta(self._file, first)[0]
         except CorruptLogError as exc:
             self._note(fmt.damage(exc, first.size))
             return {}
-        return meta
 
     def _note(self, damage: Damage) -> None:
         if damage.torn:  # where the log was cut, not damage; the header frame may have been noted as damaged
@@ -273,17 +276,14 @@ class Log:
     # --- index ----------------------------------------------------------------------------------------
     def _load_footer(self) -> bool:
         """Index from the footer; False (scan instead) when it is missing, damaged or points outside the file."""
-        offset = fmt.read_trailer(self._file)
-        if offset is None:
-            return False
         try:
-            header = fmt.read_header(self._file, offset, self.format_version)
-            if header.kind != FrameKind.FOOTER or header.end != self.size - fmt.TRAILER_SIZE:
-                return False
-            meta = fmt.read_payload(self._file, header)[0]
-            index = fmt.typed(meta, fmt.FooterMeta, offset).index
+            found = ondisk.footer_meta(self._file, self.size, self.format_version)
         except CorruptLogError:
             return False
+        if found is None:
+            return False
+        offset, meta, typed = found
+        index = typed.index
         if index is None or not _index_within(index, offset):
             return False
         self.footer = meta
@@ -636,7 +636,7 @@ def check(path: str | os.PathLike) -> Verdict:
     length within this run's frame limits. Bodies are decompressed a block at a time, so memory stays
     small whatever a frame declares."""
     frames, damaged, torn, footer, limits = 0, [], None, None, frame_limits(None)
-    with open(path, "rb") as f:
+    with ondisk.open_regular(path) as f:
         try:
             version = fmt.read_preamble(f)
         except CorruptLogError as exc:
