@@ -396,10 +396,22 @@ def _not_finite(value, where: str) -> list[str]:
 
 # --- the commands ----------------------------------------------------------------------------------------------
 def _rows_or_complain(args: argparse.Namespace) -> list[dict] | None:
+    """The rows ``ls`` and ``sweep`` print, every text printable (``printable``)."""
     if not os.path.isdir(args.directory):
         print(f"asynclog: {args.directory}: not a directory (give the folder that holds the runs)", file=sys.stderr)
         return None
-    return rows_below(args.directory, not args.no_index)
+    return [{k: printable(v) if isinstance(v, str) else v for k, v in r.items()}
+            for r in rows_below(args.directory, not args.no_index)]
+
+
+def printable(text: str) -> str:
+    """``text`` as ``ls`` and ``sweep`` print it, in every format: a file name's bytes that are not UTF-8
+    (Python holds them as surrogate escapes) each shown as ``\\xNN``, as Python's ``backslashreplace`` writes
+    them (``caf\\xe9.alog``); any other lone surrogate as ``\\udNNN``. Valid text is unchanged."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 _LS = [("date", "date"), ("time", "time"), ("checkpoint", "checkpoint"), ("level", "level"),

@@ -1,6 +1,6 @@
 """After the run: what the tools (``ls``, ``sweep``, ``show``, ``plot``, ``export``, ``asynclog.open``) make of
 hostile things around a log: FIFOs where a sidecar, a manifest or a shard should be, sidecars of the wrong
-types or nested 200,000 deep, manifests that claim any world size.
+types or nested 200,000 deep, manifests that claim any world size, file names that are not UTF-8.
 
 Whatever is on disk, every tool ends (a FIFO is never opened for a blocking read), prints no traceback, and
 names the run it could not read as damaged, with why, while every other run reads as before. The tools run
@@ -287,6 +287,22 @@ def test_a_manifest_that_is_not_json_or_too_deep_makes_its_run_damaged(tmp_path)
     found = rows(tool("ls", str(tmp_path / "sweep"), "--json"))
     assert sorted(found) == ["deep", "torn"], found
     assert all(r["status"] == "damaged" and "manifest.json" in r["reason"] for r in found.values()), found
+
+
+# --- 10. names that are not UTF-8 ------------------------------------------------------------------------------
+def test_a_file_name_that_is_not_utf8_is_listed_by_every_output_of_ls_and_sweep(good, tmp_path):
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    shutil.copyfile(good, os.path.join(os.fsencode(sweep), b"caf\xe9.alog"))
+    shutil.copyfile(good, sweep / "plain.alog")
+    for args in (("ls", "--json"), ("sweep", "--json"), ("ls",), ("sweep",), ("sweep", "--csv")):
+        done = tool(args[0], str(sweep), *args[1:])
+        no_traceback(done)
+        shown = b"caf\\\\xe9.alog" if "--json" in args else b"caf\\xe9.alog"  # JSON escapes the backslash
+        assert done.returncode == 0 and shown in done.stdout and b"plain.alog" in done.stdout, (args, done.stdout)
+    listed = json.loads(tool("ls", str(sweep), "--json").stdout)
+    assert sorted(os.path.basename(r["path"]) for r in listed) == ["caf\\xe9.alog", "plain.alog"]
+    assert all(r["status"] == "complete" for r in listed)
 
 
 # --- random sidecars: every key the tools read, every JSON type -------------------------------------------------
