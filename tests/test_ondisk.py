@@ -41,3 +41,16 @@ def test_the_tools_read_run_files_only_through_the_reading_layer():
         text = open(os.path.join(PACKAGE, tool + ".py"), encoding="utf-8").read()
         for reading in ("read_trailer(", "read_preamble(", "read_manifest", "_summary_decoder", "O_NONBLOCK"):
             assert reading not in text, f"{tool}.py reads {reading!r} itself"
+
+
+def test_the_manifest_limit_holds_what_rank_0_writes_for_the_largest_world(tmp_path):
+    """The limit is sized from what ``ranks.write_manifest`` writes: a manifest of MAX_WORLD_SIZE ranks, with
+    the longest run name there may be, is read as a run folder."""
+    from asynclog import names, ondisk, ranks
+
+    ranks.write_manifest(str(tmp_path), "n" * names.MAX_NAME_BYTES, ranks.Placement(0, ondisk.MAX_WORLD_SIZE))
+    assert os.path.getsize(tmp_path / ondisk.MANIFEST) <= ondisk.MANIFEST_LIMIT
+    found = ondisk.run_folder(tmp_path)
+    assert found is not None and found.problem is None and found.manifest.world_size == ondisk.MAX_WORLD_SIZE
+    assert found.missing() == f"ranks 0-{ondisk.MAX_WORLD_SIZE - 1} ({ondisk.MAX_WORLD_SIZE} of " \
+                              f"{ondisk.MAX_WORLD_SIZE}): no shard"
