@@ -38,11 +38,10 @@ from typing import Any, Generic, TypeVar
 import msgspec
 
 from .files import atomic_write
-from .ondisk import SidecarError, read_bounded
+from .ondisk import INDEX_NAME, SidecarError, read_bounded
 
 __all__ = ["INDEX_NAME", "NO_INDEX_ENV", "RECENT_NS", "FolderIndex", "enabled", "stamp"]
 
-INDEX_NAME = ".asynclog-index"
 NO_INDEX_ENV = "ASYNCLOG_NO_INDEX"
 RECENT_NS = 2_000_000_000  # coarser than any file system's timestamp tick (FAT's 2 s included)
 _KIND = "asynclog.index/1"

@@ -47,7 +47,8 @@ from .errors import AsyncLogError, CorruptLogError
 from .format import SUFFIX, FrameKind
 
 __all__ = [
-    "SUFFIX", "SUMMARY_SUFFIX", "MANIFEST", "SHARDS_ID", "SHARD_STEM", "shard_stem", "shard_name", "summary_path",
+    "SUFFIX", "SUMMARY_SUFFIX", "INDEX_NAME", "MANIFEST", "SHARDS_ID", "SHARD_STEM", "shard_stem", "shard_name",
+    "summary_path",
     "NotARegularFile", "SidecarError", "open_regular", "read_bounded",
     "META_LIMIT", "Peek", "peek", "peek_path", "header_of", "frame_meta", "header_meta", "footer_meta",
     "MAX_DEPTH", "SUMMARY_LIMIT", "RunMetadata", "LoggingCost", "Summary", "SummaryFile", "read_summary",
@@ -57,6 +58,7 @@ __all__ = [
 
 # --- names ------------------------------------------------------------------------------------------------------
 SUMMARY_SUFFIX = "_summary.json"
+INDEX_NAME = ".asynclog-index"  # a folder's cache of ls rows (index.py)
 MANIFEST = "manifest.json"
 SHARDS_ID = "asynclog.shards/1"  # a manifest's "format": a manifest.json of anyone else's is no run folder
 SHARD_STEM = r"rank-\d{5,}"  # what shard_stem makes, as a regular expression: ranks past 99999 take more digits
@@ -99,7 +101,7 @@ _KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR,
 
 
 def _kind(mode: int) -> str:
-    return next((name for test, name in _KINDS if test(mode)), "not a file")
+    return next((name for test, name in _KINDS if test(mode)), "of another kind")
 
 
 def open_regular(path: str | os.PathLike, follow: bool = True, dir_fd: int | None = None) -> BinaryIO:
@@ -464,6 +466,6 @@ def run_files(path: str, name: str) -> list[str]:
     if name.endswith(SUFFIX):
         return [name, name.removesuffix(SUFFIX) + SUMMARY_SUFFIX]
     try:
-        return sorted(os.path.join(name, inner) for inner in os.listdir(path) if not inner.startswith(".asynclog-index"))
+        return sorted(os.path.join(name, inner) for inner in os.listdir(path) if not inner.startswith(INDEX_NAME))
     except OSError:
         return [name]
