@@ -372,10 +372,16 @@ def decode_manifest(data: bytes) -> Manifest | None:
 
 
 def _claim(data: bytes) -> Any:
+    """The ``format`` a manifest claims (None for JSON that is no object); ``_Unclaimed`` when it is not JSON
+    at all (a typed decode stops at the first wrong type, before it has read the rest)."""
     try:
         return msgspec.json.decode(data, type=_Claim).format
-    except (msgspec.DecodeError, RecursionError):
+    except msgspec.ValidationError:
         return None
+    except msgspec.DecodeError as exc:
+        raise _Unclaimed(f"{MANIFEST} is not JSON ({exc})") from None
+    except RecursionError:
+        raise _Unclaimed(f"{MANIFEST} nests deeper than {MAX_DEPTH} levels") from None
 
 
 class RunFolder(NamedTuple):

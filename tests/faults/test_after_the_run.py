@@ -280,12 +280,14 @@ def test_a_manifest_of_fifty_thousand_ranks_is_read_and_the_missing_ranks_named_
 
 
 def test_a_manifest_that_is_not_json_or_too_deep_makes_its_run_damaged(tmp_path):
-    for name, body in (("torn", b'{"format": "asynclog.shards/1", "world_'), ("deep", DEEP)):
+    cases = (("torn", b'{"format": "asynclog.shards/1", "world_'), ("deep", DEEP),
+             ("mistyped then not json", b'{"name": [1], "format": "asynclog.shards/1", "world_size": 2, "x": NaN}'))
+    for name, body in cases:
         folder = rank_run(tmp_path / "sweep", name)
         with open(os.path.join(folder, "manifest.json"), "wb") as f:
             f.write(body)
     found = rows(tool("ls", str(tmp_path / "sweep"), "--json"))
-    assert sorted(found) == ["deep", "torn"], found
+    assert sorted(found) == ["deep", "mistyped then not json", "torn"], found
     assert all(r["status"] == "damaged" and "manifest.json" in r["reason"] for r in found.values()), found
 
 
