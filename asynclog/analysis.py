@@ -2,17 +2,19 @@
 
 Everything here reads what a run leaves around its frames, never the frames themselves: the
 ``_summary.json`` sidecar a DetailedLogger run writes, the log's header frame, and its footer, found through
-the trailer. That is a handful of small reads per run; ``ls``, ``sweep`` and ``scan`` keep each run's row in an
-index file in its folder (``asynclog/index.py``), so a run whose files have not changed is not read again and
-10,000 runs list in well under a second. Only the preamble, the header frame and the footer are checked;
-``asynclog verify`` checks every frame.
+the trailer, each through ``asynclog/ondisk.py`` (which opens nothing that is not a regular file, reads each
+within a limit, and checks each sidecar against its typed schema). That is a handful of small reads per run;
+``ls``, ``sweep`` and ``scan`` keep each run's row in an index file in its folder (``asynclog/index.py``), so a
+run whose files have not changed is not read again and 10,000 runs list in well under a second. Only the
+preamble, the header frame and the footer are checked; ``asynclog verify`` checks every frame.
 
 A run's status:
 
 - ``complete``: the footer says the run closed normally;
 - ``incomplete``: a footer marked incomplete (with its reason: e.g. the probe was killed), or no footer at
-  all (the writer was killed, or the run is still being written);
-- ``damaged``: the file cannot be read, or its preamble, header frame or footer fails its checks.
+  all (the writer was killed, or the run is still being written), or a rank of a run folder without its shard;
+- ``damaged``: the file cannot be read, or its preamble, header frame or footer fails its checks, or a sidecar
+  (its summary; a run folder's manifest) is not what asynclog writes: the reason names the file and the key.
 """
 
 from __future__ import annotations
@@ -33,15 +35,13 @@ from typing import Any, Iterator
 
 import msgspec
 
-from . import __version__, index
+from . import __version__, index, ondisk
 from . import format as fmt
 from ._table import cell, human_size, render
 from .cli import NOT_FOUND, USAGE
 from .errors import CorruptLogError
-from .ranks import read_manifest, shard_name
-from .format import FrameKind
-from .layout import SUMMARY_SUFFIX, checkpoint_name, sanitize_name
-from .shards import is_run_folder
+from .layout import checkpoint_name, sanitize_name
+from .ondisk import SUMMARY_SUFFIX, is_run_folder, run_files as run_sources
 
 __all__ = ["COLUMNS", "NUMBERS", "RunFacts", "find_logs", "read_run", "row", "rows_below", "run_sources", "scan",
            "warnings_for", "describe", "register"]
@@ -53,9 +53,6 @@ COLUMNS = ("path", "date", "time", "checkpoint", "level", "status", "reason", "s
 # The columns that hold numbers (or None); the others hold text (or None).
 NUMBERS = frozenset({"size", "deltaH1", "deltaH_true", "ESS", "w_max", "bars_dot", "learning_rate", "total_time",
                      "logging_fraction", "dropped"})
-_MAX_META = 16 << 20  # a header or footer frame larger than this is not read: runs write a few KiB
-_MAX_SUMMARY = 64 << 20
-_summary_decoder = msgspec.json.Decoder()
 _json = msgspec.json.Encoder()
 
 
@@ -70,8 +67,13 @@ class RunFacts:
         self.reason: str | None = None
         self.header: dict = {}
         self.footer: dict | None = None  # without its index
-        self.summary: dict | None = None
-        self.problems: list[str] = []  # with the sidecar, not the log
+        self.summary: dict | None = None  # checked against ondisk.Summary: the keys the tools read are typed
+        self.problems: list[str] = []  # with the sidecars, not the log (also in ``reason``: the run is damaged)
+
+    def damage(self, why: str) -> None:
+        """Mark the run damaged, adding ``why`` to what is already wrong with it."""
+        self.reason = why if self.status == "complete" or not self.reason else f"{self.reason}; {why}"
+        self.status = "damaged"
 
     @property
     def stats(self) -> dict:
@@ -127,86 +129,67 @@ def read_run(path: str) -> RunFacts:
     if os.path.isdir(path):
         return _read_ranks(path)
     facts = RunFacts(path)
-    facts.summary = _read_summary(path.removesuffix(fmt.SUFFIX) + SUMMARY_SUFFIX, facts.problems)
     try:
-        with open(path, "rb") as f:
-            facts.size = os.fstat(f.fileno()).st_size
-            version = fmt.read_preamble(f)
-            facts.header = _frame_meta(f, fmt.PREAMBLE_SIZE, FrameKind.HEADER, version)
-            facts.footer = _footer(f, facts.size, version)
-    except CorruptLogError as exc:
-        facts.status, facts.reason = "damaged", str(exc)
-        return facts
-    except OSError as exc:
-        facts.status, facts.reason = "damaged", f"cannot read: {exc.strerror or exc}"
-        return facts
-    if facts.footer is None:
-        facts.status, facts.reason = "incomplete", "no footer: the run was not closed (writer killed, or still writing)"
-    elif facts.footer.get("complete") is not True:
-        facts.status, facts.reason = "incomplete", str(facts.footer.get("reason") or "footer marked incomplete")
+        peek = ondisk.peek_path(path)
+    except (CorruptLogError, OSError) as exc:
+        facts.size = _size(path)
+        facts.damage(str(exc) if isinstance(exc, CorruptLogError) else f"cannot read: {exc.strerror or exc}")
+    else:
+        facts.size, facts.header, facts.footer = peek.size, peek.header, peek.footer
+        if facts.footer is None:
+            facts.status = "incomplete"
+            facts.reason = "no footer: the run was not closed (writer killed, or still writing)"
+        elif not peek.complete:
+            facts.status, facts.reason = "incomplete", str(facts.footer.get("reason") or "footer marked incomplete")
+    _read_sidecars(facts, ondisk.summary_path(path))
     return facts
+
+
+def _size(path: str) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None
 
 
 def _read_ranks(folder: str) -> RunFacts:
     """A job's run folder as one run: rank 0's header and footer, every shard's size, complete only when every
-    rank's shard is there and complete (the reason names the ranks that are not); damaged without a manifest
-    (it may have been replaced since the folder was listed)."""
-    manifest, facts = read_manifest(folder), RunFacts(folder)
-    if manifest is None:
-        facts.status, facts.reason = "damaged", "no readable manifest.json"
+    rank's shard is there and complete (the reason names the ranks that are not: the missing ones as ranges);
+    damaged when its manifest is (it may also have been replaced since the folder was listed). Only the shards
+    in the folder are read, whatever world size the manifest claims."""
+    found, facts = ondisk.run_folder(folder), RunFacts(folder)
+    if found is None or found.manifest is None:
+        facts.damage(found.problem if found is not None else f"no readable {ondisk.MANIFEST}")
         return facts
-    shards = [read_run(os.path.join(folder, shard_name(r))) for r in range(int(manifest.get("world_size", 0)))]
-    if shards:
+    shards = {rank: read_run(os.path.join(folder, name)) for rank, name in sorted(found.shards.items())}
+    if 0 in shards:
         facts.header, facts.footer, facts.summary = shards[0].header, shards[0].footer, shards[0].summary
-    facts.size = sum(shard.size or 0 for shard in shards)
-    bad = [(rank, shard) for rank, shard in enumerate(shards) if shard.status != "complete"]
-    if bad:
-        facts.status = "damaged" if any(shard.status == "damaged" for _, shard in bad) else "incomplete"
-        facts.reason = "; ".join(f"rank {rank}: {shard.reason}" for rank, shard in bad)
+    facts.size = sum(shard.size or 0 for shard in shards.values())
+    missing = found.missing()
+    reasons = [f"rank {rank}: {shard.reason}" for rank, shard in shards.items() if shard.status != "complete"]
+    if missing or reasons:
+        facts.status = "damaged" if any(s.status == "damaged" for s in shards.values()) else "incomplete"
+        facts.reason = "; ".join(([missing] if missing else []) + reasons)
     return facts
 
 
-def _read_summary(path: str, problems: list[str]) -> dict | None:
+def _read_sidecars(facts: RunFacts, summary: str) -> None:
+    """The summary beside the log, and the probe's run metadata in it or in the header frame: a sidecar that is
+    not what asynclog writes makes the run damaged, naming the file and why, and is not used."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(_MAX_SUMMARY + 1)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        problems.append(f"summary {os.path.basename(path)} cannot be read: {exc.strerror or exc}")
-        return None
-    try:
-        summary = _summary_decoder.decode(data) if len(data) <= _MAX_SUMMARY else None
-    except msgspec.DecodeError:
-        summary = None
-    if not isinstance(summary, dict):
-        problems.append(f"summary {os.path.basename(path)} is not a JSON object; the log's footer is used")
-        return None
-    return summary
-
-
-def _frame_meta(f, offset: int, kind: FrameKind, version: int) -> dict:
-    header = fmt.read_header(f, offset, version)
-    if header.kind != kind:
-        raise CorruptLogError(f"expected a {kind.name.lower()} frame", offset)
-    if header.meta_len + header.body_len > _MAX_META:
-        raise CorruptLogError(f"{kind.name.lower()} frame of {header.size} bytes is too large to be real", offset)
-    meta, _ = fmt.read_payload(f, header)
-    return meta
-
-
-def _footer(f, size: int, version: int) -> dict | None:
-    """The footer's meta without its index; None when there is no trailer (the run was not closed)."""
-    offset = fmt.read_trailer(f)
-    if offset is None:
-        return None
-    header = fmt.read_header(f, offset, version)
-    if header.end != size - fmt.TRAILER_SIZE:
-        raise CorruptLogError("the trailer does not point at the last frame", offset)
-    meta = _frame_meta(f, offset, FrameKind.FOOTER, version)
-    fmt.typed(meta, fmt.FooterMeta, offset)
-    meta.pop("index", None)
-    return meta
+        found = ondisk.read_summary(summary)
+    except (OSError, ondisk.SidecarError) as exc:
+        why = f"{os.path.basename(summary)}: {exc.strerror}" if isinstance(exc, OSError) else str(exc)
+        found = None
+        facts.problems.append(f"summary {why}")
+        facts.damage(f"summary {why}")
+    facts.summary = None if found is None else found.raw
+    if isinstance(_get(facts.header, "metadata", "run_metadata"), dict):
+        try:
+            ondisk.checked(facts.header["metadata"]["run_metadata"], ondisk.RunMetadata, "the header's run_metadata")
+        except ondisk.SidecarError as exc:
+            facts.damage(str(exc))
+            facts.header = {**facts.header, "metadata": {**facts.header["metadata"], "run_metadata": {}}}
 
 
 # --- one row per run -----------------------------------------------------------------------------------------
@@ -337,17 +320,6 @@ def _kept_row(kept: index.FolderIndex, folder: str, name: str) -> dict:
     return {"path": path, **dict(zip(_KEPT, values))}
 
 
-def run_sources(path: str, name: str) -> list[str]:
-    """The files that ``read_run`` reads for the run at ``path``, named relative to the folder holding it
-    (``name`` is the run's name there): what ``index.stamp`` needs to tell that a run changed."""
-    if name.endswith(fmt.SUFFIX):
-        return [name, name.removesuffix(fmt.SUFFIX) + SUMMARY_SUFFIX]
-    try:  # a run folder: its manifest, shards and their summaries (not its own index, a cache, if it was swept alone)
-        return sorted(os.path.join(name, inner) for inner in os.listdir(path) if not inner.startswith(index.INDEX_NAME))
-    except OSError:
-        return [name]
-
-
 # --- warnings for one run ------------------------------------------------------------------------------------
 def warnings_for(facts: RunFacts, min_ess: float | None = None, min_ess_fraction: float = 0.1) -> list[str]:
     """What a person should know before trusting the run's numbers, one sentence each."""
@@ -356,7 +328,6 @@ def warnings_for(facts: RunFacts, min_ess: float | None = None, min_ess_fraction
         found.append(f"damaged: {facts.reason} (`asynclog verify {facts.path}` checks every frame)")
     elif facts.status == "incomplete":
         found.append(f"incomplete: {facts.reason}")
-    found += facts.problems
     if facts.summary is None and _get(facts.header, "metadata", "layout"):
         found.append("no summary sidecar: results are in the log (`asynclog cat`)")
     s = facts.summary or {}
@@ -425,10 +396,22 @@ def _not_finite(value, where: str) -> list[str]:
 
 # --- the commands ----------------------------------------------------------------------------------------------
 def _rows_or_complain(args: argparse.Namespace) -> list[dict] | None:
+    """The rows ``ls`` and ``sweep`` print, every text printable (``printable``)."""
     if not os.path.isdir(args.directory):
         print(f"asynclog: {args.directory}: not a directory (give the folder that holds the runs)", file=sys.stderr)
         return None
-    return rows_below(args.directory, not args.no_index)
+    return [{k: printable(v) if isinstance(v, str) else v for k, v in r.items()}
+            for r in rows_below(args.directory, not args.no_index)]
+
+
+def printable(text: str) -> str:
+    """``text`` as ``ls`` and ``sweep`` print it, in every format: a file name's bytes that are not UTF-8
+    (Python holds them as surrogate escapes) each shown as ``\\xNN``, as Python's ``backslashreplace`` writes
+    them (``caf\\xe9.alog``); any other lone surrogate as ``\\udNNN``. Valid text is unchanged."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 _LS = [("date", "date"), ("time", "time"), ("checkpoint", "checkpoint"), ("level", "level"),
@@ -594,7 +577,8 @@ def _cost(facts: RunFacts) -> str | None:
         share = cost.get("fraction_of_run")
         of_run = f" ({100 * share:.3g}% of the run)" if isinstance(share, (int, float)) else ""
         items.append(("probe time in logging", f"{cost['probe_seconds']:.4g} s{of_run}"))
-        items.append(("opening, closing", f"{cost.get('start_seconds', 0):.3g} s, {cost.get('close_seconds', 0):.3g} s"))
+        opening, closing = cost.get("start_seconds") or 0, cost.get("close_seconds") or 0
+        items.append(("opening, closing", f"{opening:.3g} s, {closing:.3g} s"))
     for label, key in (("calls", "calls"), ("records", "records"), ("frames", "frames"),
                        ("producer p50 / p99 (us)", None), ("bytes handed over", "bytes_in"),
                        ("bytes on disk", "bytes_on_disk"), ("compression ratio", "compression_ratio"),

@@ -285,6 +285,8 @@ def _decode_meta_at(data: bytes, offset: int) -> dict:
         return decode_meta(data)
     except (msgspec.DecodeError, UnicodeDecodeError):
         raise CorruptLogError("frame meta is not a msgpack map", offset) from None
+    except RecursionError:  # msgspec stops at Python's recursion limit: nested deeper than any writer nests
+        raise CorruptLogError("frame meta nests too deeply", offset) from None
 
 
 def payload_intact(f: BinaryIO, header: FrameHeader) -> bool:

@@ -16,7 +16,8 @@ The index is a cache, never a source of truth:
 - the caller walks the folder itself and asks for the runs it found: an entry whose run is gone is dropped,
   a run without an entry (or whose stamp differs) is read;
 - a file that cannot be opened, is not a regular file (a link, a FIFO), is too large, does not decode to the
-  expected types, or was written for another kind or schema is ignored, and replaced at the next save;
+  expected types, or was written for another kind or schema is ignored, and replaced at the next save (it is
+  read through ``ondisk.read_bounded``, as every sidecar is);
 - ``save`` replaces the file atomically (``files.atomic_write``): readers see the old index or the new one.
   Two sweeps at once may lose one's update, which only costs a re-read next time. A folder that cannot be
   written keeps its old index (or none) and is still listed;
@@ -31,22 +32,20 @@ written.
 from __future__ import annotations
 
 import os
-import stat
 import time
 from typing import Any, Generic, TypeVar
 
 import msgspec
 
 from .files import atomic_write
+from .ondisk import INDEX_NAME, SidecarError, read_bounded
 
 __all__ = ["INDEX_NAME", "NO_INDEX_ENV", "RECENT_NS", "FolderIndex", "enabled", "stamp"]
 
-INDEX_NAME = ".asynclog-index"
 NO_INDEX_ENV = "ASYNCLOG_NO_INDEX"
 RECENT_NS = 2_000_000_000  # coarser than any file system's timestamp tick (FAT's 2 s included)
 _KIND = "asynclog.index/1"
 _MAX_BYTES = 64 << 20  # ~250 bytes a run: a real index is far smaller
-_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 Stamp = tuple[tuple[str, int, int, int, int], ...]
 Row = TypeVar("Row")
@@ -128,17 +127,12 @@ class FolderIndex:
 def _load(path: str, schema: str, row_type: Any) -> dict:
     """The runs of the index at ``path``, or {} for anything that is not an index of this kind and schema."""
     try:
-        with open(os.open(path, _FLAGS), "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                return {}
-            data = f.read(_MAX_BYTES + 1)
-    except OSError:
-        return {}
-    if len(data) > _MAX_BYTES:
+        data = read_bounded(path, _MAX_BYTES)
+    except (OSError, SidecarError):
         return {}
     try:
         found = _decoder(row_type).decode(data)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return {}
     return found.runs if found.kind == _KIND and found.schema == schema else {}
 

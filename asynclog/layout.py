@@ -37,10 +37,10 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import BinaryIO, NamedTuple, TypeVar
 
+from . import ondisk
 from .errors import ConfigError, CorruptLogError
 from .files import atomic_write, create_exclusive, makedirs, mkdir
-from .format import PREAMBLE_SIZE, SUFFIX, FrameKind, read_header, read_payload, read_preamble, read_trailer
-from .ranks import MANIFEST, SHARD_STEM, shard_name, shard_stem
+from .ondisk import MANIFEST, SHARD_STEM, SUFFIX, SUMMARY_SUFFIX, shard_name, shard_stem
 
 __all__ = [
     "RunPaths",
@@ -60,7 +60,6 @@ __all__ = [
 
 _T = TypeVar("_T")  # what _read_log reads from a log
 LAYOUT_ID = "asynclog.probe/1"  # the marker's id: bump it if the layout's files change
-SUMMARY_SUFFIX = "_summary.json"
 CONFIG_SUFFIX = "_config.yaml"
 RANK_CONFIG = "config.yaml"  # a run folder's config sidecar (rank 0's)
 _RANK_FILE = re.compile(rf"({SHARD_STEM}({re.escape(SUFFIX)}|{re.escape(SUMMARY_SUFFIX)})|{re.escape(MANIFEST)}|{re.escape(RANK_CONFIG)})\Z")
@@ -349,11 +348,11 @@ def ensure_readme(root: str) -> str:
 # --- retention ---------------------------------------------------------------------------------------------
 # Retention deletes files, in a folder others may share: it removes only runs this layout wrote, known by
 # the marker it put in their header frame, and works through directory descriptors so that no link (a day
-# folder, a log, a sidecar) is ever followed and no path can lead out of the output directory.
-_MAX_MARKER_FRAME = 1 << 20  # a probe's header frame is a few KiB; a larger one is not read, let alone trusted
+# folder, a log, a sidecar) is ever followed and no path can lead out of the output directory. Logs are read
+# as every tool reads them (``ondisk``): opened only when regular, never through a link, header frame and
+# footer within ondisk's limit, and "closed" by ondisk's one rule.
 STALE_SECONDS = 7 * 24 * 3600  # a log without a footer is left alone until it has not changed for this long
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: a FIFO never hangs us
 
 
 class _Run(NamedTuple):
@@ -379,42 +378,23 @@ def _owned(st: os.stat_result) -> bool:
     return stat.S_ISREG(st.st_mode) and st.st_nlink == 1
 
 
-def _header_meta(f: BinaryIO, version: int) -> dict | None:
-    """The header frame's meta (the preamble read: ``version``); None when the first frame is no header, or too
-    large to read, let alone trust."""
-    header = read_header(f, PREAMBLE_SIZE, version)
-    if header.kind != FrameKind.HEADER or header.meta_len + header.body_len > _MAX_MARKER_FRAME:
-        return None
-    meta, _ = read_payload(f, header)
-    return meta if isinstance(meta, dict) else {}
-
-
 def _layout_marker(f: BinaryIO) -> dict | None:
     """The ``layout`` marker in the header frame (None without one)."""
-    found = (_header_meta(f, read_preamble(f)) or {}).get("metadata")
+    found = ondisk.header_of(f).get("metadata")
     found = found.get("layout") if isinstance(found, dict) else None
     return found if isinstance(found, dict) else None
 
 
 def _finished(f: BinaryIO) -> bool:
-    """Whether the log has a sound header frame and its footer: its writer closed it."""
-    version = read_preamble(f)
-    if _header_meta(f, version) is None:
-        return False
-    footer = read_trailer(f)
-    return footer is not None and read_header(f, footer, version).kind == FrameKind.FOOTER
+    """Whether its writer closed the log: a sound header frame and footer (``ondisk.Peek.closed``)."""
+    return ondisk.peek(f).closed
 
 
 def _read_log(dir_fd: int, name: str, read: Callable[[BinaryIO], _T]) -> tuple[os.stat_result, _T] | None:
     """(stat, ``read(file)``) of the regular log ``name`` in the folder; None for anything else."""
     try:
-        if not stat.S_ISREG(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
-            return None
-        with open(os.open(name, _FILE_FLAGS, dir_fd=dir_fd), "rb", buffering=0) as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                return None
-            return st, read(f)
+        with ondisk.open_regular(name, follow=False, dir_fd=dir_fd) as f:
+            return os.fstat(f.fileno()), read(f)
     except (OSError, CorruptLogError):
         return None
 

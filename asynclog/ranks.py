@@ -37,15 +37,13 @@ import msgspec
 
 from .errors import LogInputError
 from .files import atomic_write
-from .format import SUFFIX
+from .ondisk import MANIFEST, SHARD_STEM, SHARDS_ID, run_folder, shard_name, shard_stem
 
 __all__ = ["Placement", "placement", "per_rank_staging", "shard_name", "shard_stem", "SHARD_STEM", "MANIFEST",
            "SHARDS_ID", "write_manifest", "read_manifest", "RUN_NAME_ENV", "SharedName", "launcher_name", "job_name",
            "broadcast_from_rank0", "launch_name", "torchrun_launch_name", "store_name", "agree_through_store",
            "STORE_WAIT_S", "no_shared_name"]
 
-MANIFEST = "manifest.json"
-SHARDS_ID = "asynclog.shards/1"
 _T = TypeVar("_T")
 
 
@@ -96,19 +94,6 @@ def per_rank_staging(where: Placement, default: int) -> int:
     return max(_MIN_STAGING, min(default, share))
 
 
-SHARD_STEM = r"rank-\d{5,}"  # what shard_stem makes, as a regular expression: ranks past 99999 take more digits
-
-
-def shard_stem(rank: int) -> str:
-    """A rank's name in its run folder: its shard is this plus ``.alog``, its summary sidecar this plus
-    ``_summary.json``."""
-    return f"rank-{rank:05d}"
-
-
-def shard_name(rank: int) -> str:
-    return shard_stem(rank) + SUFFIX
-
-
 def write_manifest(folder: str, name: str, where: Placement) -> None:
     """Rank 0's note of what the run folder should hold; written once, atomically."""
     manifest = {"format": SHARDS_ID, "name": name, "world_size": where.world_size, "created": time.time(),
@@ -116,16 +101,11 @@ def write_manifest(folder: str, name: str, where: Placement) -> None:
     atomic_write(os.path.join(folder, MANIFEST), msgspec.json.format(msgspec.json.encode(manifest), indent=2))
 
 
-def read_manifest(folder: str) -> dict | None:
-    """The manifest, or None when there is none (rank 0 never started) or it is not one of ours."""
-    try:
-        with open(os.path.join(folder, MANIFEST), "rb") as f:
-            manifest = msgspec.json.decode(f.read(1 << 20))
-    except (OSError, msgspec.DecodeError):
-        return None
-    if not isinstance(manifest, dict) or manifest.get("format") != SHARDS_ID:
-        return None
-    return manifest
+def read_manifest(folder: str):
+    """The run folder's manifest (``ondisk.Manifest``), or None when there is none (rank 0 never started), it is
+    not one of ours, or it is damaged (``ondisk.run_folder`` says why)."""
+    found = run_folder(folder)
+    return None if found is None else found.manifest
 
 
 # --- a name every rank shares ------------------------------------------------------------------------------

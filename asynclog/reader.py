@@ -8,9 +8,14 @@ torn tail (``Damage.torn``: a last frame a crash cut short or left zero-filled, 
 is where the log was cut, not damage: ``cut_at`` names it when nothing before it is damaged, ``damaged``
 leaves it out, and ``verify`` calls such a log incomplete.
 
+A log is opened through ``ondisk`` (``open_regular``: a FIFO or any other file that is not regular is refused,
+never waited on), and its header frame and footer are read by ``ondisk``'s rules, which ``ls`` and retention
+share (``ondisk.frame_meta``, ``ondisk.footer_meta``).
+
 Nothing in a file is trusted to size an allocation: a frame may declare at most what this run's writer
-could have written in one frame (``frame_limits``), a tensor's pieces must add up to its shape before its
-buffer is allocated, and every mistyped or inconsistent meta is a CorruptLogError naming the offset.
+could have written in one frame (``frame_limits``), a tensor's pieces must add up to its shape, and each
+piece must declare no more than a frame may hold, before its buffer is allocated; every mistyped or
+inconsistent meta is a CorruptLogError naming the offset.
 ``events``, ``stream`` and ``tensors`` skip a damaged frame with a warning by default (``errors="raise"``
 raises instead); ``tensor`` raises.
 
@@ -30,6 +35,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from . import format as fmt
+from . import ondisk
 from .errors import CorruptLogError
 from .filters import check_body, unfilter
 from .format import Damage, FrameKind
@@ -150,7 +156,7 @@ def _decode_column(column: fmt.ColumnMeta, body: bytes, rows: int, offset: int) 
     if column.kind == "object":
         try:
             values = _decode(segment)
-        except (msgspec.DecodeError, UnicodeDecodeError):
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             raise CorruptLogError(f"column {column.name!r} is not msgpack", offset) from None
         if not isinstance(values, list) or len(values) != rows:
             raise CorruptLogError(f"column {column.name!r} does not hold {rows} values", offset)
@@ -185,7 +191,7 @@ def _records(meta: dict, body: bytes, offset: int) -> list[dict]:
     count = fmt.typed(meta, fmt.RecordsMeta, offset).count
     try:
         records = _decode_records(body)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # ValidationError included: not a list of maps
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:  # ValidationError: not a list of maps
         raise CorruptLogError(f"records do not decode ({exc})", offset) from None
     if len(records) != count:
         raise CorruptLogError(f"records frame holds {len(records)} records, declares {count}", offset)
@@ -212,7 +218,7 @@ class Log:
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
-        self._file = open(self.path, "rb")
+        self._file = ondisk.open_regular(self.path)
         try:
             self.format_version = fmt.read_preamble(self._file)
             self.size = self._file.seek(0, os.SEEK_END)
@@ -240,12 +246,10 @@ class Log:
         if first.kind != FrameKind.HEADER:
             raise CorruptLogError("first frame is not a header frame", first.offset)
         try:
-            meta = fmt.read_payload(self._file, first)[0]
-            fmt.typed(meta, fmt.HeaderMeta, first.offset)
+            return ondisk.frame_meta(self._file, first)[0]
         except CorruptLogError as exc:
             self._note(fmt.damage(exc, first.size))
             return {}
-        return meta
 
     def _note(self, damage: Damage) -> None:
         if damage.torn:  # where the log was cut, not damage; the header frame may have been noted as damaged
@@ -272,17 +276,14 @@ class Log:
     # --- index ----------------------------------------------------------------------------------------
     def _load_footer(self) -> bool:
         """Index from the footer; False (scan instead) when it is missing, damaged or points outside the file."""
-        offset = fmt.read_trailer(self._file)
-        if offset is None:
-            return False
         try:
-            header = fmt.read_header(self._file, offset, self.format_version)
-            if header.kind != FrameKind.FOOTER or header.end != self.size - fmt.TRAILER_SIZE:
-                return False
-            meta = fmt.read_payload(self._file, header)[0]
-            index = fmt.typed(meta, fmt.FooterMeta, offset).index
+            found = ondisk.footer_meta(self._file, self.size, self.format_version)
         except CorruptLogError:
             return False
+        if found is None:
+            return False
+        offset, meta, typed = found
+        index = typed.index
         if index is None or not _index_within(index, offset):
             return False
         self.footer = meta
@@ -342,11 +343,14 @@ class Log:
             raise CorruptLogError(f"expected a {kind.name.lower()} frame, found kind {int(header.kind)}", offset)
         return header
 
-    def _payload(self, header: fmt.FrameHeader) -> tuple[dict, bytes]:
+    def _check_size(self, header: fmt.FrameHeader) -> None:
         limit = self._limits.get(header.kind, MAX_FRAME_BYTES)
         if header.raw_len > limit:
             raise CorruptLogError(f"frame declares {header.raw_len} bytes, more than this run writes in one "
                                   f"frame ({limit})", header.offset)
+
+    def _payload(self, header: fmt.FrameHeader) -> tuple[dict, bytes]:
+        self._check_size(header)
         meta, stored = fmt.read_payload(self._file, header)
         try:
             return meta, unfilter(header.filter, header.itemsize, stored, header.raw_len)
@@ -437,6 +441,8 @@ class Log:
         pieces = [self._piece(offset) for offset in offsets]
         dtype, itemsize = _dtype(pieces[0][1].dtype, offsets[0])
         _check_pieces(name, pieces, itemsize)
+        for header, _ in pieces:  # each piece's size, before the tensor they declare is allocated
+            self._check_size(header)
         data = bytearray(pieces[0][1].nbytes)
         for header, meta in pieces:
             body = self._payload(header)[1]
@@ -630,7 +636,7 @@ def check(path: str | os.PathLike) -> Verdict:
     length within this run's frame limits. Bodies are decompressed a block at a time, so memory stays
     small whatever a frame declares."""
     frames, damaged, torn, footer, limits = 0, [], None, None, frame_limits(None)
-    with open(path, "rb") as f:
+    with ondisk.open_regular(path) as f:
         try:
             version = fmt.read_preamble(f)
         except CorruptLogError as exc:

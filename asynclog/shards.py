@@ -3,7 +3,9 @@
 ``asynclog.open(folder)`` returns a ``ShardedLog``: events of every rank in time order, each with a
 ``rank`` field; a stream's chunks rank by rank, each chunk knowing its ``rank`` and each row carrying it;
 ``tensor(name, rank=...)``. A shard that is missing or was cut short (its rank was killed) makes the run
-incomplete, and ``problems`` says which; the other ranks' data reads as usual.
+incomplete, and ``problems`` says which; the other ranks' data reads as usual. The folder is read through
+``ondisk.run_folder``: a damaged manifest is a CorruptLogError saying why, and only the shards that are in
+the folder are opened, whatever world size the manifest claims (the missing ranks are named as ranges).
 
 ``batch_statistics()`` merges the ``batch_statistics`` records DetailedLogger wrote on each rank into the
 statistics of all ranks' batches together, exactly: from each rank's raw aggregates (counts, sums, sums of
@@ -18,15 +20,13 @@ import os
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import msgspec
+
 from .errors import CorruptLogError
-from .ranks import read_manifest, shard_name
+from .ondisk import MANIFEST, is_run_folder, run_folder
 from .reader import Chunk, Log, frame_of, warn_unseen
 
 __all__ = ["ShardedLog", "is_run_folder", "merge_batch_statistics"]
-
-
-def is_run_folder(path: str | os.PathLike) -> bool:
-    return os.path.isdir(path) and read_manifest(os.fspath(path)) is not None
 
 
 class ShardedLog:
@@ -34,18 +34,22 @@ class ShardedLog:
 
     def __init__(self, folder: str | os.PathLike):
         self.path = os.fspath(folder)
-        self.manifest = read_manifest(self.path)
-        if self.manifest is None:
-            raise CorruptLogError(f"{self.path} has no asynclog manifest.json (not a run folder of ranks)", 0)
-        self.world_size: int = self.manifest["world_size"]
+        found = run_folder(self.path)
+        if found is None:
+            raise CorruptLogError(f"{self.path} has no asynclog {MANIFEST} (not a run folder of ranks)", 0)
+        if found.manifest is None:
+            raise CorruptLogError(f"{self.path}: {found.problem}", 0)
+        self.manifest: dict = msgspec.to_builtins(found.manifest)
+        self.world_size: int = found.manifest.world_size
         self.shards: dict[int, Log] = {}
-        self.problems: list[str] = []
-        for rank in range(self.world_size):
-            shard = os.path.join(self.path, shard_name(rank))
+        self.problems: list[str] = [found.missing()] if found.missing() else []
+        for rank, name in sorted(found.shards.items()):
             try:
-                self.shards[rank] = Log(shard)
+                self.shards[rank] = Log(os.path.join(self.path, name))
             except FileNotFoundError:
-                self.problems.append(f"rank {rank}: no shard {shard_name(rank)}")
+                self.problems.append(f"rank {rank}: no shard {name}")
+            except OSError as exc:
+                self.problems.append(f"rank {rank}: cannot read {name}: {exc.strerror or exc}")
             except CorruptLogError as exc:
                 self.problems.append(f"rank {rank}: {exc}")
         for rank, log in self.shards.items():

@@ -469,3 +469,44 @@ def test_bad_chunk_is_skipped_with_a_warning_naming_it_or_raised_on_request(logs
         assert [d.offset for d in log.damaged] == [offset]
         with pytest.raises(CorruptLogError, match=f"offset {offset}"):
             list(log.stream("tokens", errors="raise"))
+
+
+_UNDER_A_LIMIT = """
+import resource, sys, warnings
+import torch  # loaded before the limit: the tensor path imports it
+from asynclog import reader
+from asynclog.errors import CorruptLogError
+
+def address_space():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) << 10 for line in f if line.startswith("VmSize:"))
+
+limit = address_space() + (2 << 30)  # 2 GiB more than this process holds now
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+warnings.simplefilter("ignore")
+try:
+    with reader.Log(sys.argv[1]) as log:
+        log.tensor(sys.argv[2])
+    print("read")
+except CorruptLogError as exc:
+    print("CorruptLogError:", exc)
+except MemoryError:
+    print("MemoryError")
+"""
+
+
+def test_a_tensor_piece_declaring_more_than_a_frame_holds_is_refused_before_its_tensor_is_allocated(logs, tmp_path):
+    """A small file whose tensor (shape, nbytes and its one piece's raw length agreeing) declares 3 GiB: read
+    under an address-space limit 2 GiB above what the reader holds, it is a CorruptLogError naming the frame's
+    limit, not a MemoryError of allocating 3 GiB before the piece's size was checked."""
+    frames = frames_of(logs["closed"])
+    piece = _first(frames, fmt.FrameKind.TENSOR, name="small")
+    piece.meta = {**piece.meta, "shape": [3 * GiB // 4], "nbytes": 3 * GiB}
+    piece.raw_len = 3 * GiB
+    path = tmp_path / "declares_3_gib.alog"
+    write_log(path, frames)
+    assert path.stat().st_size < 1 << 20
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(_UNDER_A_LIMIT), str(path), "small"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.startswith("CorruptLogError:"), done.stdout + done.stderr[-2000:]
+    assert "more than this run writes in one frame" in done.stdout
