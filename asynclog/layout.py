@@ -71,6 +71,7 @@ _TEMPLATE_FIELDS = frozenset({"timestamp", "checkpoint_name", "date", "level"})
 _FOREIGN_SUFFIXES = (".json.gz", ".json", ".gz", ".jsonl", SUFFIX)
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
 _MAX_NAME = 80
+_MAX_WIDTH = 255  # the widest field a template may format (a file name has at most 255 bytes)
 _FALLBACK = "checkpoint"
 
 
@@ -163,14 +164,29 @@ def check_checkpoint_rule(rule: str) -> None:
 
 
 def check_template(template: str) -> None:
-    """A ConfigError naming ``filename_template`` unless it formats with the known fields into one file name."""
-    fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    """A ConfigError naming ``filename_template`` unless it formats with the known fields into one file name.
+
+    A field's format spec may pad or cut (``{checkpoint_name:.20}``), to a width of at most _MAX_WIDTH: a
+    width of 10**9 would build a gigabyte-long name before it could be cut to _MAX_NAME."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ConfigError(f"config key 'filename_template': {exc}") from None
+    fields = {f for _, f, _, _ in parsed if f is not None}
     unknown = fields - _TEMPLATE_FIELDS
     if unknown:
         raise ConfigError(f"config key 'filename_template': unknown field(s) {sorted(unknown)}; "
                           f"use {sorted(_TEMPLATE_FIELDS)}")
     if "/" in template or "\\" in template or not template.strip():
         raise ConfigError("config key 'filename_template' must be a file name, not a path")
+    for _, field, spec, _ in parsed:
+        if spec and ("{" in spec or any(int(n) > _MAX_WIDTH for n in re.findall(r"\d+", spec))):
+            raise ConfigError(f"config key 'filename_template': the format of {{{field}}} ({spec!r}) may not nest "
+                              f"fields or ask for a width over {_MAX_WIDTH}")
+    try:
+        _stem(template, dict.fromkeys(_TEMPLATE_FIELDS, "x"))
+    except ValueError as exc:  # a spec strings do not take: {timestamp:d}
+        raise ConfigError(f"config key 'filename_template': {exc}") from None
 
 
 def _stem(template: str, values: dict) -> str:
