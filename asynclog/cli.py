@@ -31,14 +31,15 @@ from .reader import Log, check, missing
 _json = msgspec.json.Encoder()
 
 # Modules that add subcommands through register(subparsers), in the order their commands are listed.
-COMMAND_MODULES = ("asynclog.analysis", "asynclog.export", "asynclog.jsonlogs")
+COMMAND_MODULES = ("asynclog.analysis", "asynclog.diff", "asynclog.export", "asynclog.jsonlogs")
 
 # Exit statuses. cat and verify: 1 when anything is damaged; verify: 2 when intact but incomplete.
 OK, DAMAGED, INCOMPLETE, USAGE, NOT_FOUND, CANNOT_ACCESS = 0, 1, 2, 3, 4, 5
 INTERRUPTED = 130
 EXIT_STATUSES = {
     OK: "success",
-    DAMAGED: "a log is damaged, or is not an asynclog log (cat prints what is intact); import: a file was skipped",
+    DAMAGED: "a log is damaged, or is not an asynclog log (cat prints what is intact); import: a file was skipped; "
+             "diff: the runs differ",
     INCOMPLETE: "verify, export: the run was not closed normally; every frame intact, or only a last one a crash tore",
     USAGE: "a usage mistake or bad input: a wrong argument, a folder given for a file, a bad config",
     NOT_FOUND: "a file or folder named on the command line does not exist",
