@@ -420,7 +420,7 @@ _LS = [("date", "date"), ("time", "time"), ("checkpoint", "checkpoint"), ("level
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    """List the runs below a folder, one line each."""
+    """List the runs below a folder, one line each. Exit 0; 4 when the folder does not exist."""
     rows = _rows_or_complain(args)
     if rows is None:
         return NOT_FOUND
@@ -442,7 +442,7 @@ _SWEEP = ["checkpoint", "date", "time", "level", "status", "deltaH1", "deltaH_tr
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    """One table across all runs below a folder: sortable, as text, CSV or JSON."""
+    """One table across all runs below a folder: sortable; text, CSV or JSON. Exit 0; 3 bad --sort; 4 no folder."""
     key = args.sort
     if key not in COLUMNS:
         print(f"asynclog: cannot sort by {key!r}; use one of {', '.join(COLUMNS)}", file=sys.stderr)
@@ -482,7 +482,7 @@ def _csv(rows: list[dict]) -> str:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    """What a person wants to see first about one run."""
+    """What a person wants to see first about one run. Exit 0; 3 for a folder of runs; 4 when there is no such run."""
     path = args.run.removesuffix(SUMMARY_SUFFIX) + fmt.SUFFIX if args.run.endswith(SUMMARY_SUFFIX) else args.run
     if os.path.isdir(path) and not is_run_folder(path):
         print(f"asynclog: {args.run}: is a folder (give one run's .alog file; `asynclog ls {args.run}` lists them)",

@@ -31,15 +31,16 @@ from .reader import Log, check, missing
 _json = msgspec.json.Encoder()
 
 # Modules that add subcommands through register(subparsers), in the order their commands are listed.
-COMMAND_MODULES = ("asynclog.analysis", "asynclog.export", "asynclog.jsonlogs")
+COMMAND_MODULES = ("asynclog.analysis", "asynclog.diff", "asynclog.export", "asynclog.jsonlogs")
 
 # Exit statuses. cat and verify: 1 when anything is damaged; verify: 2 when intact but incomplete.
 OK, DAMAGED, INCOMPLETE, USAGE, NOT_FOUND, CANNOT_ACCESS = 0, 1, 2, 3, 4, 5
 INTERRUPTED = 130
 EXIT_STATUSES = {
     OK: "success",
-    DAMAGED: "a log is damaged, or is not an asynclog log (cat prints what is intact); import: a file was skipped",
-    INCOMPLETE: "verify: the run was not closed normally; every frame is intact, or only a last one a crash tore",
+    DAMAGED: "a log is damaged, or is not an asynclog log (cat prints what is intact); import: a file was skipped; "
+             "diff: the runs differ",
+    INCOMPLETE: "verify, export: the run was not closed normally; every frame intact, or only a last one a crash tore",
     USAGE: "a usage mistake or bad input: a wrong argument, a folder given for a file, a bad config",
     NOT_FOUND: "a file or folder named on the command line does not exist",
     CANNOT_ACCESS: "a file cannot be read or written (permissions, a full disk, the writer failed)",
@@ -58,7 +59,8 @@ class Failure(Exception):
 def cmd_verify(args: argparse.Namespace) -> int:
     """Check every frame of a log. Exit 0 when every frame is intact and the footer says the run closed
     normally; 1 when anything is damaged (each stretch is named on stderr); 2 when nothing is damaged but the
-    run is incomplete (no footer, or a footer marked incomplete). Damage wins over incomplete. A torn tail
+    run is incomplete (no footer, or a footer marked incomplete); 3 for a folder; 4 when the file does not
+    exist. Damage wins over incomplete. A torn tail
     (a last frame a crash cut short or zero-filled, in a file without a trailer) is incomplete, not damage."""
     frames, damaged, incomplete = check(args.path)
     for d in damaged:
@@ -77,12 +79,12 @@ def cmd_cat(args: argparse.Namespace) -> int:
     """Print every record as one JSON line; tensors and chunks appear as their metadata.
 
     JSON has no NaN or infinities: those floats are printed as the strings "NaN", "Infinity" and
-    "-Infinity", so they stay apart from null (``jq 'select(.data.x == "NaN")'`` finds them).
+    "-Infinity", so they stay apart from null (jq 'select(.data.x == "NaN")' finds them).
     Damaged stretches are skipped, each named on stderr (offset, bytes, why), and printing goes on with the
     next intact frame. Exit 0 when every frame was printed, 1 when something was skipped or the file is
-    not an asynclog log. A torn tail ends the output as the end of any log that was not closed does. With
-    ``--rows STREAM``, the stream's rows instead, one JSON object per row (tensor cells as lists), one chunk
-    in memory at a time.
+    not an asynclog log, 3 for a folder or a stream the log lacks, 4 when the file does not exist. A torn
+    tail ends the output as the end of any log that was not closed does. With --rows STREAM, the stream's
+    rows instead, one JSON object per row (tensor cells as lists), one chunk in memory at a time.
     """
     out = sys.stdout.buffer
     try:
@@ -160,6 +162,9 @@ def _lines(log: Log, header: fmt.FrameHeader, meta: dict) -> list[dict]:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the toy entropy probe over one or more checkpoints and log it through DetailedLogger, as a probe would.
+    Exit 0 when every run was logged; 3 for a bad or missing --config, an --out that is a file or a device that
+    is not there; 5 when a log cannot be written."""
     from .demo import check_device, main as demo_main
 
     if os.path.exists(args.out) and not os.path.isdir(args.out):
@@ -172,6 +177,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    """Compare asynclog with the usual ways of logging on this machine, each peer in its own subprocess, and print
+    the report. Exit 0; 3 for an unknown name in --only."""
     from .bench import main as bench_main
 
     return bench_main(args)
@@ -186,15 +193,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the version and exit")
     parser.add_argument("--debug", action="store_true", help="show the full traceback when something fails")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of:")
-    p = sub.add_parser("verify", help="check every frame of a log (exit 0 OK, 1 damaged, 2 incomplete)")
+    p = sub.add_parser("verify", help="check every frame of a log (exit 0 OK, 1 damaged, 2 incomplete)",
+                       description=cmd_verify.__doc__)
     p.add_argument("path", help="the .alog file to check")
     p.set_defaults(func=cmd_verify)
-    p = sub.add_parser("cat", help="print every record as a JSON line (pipe into jq); skips damage, exit 1 if any")
+    p = sub.add_parser("cat", help="print every record as a JSON line (pipe into jq); skips damage, exit 1 if any",
+                       description=cmd_cat.__doc__)
     p.add_argument("path", help="the .alog file to print")
     p.add_argument("--rows", default=None, metavar="STREAM",
                    help="print the rows of one stream instead (e.g. sequences/E_batch), one JSON object per line")
     p.set_defaults(func=cmd_cat)
-    p = sub.add_parser("demo", help="run the demo entropy probe and write a real log")
+    p = sub.add_parser("demo", help="run the demo entropy probe and write a real log", description=cmd_demo.__doc__)
     p.add_argument("--level", default="debug", choices=["minimal", "standard", "detailed", "debug"],
                    help="what the run keeps (default: debug)")
     p.add_argument("--checkpoints", type=int, default=1, help="sweep over N perturbed copies of the model")
@@ -205,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-logging", action="store_true", help="run the probe with logging disabled")
     p.add_argument("--device", default="cpu", help="where the model runs: cpu (default), cuda, cuda:1, ...")
     p.set_defaults(func=cmd_demo)
-    p = sub.add_parser("bench", help="compare asynclog with the usual alternatives on this machine")
+    p = sub.add_parser("bench", help="compare asynclog with the usual alternatives on this machine",
+                       description=cmd_bench.__doc__)
     p.add_argument("--full", action="store_true", help="run the whole set (minutes), not the short one")
     p.add_argument("--only", default=None, help="comma-separated workloads and peers to run (asynclog always runs)")
     p.set_defaults(func=cmd_bench)

@@ -2,13 +2,16 @@
 
 ``read_config`` is how every entry point (``Config.from_yaml``, ``start(config=...)``, ``DetailedLogger``)
 reads a config, so one file means one thing wherever it is passed. Errors name the file, the key, the
-choices, and the key most likely meant.
+choices, and the key most likely meant. ``parse_yaml`` is the one YAML loader, bounded in size, alias
+expansion and depth, so that a hostile file is one ConfigError line too.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import os
+import stat
 import typing
 from collections.abc import Mapping
 from typing import Any, Literal, NamedTuple
@@ -19,13 +22,18 @@ from .errors import ConfigError
 from .layout import check_checkpoint_rule, check_template
 
 __all__ = ["Config", "DetailedLoggingConfig", "Settings", "LEVELS", "SECTIONS", "level_rank", "read_config",
-           "level_config_path", "load_yaml", "convert_section"]
+           "level_config_path", "load_yaml", "parse_yaml", "convert_section"]
 
 STAGING_BYTES = 256 << 20  # the default pool; ranks of one node share a budget instead (ranks.py)
 LEVELS = ("minimal", "standard", "detailed", "debug")
 Level = Literal["minimal", "standard", "detailed", "debug"]
 Policy = Literal["block", "drop", "error"]
 SECTIONS = ("detailed_logging", "asynclog")  # the probe's logging plan; asynclog's engine
+# A config is a page of settings. These bounds refuse, as one ConfigError, what no config needs and what would
+# make a small file cost gigabytes or a traceback: aliases that expand it ("billion laughs"), nesting that
+# exhausts the parser's recursion, a file too large to be a config.
+MAX_CONFIG_BYTES = 1 << 20  # the file; and the document as if every alias were written out in full
+MAX_CONFIG_DEPTH = 32  # levels of nesting (the probe's configs have 3 or 4; a log keeps values 32 deep)
 
 
 def level_rank(level: str) -> int:
@@ -226,19 +234,111 @@ def _section(data: dict, key: str, source: str) -> dict:
 
 
 def load_yaml(path: str | os.PathLike) -> dict:
-    """Parse a YAML mapping; an unreadable file or a non-mapping is a ConfigError naming the file."""
-    import yaml  # here: a probe that passes dicts never pays for importing it
-
+    """Parse a YAML mapping (``parse_yaml``'s bounds); an unreadable file or a non-mapping is a ConfigError naming
+    the file. Opened without blocking, so a FIFO named as a config is refused rather than waited on."""
+    source = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read config {os.fspath(path)}: {exc}") from exc
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise ConfigError(f"config {source} is not a regular file")
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {source}: {exc.strerror or exc}") from exc
+    data = parse_yaml(raw, source)
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config {os.fspath(path)} must be a mapping, not {type(data).__name__}")
+        raise ConfigError(f"config {source} must be a mapping, not {type(data).__name__}")
     return data
+
+
+def parse_yaml(raw: bytes, source: str) -> Any:
+    """The YAML document in ``raw`` (UTF-8), as ``yaml.safe_load`` reads it, within the bounds above: at most
+    MAX_CONFIG_BYTES, also once each alias is expanded (an alias that refers to itself expands without end), and at
+    most MAX_CONFIG_DEPTH levels deep, also through aliases. Anything else is one ConfigError line naming
+    ``source``. This is the one YAML loader: every config and config sidecar asynclog reads goes through it."""
+    import yaml  # here: a probe that passes dicts never pays for importing it
+
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config {source} is larger than {MAX_CONFIG_BYTES >> 20} MiB, which no config needs")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config {source} is not UTF-8 text (byte {raw[exc.start]:#04x} at offset "
+                          f"{exc.start})") from None
+    loader = _bounded_loader(yaml)(text)
+    loader.name = source
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _measure(node, 0, {}, set(), [0])
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {source}: {_one_line(exc)}") from None
+    except (ValueError, OverflowError) as exc:  # a value the constructor cannot make (an int of 10**5 digits)
+        raise ConfigError(f"config {source}: {exc}") from None
+    finally:
+        loader.dispose()
+
+
+@functools.cache
+def _bounded_loader(yaml) -> type:
+    """PyYAML's safe loader, refusing a node deeper than MAX_CONFIG_DEPTH as it composes it: the composer recurses
+    once per level, so a deep file would otherwise end in RecursionError before anything could be checked."""
+
+    class BoundedLoader(yaml.SafeLoader):
+        depth = 0
+
+        def compose_node(self, parent, index):
+            if self.depth >= MAX_CONFIG_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_CONFIG_DEPTH} levels",
+                                                  self.peek_event().start_mark)
+            self.depth += 1
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+    return BoundedLoader
+
+
+def _measure(node, depth: int, seen: dict, open_: set, total: list) -> int:
+    """The height of ``node``'s tree with every alias expanded, adding its expanded size (a unit per node, and a
+    scalar's characters) to ``total[0]``; ConfigError past the bounds. A node is walked once (``seen``: id ->
+    (size, height)), so a billion laughs costs its few nodes, not its expansion. An anchor comes before its
+    aliases, so a node is first met where it is written, within the depth composing allowed."""
+    import yaml
+
+    if id(node) in open_:
+        raise yaml.composer.ComposerError(None, None, "an alias refers to a node that holds it", node.start_mark)
+    if id(node) not in seen:
+        open_.add(id(node))
+        before = total[0]
+        total[0] += 1 + (len(node.value) if isinstance(node, yaml.ScalarNode) else 0)
+        children = [] if isinstance(node, yaml.ScalarNode) else node.value
+        if isinstance(node, yaml.MappingNode):
+            children = [child for pair in children for child in pair]
+        height = 1 + max((_measure(child, depth + 1, seen, open_, total) for child in children), default=-1)
+        seen[id(node)] = total[0] - before, height
+        open_.discard(id(node))
+    else:
+        size, height = seen[id(node)]
+        total[0] += size
+    if depth + height >= MAX_CONFIG_DEPTH:
+        raise yaml.composer.ComposerError(None, None, f"aliases nest it deeper than {MAX_CONFIG_DEPTH} levels",
+                                          node.start_mark)
+    if total[0] > MAX_CONFIG_BYTES:
+        raise yaml.composer.ComposerError(None, None, f"aliases expand it past {MAX_CONFIG_BYTES >> 20} MiB",
+                                          node.start_mark)
+    return height
+
+
+def _one_line(exc) -> str:
+    """A YAML error as one line: the problem and where (PyYAML's own message spans lines and quotes the file)."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
 
 
 def convert_section(data: Any, struct_type: type, source: str):

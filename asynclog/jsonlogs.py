@@ -56,7 +56,8 @@ import msgspec
 from . import __version__, layout
 from .analysis import natural_key, read_run
 from .cli import DAMAGED, NOT_FOUND, OK, USAGE, Failure
-from .errors import AsyncLogError, LogInputError
+from .config import parse_yaml
+from .errors import AsyncLogError, ConfigError, LogInputError
 from .files import atomic_write
 from .names import check_key
 
@@ -306,12 +307,10 @@ def _read_config(path: str, notes: list[str]) -> tuple[SourceFile, bytes, dict |
 
 
 def _yaml_mapping(raw: bytes) -> dict | None:
-    import yaml
-
     try:
-        config = yaml.safe_load(raw)
+        config = parse_yaml(raw, "the config sidecar")  # bounded: no alias bomb, no depth that recurses too far
         _check_plain(_expect(config, dict, "the config"), "config", _CONFIG_NODES)
-    except (yaml.YAMLError, JsonRunError, RecursionError, ValueError):
+    except (ConfigError, JsonRunError, RecursionError, ValueError):
         return None  # copied all the same; only the header goes without it
     return config
 

@@ -55,6 +55,7 @@ __all__ = [
     "ensure_readme",
     "marker",
     "prune",
+    "closing",
     "SUFFIX",
 ]
 
@@ -69,6 +70,7 @@ _TEMPLATE_FIELDS = frozenset({"timestamp", "checkpoint_name", "date", "level"})
 _FOREIGN_SUFFIXES = (".json.gz", ".json", ".gz", ".jsonl", SUFFIX)
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
 _MAX_NAME = 80
+_MAX_WIDTH = 255  # the widest field a template may format (a file name has at most 255 bytes)
 _FALLBACK = "checkpoint"
 
 
@@ -161,14 +163,29 @@ def check_checkpoint_rule(rule: str) -> None:
 
 
 def check_template(template: str) -> None:
-    """A ConfigError naming ``filename_template`` unless it formats with the known fields into one file name."""
-    fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    """A ConfigError naming ``filename_template`` unless it formats with the known fields into one file name.
+
+    A field's format spec may pad or cut (``{checkpoint_name:.20}``), to a width of at most _MAX_WIDTH: a
+    width of 10**9 would build a gigabyte-long name before it could be cut to _MAX_NAME."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ConfigError(f"config key 'filename_template': {exc}") from None
+    fields = {f for _, f, _, _ in parsed if f is not None}
     unknown = fields - _TEMPLATE_FIELDS
     if unknown:
         raise ConfigError(f"config key 'filename_template': unknown field(s) {sorted(unknown)}; "
                           f"use {sorted(_TEMPLATE_FIELDS)}")
     if "/" in template or "\\" in template or not template.strip():
         raise ConfigError("config key 'filename_template' must be a file name, not a path")
+    for _, field, spec, _ in parsed:
+        if spec and ("{" in spec or any(int(n) > _MAX_WIDTH for n in re.findall(r"\d+", spec))):
+            raise ConfigError(f"config key 'filename_template': the format of {{{field}}} ({spec!r}) may not nest "
+                              f"fields or ask for a width over {_MAX_WIDTH}")
+    try:
+        _stem(template, dict.fromkeys(_TEMPLATE_FIELDS, "x"))
+    except ValueError as exc:  # a spec strings do not take: {timestamp:d}
+        raise ConfigError(f"config key 'filename_template': {exc}") from None
 
 
 def _stem(template: str, values: dict) -> str:
@@ -537,8 +554,8 @@ def prune(root: str, keep: int, template: str, protect: str | None = None) -> li
     Removing a run unlinks its log and its summary and config sidecars. Never removed: ``protect`` (the run
     being opened, which counts as one of the ``keep``), a link or a file with more than one name, a run whose
     footer is missing (any shard's) that changed within STALE_SECONDS (another process may be writing it),
-    anything else in the folders. A day folder is removed only when that leaves it empty. ``keep <= 0``
-    keeps everything.
+    a run between its footer and its summary (it holds ``closing``), anything else in the folders. A day
+    folder is removed only when that leaves it empty. ``keep <= 0`` keeps everything.
 
     What it reads, so that a sweep stays cheap with many ranks and many kept runs: one header per run (the
     main log's, or rank 0's shard's; the other shards are only stat'ed), and footers only of the runs beyond
@@ -546,13 +563,24 @@ def prune(root: str, keep: int, template: str, protect: str | None = None) -> li
     """
     if keep <= 0:
         return []
-    with _retention_lock(root):
+    with _retention_lock(root, fcntl.LOCK_EX):
         return _prune(root, keep, template, protect)
 
 
+def closing(root: str):
+    """Hold while a run under ``root`` gets its footer and then its summary: ``prune`` waits until both are there.
+
+    Between the two a run looks finished (its footer) but its summary is still to come; a prune then would
+    remove the log and leave the summary written after it, an orphan whose name the next run avoids with
+    ``-1``. Shared, so that any number of runs close at once; ``prune`` takes the same lock exclusively.
+    """
+    return _retention_lock(root, fcntl.LOCK_SH)
+
+
 @contextlib.contextmanager
-def _retention_lock(root: str):
-    """One pruning process at a time per output directory: ``flock`` on the directory itself (no lock file).
+def _retention_lock(root: str, mode: int):
+    """``flock`` on the output directory itself (no lock file): one pruning process at a time (``LOCK_EX``), never
+    while a run is closing (``LOCK_SH``, ``closing``).
 
     On a local file system this is exact. On NFS, flock is emulated with byte-range locks (Linux >= 2.6.12) and
     holds between clients only where the server supports locking; where it does not, two sweeps may prune at
@@ -561,7 +589,7 @@ def _retention_lock(root: str):
     fd = None
     try:
         fd = os.open(root, _DIR_FLAGS)
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, mode)
     except OSError:
         pass  # no lock to be had on this file system: prune unlocked, as the docstring allows
     try:

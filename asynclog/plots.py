@@ -13,6 +13,7 @@ streams). A plot whose data the run's level did not log is skipped with a note o
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import os
 import sys
@@ -211,7 +212,7 @@ def plot(target: str, out: str) -> list[str]:
     from .shards import is_run_folder
 
     if not os.path.exists(target):
-        raise PlotError(f"{target}: no such file or folder")
+        raise FileNotFoundError(errno.ENOENT, "no such file or folder", target)  # exit 4, as for every command
     os.makedirs(out, exist_ok=True)
     if os.path.isdir(target) and not is_run_folder(target):
         return plot_sweep(target, out)
@@ -220,7 +221,9 @@ def plot(target: str, out: str) -> list[str]:
 
 # --- the console script ---------------------------------------------------------------------------------
 def cmd_plot(args: argparse.Namespace) -> int:
-    """Exit 0 when PNGs were written (their paths on stdout); 2 with one line on stderr when none could be."""
+    """Plot one run or a sweep. Exit 0 when PNGs were written (their paths on stdout); otherwise one line on stderr
+    and 3 when there is nothing to plot (or matplotlib is missing), 4 when the target does not exist, 5 when a
+    file cannot be read or written."""
     from .export import command
 
     return command("plot", args.target, lambda: plot(args.target, args.out), (PlotError,))

@@ -494,16 +494,18 @@ class DetailedLogger:
         reduced = final_results if state.logs_reduced else None  # other ranks leave the results to rank 0
         results = plain(reduced or {})
         core = _core_results(state, results) if state.logs_reduced else {}
-        try:
-            if core and not state.core_results:
-                run.event("core_results", **core)  # the plan logs core results always; take them from the results
-            if final_results is not None:
-                run.event("final_results", **({"results": results} if state.logs_reduced else {}), timing=timing)
-        finally:
-            path = run.close(complete=complete, reason=reason)
-        close_ns = time.perf_counter_ns() - begin
-        summary = _summary(state, run.result or {}, timing, core, plain(reduced, SMALL_TENSOR_ITEMS), close_ns, total)
-        atomic_write(state.paths.summary, msgspec.json.format(msgspec.json.encode(summary), indent=2))
+        with layout.closing(state.paths.root):  # no retention between the footer and the summary
+            try:
+                if core and not state.core_results:
+                    run.event("core_results", **core)  # the plan logs core results always; take them from the results
+                if final_results is not None:
+                    run.event("final_results", **({"results": results} if state.logs_reduced else {}), timing=timing)
+            finally:
+                path = run.close(complete=complete, reason=reason)
+            close_ns = time.perf_counter_ns() - begin
+            summary = _summary(state, run.result or {}, timing, core, plain(reduced, SMALL_TENSOR_ITEMS), close_ns,
+                               total)
+            atomic_write(state.paths.summary, msgspec.json.format(msgspec.json.encode(summary), indent=2))
         self.last_summary = summary
         if not complete:
             self.logger.warning("asynclog: %s closed incomplete (%s)", path, reason)

@@ -121,7 +121,7 @@ def test_a_workload_a_peer_cannot_do_is_marked_not_applicable():
 def test_bench_command_rejects_an_unknown_workload(capsys):
     from asynclog.bench import main
 
-    assert main(argparse.Namespace(full=False, only="events,nope")) == 2
+    assert main(argparse.Namespace(full=False, only="events,nope")) == 3
     assert "unknown workload or peer nope" in capsys.readouterr().err
 
 

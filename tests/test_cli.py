@@ -232,3 +232,41 @@ def test_cat_shows_the_token_texts_a_token_chunk_reads_from_the_vocab_table(text
     assert all(c["lookups"] == [lookup] for c in tokens)
     assert [[c["name"] for c in chunk["columns"]] for chunk in chunks if chunk["stream"] == "vocab"] == [
         ["token_id", "text"]]
+
+
+# What each command is given to fail on: a path that does not exist, then an empty folder, in place of PATH
+# (bench is given one where a workload's name belongs). Every registered command is here.
+MISTAKES = {
+    "verify": ["PATH"], "cat": ["PATH"], "demo": ["--config", "PATH", "--out", "OUT"], "bench": ["--only", "PATH"],
+    "ls": ["PATH"], "show": ["PATH"], "sweep": ["PATH"], "export": ["PATH", "--to", "csv", "-o", "OUT"],
+    "query": ["PATH", "SELECT 1"], "plot": ["PATH", "-o", "OUT"], "import": ["PATH", "--out", "OUT"],
+    "diff": ["PATH", "PATH"],
+}
+
+
+def _documented_statuses(parser: argparse.ArgumentParser, summary: str) -> set[int]:
+    """The exit statuses a command's help names: the numbers in each sentence from an "exit" to its full stop."""
+    import re
+
+    text = " ".join(filter(None, (summary, parser.description)))
+    sentences = [m.group(0) for m in re.finditer(r"\b[Ee]xit\b.*?(?:\.\s|\.?\Z)", text, re.S)]
+    return {int(n) for sentence in sentences for n in re.findall(r"(?<![\w.])(\d{1,3})(?![\w.])", sentence)}
+
+
+def test_every_command_documents_the_exit_statuses_it_returns(tmp_path, capsys):
+    subparsers = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    summaries = {choice.dest: choice.help for choice in subparsers._choices_actions}
+    assert set(subparsers.choices) == set(MISTAKES), "add the new command to MISTAKES"
+    (tmp_path / "empty").mkdir()
+    wrong = {}
+    for name, args in MISTAKES.items():
+        documented = _documented_statuses(subparsers.choices[name], summaries[name])
+        if not documented or not documented <= set(cli.EXIT_STATUSES):
+            wrong[name] = ("documents", sorted(documented))
+        for path in (tmp_path / "missing", tmp_path / "empty"):
+            argv = [name, *(str(path) if a == "PATH" else str(tmp_path / "out") if a == "OUT" else a for a in args)]
+            status = cli.main(argv)
+            capsys.readouterr()
+            if status not in documented:
+                wrong[" ".join(argv[:1] + [path.name])] = (status, sorted(documented))
+    assert wrong == {}, "\n".join(f"{k}: {v}" for k, v in wrong.items())

@@ -145,3 +145,83 @@ def test_writer_nice_is_checked_and_reaches_the_writer(tmp_path):
         run.flush()  # start() does not wait for the writer; a flush does, so it has set its priority by now
         writer = psutil.Process(run._channel.process.pid)
         assert writer.nice() == psutil.Process().nice() + 7
+
+
+# --- hostile config files: every one is a ConfigError naming the file, found before anything grows -----------
+# Each runs in a child under a memory limit and a timeout: those detect a blow-up or a hang, the test asserts
+# only what the child printed and how it exited.
+LIMITED = """
+import resource, sys
+import asynclog.cli, asynclog.probe  # imported before the limit, which then bounds what the config costs
+room = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize() + (1 << 30)
+resource.setrlimit(resource.RLIMIT_AS, (room, room))
+"""
+OPEN_A_RUN = LIMITED + """
+try:
+    asynclog.DetailedLogger(sys.argv[1]).log_run_start("/checkpoints/step_1")
+except asynclog.ConfigError as exc:
+    print(f"ConfigError: {exc}", file=sys.stderr)
+    sys.exit(3)
+"""
+RUN_THE_CLI = LIMITED + "sys.exit(asynclog.cli.main(sys.argv[1:]))\n"
+
+
+def _laughs() -> str:
+    """The billion laughs: nine levels of nine aliases each, 9**9 strings once expanded, under 500 bytes."""
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"{name}: &{name} [{','.join(['*' + before] * 9)}]" for before, name in zip("abcdefgh", "bcdefghi")]
+    return "\n".join(lines) + "\n"
+
+
+HOSTILE = {
+    "aliases": _laughs().encode(),
+    "depth": b"x: " + b"[" * 20_000 + b"]" * 20_000 + b"\n",
+    "not_utf8": b"detailed_logging:\n  run_name: \xff\xfe\xfd\n",
+    "huge_width": b'detailed_logging:\n  filename_template: "{timestamp:>999999999}"\n',
+}
+
+
+def _hostile(tmp_path, kind: str):
+    """The attack as a probe's config file that would otherwise log a run into tmp_path/logs."""
+    settings = f"  enabled: true\n  output_directory: '{tmp_path / 'logs'}'\n".encode()
+    body = HOSTILE[kind]
+    if body.startswith(b"detailed_logging:\n"):  # the attack is in the section: the settings go beside it
+        body = body.replace(b"detailed_logging:\n", b"detailed_logging:\n" + settings, 1)
+    else:
+        body = b"detailed_logging:\n" + settings + body
+    path = tmp_path / f"{kind}.yaml"
+    path.write_bytes(body)
+    return path
+
+
+def _one_config_line(done: subprocess.CompletedProcess, path) -> None:
+    lines = done.stderr.strip().splitlines()
+    assert (done.returncode, len(lines)) == (3, 1), done.stderr[-2000:]
+    assert str(path) in lines[0] and "config" in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+def test_a_hostile_config_is_one_config_error_naming_the_file(tmp_path, kind):
+    path = _hostile(tmp_path, kind)
+    done = subprocess.run([sys.executable, "-c", OPEN_A_RUN, str(path)], capture_output=True, text=True,
+                          timeout=120)
+    _one_config_line(done, path)
+    assert not list(tmp_path.glob("logs/*/*_config.yaml"))  # no sidecar of any size
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+def test_the_cli_exits_3_with_one_line_for_a_hostile_config(tmp_path, kind):
+    path = _hostile(tmp_path, kind)
+    done = subprocess.run([sys.executable, "-c", RUN_THE_CLI, "demo", "--size", "tiny", "--config", str(path),
+                           "--out", str(tmp_path / "logs")], capture_output=True, text=True, timeout=120)
+    _one_config_line(done, path)
+
+
+def test_a_config_may_use_anchors_merge_keys_and_format_widths(tmp_path):
+    path = tmp_path / "probe.yaml"
+    path.write_text("defaults: &defaults {enabled: true, level: minimal}\n"
+                    "detailed_logging:\n  <<: *defaults\n  filename_template: '{checkpoint_name:.20}_{timestamp}'\n"
+                    "sweeps: [*defaults, *defaults]\n")
+    settings = asynclog.config.read_config(path)
+    assert (settings.probe.enabled, settings.probe.level, settings.data["sweeps"][1]["level"]) == (True, "minimal",
+                                                                                                    "minimal")

@@ -51,13 +51,13 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the short set (or ``args.full``), limited to ``args.only``; print the report. Exit 2 on a bad name."""
+    """Run the short set (or ``args.full``), limited to ``args.only``; print the report. Exit 3 on a bad name."""
     scale = "full" if args.full else "short"
     try:
         workloads, peer_keys = selection(args.only)
     except ValueError as exc:
         print(f"asynclog bench: {exc}", file=sys.stderr)
-        return 2
+        return 3  # the CLI's USAGE
     command = command_line(args)
 
     def progress(cell: Cell) -> None:
