@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import itertools
 import math
 import os
@@ -224,7 +225,7 @@ def write_parquet(table: Table, path: str) -> None:
     if first is None:
         first = _arrow_batch({})
     schema = _schema(first, lambda: itertools.islice(table.batches(), 1, None))
-    with replacing(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+    with replacing(path) as f, pq.ParquetWriter(f, schema) as writer:
         for k, batch in enumerate(itertools.chain([first], batches)):
             if batch.schema != schema:
                 try:
@@ -236,7 +237,7 @@ def write_parquet(table: Table, path: str) -> None:
 
 # --- text and npz ---------------------------------------------------------------------------------------
 def write_jsonl(table: Table, path: str) -> None:
-    with replacing(path) as tmp, open(tmp, "wb") as f:
+    with replacing(path) as f:
         for row in table.rows():
             f.write(_json.encode(plain(row)) + b"\n")
 
@@ -248,20 +249,22 @@ def _csv_cell(value):
 
 
 def write_csv(table: Table, path: str) -> None:
-    with replacing(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = None
+    with replacing(path) as f:
+        text, writer = io.TextIOWrapper(f, encoding="utf-8", newline=""), None
         for row in table.rows():
             if writer is None:
-                writer = csv.DictWriter(f, fieldnames=list(row), restval="")
+                writer = csv.DictWriter(text, fieldnames=list(row), restval="")
                 writer.writeheader()
             writer.writerow({k: _csv_cell(v) for k, v in row.items()})
+        text.flush()
+        text.detach()  # the file is replacing's to close
 
 
 def write_npz(table: Table, path: str) -> None:
     import numpy as np
 
     shards = dict(shards_of(table.log))
-    with replacing(path) as tmp, zipfile.ZipFile(tmp, "w", allowZip64=True) as npz:
+    with replacing(path) as f, zipfile.ZipFile(f, "w", allowZip64=True) as npz:
         for name, k, tensor, rank in _tensors(table.log):
             key = name if shards[rank].tensor_count(name) == 1 else f"{name}#{k}"
             key = key if rank is None else f"rank-{rank:05d}/{key}"
