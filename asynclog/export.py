@@ -448,8 +448,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     closed normally (for a run folder of ranks: any rank's shard) is exported as far as it goes, and then
     named on stderr with why: exit 2 when it is incomplete, 1 when a shard is missing or damaged.
 
-    With --dataset OUT: every run below RUN (a folder) joins one hive-partitioned Parquet dataset in OUT;
-    runs exported before and unchanged since are skipped (docs/DATASET.md)."""
+    With --dataset OUT: OUT, a hive-partitioned Parquet dataset, is made to hold the runs below RUN (a folder):
+    new and changed runs are written, unchanged ones skipped, moved ones kept, and the runs it held from below
+    RUN that RUN no longer holds removed (docs/DATASET.md). A run no table can hold is skipped, named on stderr
+    with why, and the others are exported: exit 1 then."""
     if args.dataset is None:
         done = command("export", args.run, lambda: export(args.run, args.to, args.what, args.out), (ExportError,))
         return done or _unfinished(args.run)
@@ -459,9 +461,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         from .cli import USAGE
 
         return USAGE
+    from .cli import DAMAGED
     from .dataset import export_dataset
 
-    return command("export", args.run, lambda: export_dataset(args.run, args.dataset), (ExportError,))
+    done = []
+    status = command("export", args.run, lambda: done.append(export_dataset(args.run, args.dataset)) or done[0],
+                     (ExportError,))
+    return status or (DAMAGED if done[0].skipped else 0)
 
 
 def _unfinished(path: str) -> int:
