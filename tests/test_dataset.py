@@ -588,22 +588,31 @@ def _temporary_files(folder) -> list[str]:
     return [f for _, _, files in os.walk(folder) for f in files if f.endswith(".tmp")]
 
 
-def test_an_export_killed_midway_leaves_parts_no_reader_takes_and_the_next_export_completes(big_logs, tmp_path):
+def kill_midway(logs, out) -> bool:
+    """Start an export of ``logs`` into ``out`` and kill -9 it while it writes a tokens part (after one tokens part
+    is whole); whether it was killed so (False: it ended first)."""
     import signal
 
+    export = subprocess.Popen([sys.executable, "-m", "asynclog", "export", str(logs), "--dataset", str(out)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, mine = time.monotonic() + 60, f".{export.pid}."
+    while export.poll() is None and time.monotonic() < deadline and not (
+            any(mine in f for f in _temporary_files(out / "table=tokens")) and count_parts(out / "table=tokens")):
+        time.sleep(0.001)
+    os.kill(export.pid, signal.SIGKILL)
+    return export.wait() == -signal.SIGKILL and any(mine in f for f in _temporary_files(out))
+
+
+def test_an_export_killed_midway_leaves_parts_no_reader_takes_and_the_next_export_completes(big_logs, tmp_path, full):
     import asynclog.dataset
 
     out = tmp_path / "dataset"
-    export = subprocess.Popen([sys.executable, "-m", "asynclog", "export", str(big_logs), "--dataset", str(out)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while export.poll() is None and time.monotonic() < deadline and not (  # a run's tokens written, the next's begun
-            _temporary_files(out / "table=tokens") and count_parts(out / "table=tokens")):
-        time.sleep(0.001)
-    os.kill(export.pid, signal.SIGKILL)
-    export.wait()
-    assert _temporary_files(out), "the export ended before it could be killed mid-way"
+    assert kill_midway(big_logs, out), "the export ended before it could be killed mid-way"
     asynclog.dataset.table(out, "tokens").to_table()  # its stale part is not read
+    for _ in range(8 if full else 0):  # --full: the exports that finish it are killed too, as long as they write
+        if not kill_midway(big_logs, out):
+            break
+        asynclog.dataset.table(out, "tokens").to_table()
     done = export_to(big_logs, out)
     assert done.returncode == 0, done.stderr
     assert not _temporary_files(out)
