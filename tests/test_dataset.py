@@ -4,6 +4,7 @@ two ranks) become one hive-partitioned Parquet dataset that DuckDB and pyarrow.d
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -409,6 +410,18 @@ def test_a_part_file_no_exported_run_names_is_removed_by_the_next_export(tmp_pat
     assert count(out) == 12
     assert export_to(logs, out).returncode == 0
     assert count(out) == 6
+
+
+def test_a_dataset_an_older_asynclog_wrote_is_written_again_once(tmp_path):
+    logs, out = tmp_path / "logs", tmp_path / "dataset"
+    path = one_sequence(logs / "a.alog")
+    assert export_to(logs, out).returncode == 0
+    [part] = [p for p in parquet_mtimes(out) if "table=tokens" in p]
+    shutil.copy(part, os.path.join(os.path.dirname(part), "part-a.parquet"))  # as it named runs: by their path
+    (out / "_asynclog_exported.json").write_text(json.dumps({path: {"signature": [], "parts": []}}))
+    done = export_to(logs, out)
+    assert done.returncode == 0 and "older asynclog" in done.stderr, done.stderr
+    assert count(out, "runs") == 1 and count(out) == 6
 
 
 def test_a_copy_of_a_run_is_held_once_and_named(tmp_path):
