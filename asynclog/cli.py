@@ -39,7 +39,7 @@ INTERRUPTED = 130
 EXIT_STATUSES = {
     OK: "success",
     DAMAGED: "a log is damaged, or is not an asynclog log (cat prints what is intact); import: a file was skipped; "
-             "diff: the runs differ",
+             "diff: the runs differ; export --dataset: a run no table can hold was skipped",
     INCOMPLETE: "verify, export: the run was not closed normally; every frame intact, or only a last one a crash tore",
     USAGE: "a usage mistake or bad input: a wrong argument, a folder given for a file, a bad config",
     NOT_FOUND: "a file or folder named on the command line does not exist",

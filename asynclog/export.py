@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import itertools
 import math
 import os
@@ -194,8 +195,18 @@ def _arrow_column(values: list):
 
 
 def _arrow_batch(columns: dict):
+    """Columns as one Arrow batch: a numpy array as it is, a list of values through ``_arrow_column``;
+    ExportError naming a column Arrow cannot hold as one type (numbers and text mixed)."""
+    import numpy as np
+
     pa = need("pyarrow", "export")
-    return pa.RecordBatch.from_pydict({name: _arrow_column(list(values)) for name, values in columns.items()})
+    arrays = {}
+    for name, values in columns.items():
+        try:
+            arrays[name] = pa.array(values) if isinstance(values, np.ndarray) else _arrow_column(list(values))
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise ExportError(f"column {name!r}: {str(exc).splitlines()[0]}") from None
+    return pa.RecordBatch.from_pydict(arrays)
 
 
 def _tensor_batch(name: str, occurrence: int, tensor, rank: int | None = None):
@@ -224,7 +235,7 @@ def write_parquet(table: Table, path: str) -> None:
     if first is None:
         first = _arrow_batch({})
     schema = _schema(first, lambda: itertools.islice(table.batches(), 1, None))
-    with replacing(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+    with replacing(path) as f, pq.ParquetWriter(f, schema) as writer:
         for k, batch in enumerate(itertools.chain([first], batches)):
             if batch.schema != schema:
                 try:
@@ -236,7 +247,7 @@ def write_parquet(table: Table, path: str) -> None:
 
 # --- text and npz ---------------------------------------------------------------------------------------
 def write_jsonl(table: Table, path: str) -> None:
-    with replacing(path) as tmp, open(tmp, "wb") as f:
+    with replacing(path) as f:
         for row in table.rows():
             f.write(_json.encode(plain(row)) + b"\n")
 
@@ -248,20 +259,22 @@ def _csv_cell(value):
 
 
 def write_csv(table: Table, path: str) -> None:
-    with replacing(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = None
+    with replacing(path) as f:
+        text, writer = io.TextIOWrapper(f, encoding="utf-8", newline=""), None
         for row in table.rows():
             if writer is None:
-                writer = csv.DictWriter(f, fieldnames=list(row), restval="")
+                writer = csv.DictWriter(text, fieldnames=list(row), restval="")
                 writer.writeheader()
             writer.writerow({k: _csv_cell(v) for k, v in row.items()})
+        text.flush()
+        text.detach()  # the file is replacing's to close
 
 
 def write_npz(table: Table, path: str) -> None:
     import numpy as np
 
     shards = dict(shards_of(table.log))
-    with replacing(path) as tmp, zipfile.ZipFile(tmp, "w", allowZip64=True) as npz:
+    with replacing(path) as f, zipfile.ZipFile(f, "w", allowZip64=True) as npz:
         for name, k, tensor, rank in _tensors(table.log):
             key = name if shards[rank].tensor_count(name) == 1 else f"{name}#{k}"
             key = key if rank is None else f"rank-{rank:05d}/{key}"
@@ -314,31 +327,83 @@ def sequences(log, batch: str = "E_batch"):
 def tokens(log, batch: str = "E_batch"):
     """``tokens/<batch>`` as a pandas DataFrame, one row per token: ``sequence_id``, ``position`` (within the
     row) and each per-token column (``tokens``, ``attention_mask``, ``token_texts``, ``token_logprobs``,
-    ``rb_entropies``) as a plain column (``Log.tokens``)."""
+    ``rb_entropies``) as a plain column (``Log.tokens``). A per-token column shorter than the row's tokens is
+    aligned to its last tokens, NaN (None for text) before (``_per_token``)."""
     pd = need("pandas", "pandas")
     frames = [pd.DataFrame(_per_token(chunk.columns)) for chunk in log.stream(_stream_of(log, "tokens", batch))]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def _per_token(columns: dict) -> dict:
+    """A tokens chunk's columns as one row per token: a per-sequence column (a value per row) repeated for each
+    of the row's tokens, a per-token column (a list or 1-d tensor per row) laid out back to back, and
+    ``position`` within the row beside ``sequence_id``.
+
+    A row's tokens are as many as its ``tokens`` has (as its longest per-token column without one). A
+    per-token column with fewer values in a row is aligned to the row's last tokens, and the first positions
+    are null (a masked array): log-probabilities of L - 1 tokens score tokens 1 .. L - 1, as a causal LM
+    gives them, and values of the response only score the tokens after the prompt. ExportError for what no
+    table of one row per token holds: a column with more values than the row has tokens, rows of more than
+    one dimension, numbers and text mixed in one column.
+    """
     import numpy as np
 
-    ragged = [n for n, v in columns.items() if v and (is_tensor(v[0]) or isinstance(v[0], list))]
+    ragged = [n for n, v in columns.items() if v and _per_token_values(v[0])]
     if not ragged:
         return dict(columns)
-    lengths = np.array([len(v) for v in columns[ragged[0]]], dtype=np.int64)
+    sizes = {name: np.array([_row_length(name, v) for v in columns[name]], dtype=np.int64) for name in ragged}
+    lengths = sizes["tokens"] if "tokens" in sizes else np.max(list(sizes.values()), axis=0)
     out = {}
     for name, values in columns.items():
         if name not in ragged:
-            out[name] = np.repeat(np.asarray(values), lengths)
+            out[name] = np.repeat(_per_sequence(name, values), lengths)
             if name == "sequence_id":
                 starts = np.cumsum(lengths) - lengths
                 out["position"] = np.arange(lengths.sum()) - np.repeat(starts, lengths)
-            continue
-        if [len(v) for v in values] != lengths.tolist():
-            raise ValueError(f"column {name!r} is not aligned with {ragged[0]!r} position by position")
-        out[name] = _flat(values)
+        elif np.array_equal(sizes[name], lengths):
+            out[name] = _flat(values)
+        else:
+            out[name] = _aligned_to_the_end(name, values, sizes[name], lengths)
     return out
+
+
+def _per_token_values(value) -> bool:
+    return isinstance(value, list) or (is_tensor(value) and value.dim() > 0)
+
+
+def _row_length(name: str, value) -> int:
+    if is_tensor(value) and value.dim() > 1:
+        raise ExportError(f"column {name!r} has rows of shape {tuple(value.shape)}: a table of one row per "
+                          "token holds one value per token")
+    return len(value)
+
+
+def _per_sequence(name: str, values: list):
+    """A column of one value per row as a numpy array; numbers and text mixed would all become text."""
+    import numpy as np
+
+    array = np.asarray([v.item() if is_tensor(v) else v for v in values])
+    if array.dtype.kind == "U" and not all(isinstance(v, str) for v in values):
+        raise ExportError(f"column {name!r} mixes text and other values in one chunk")
+    return array
+
+
+def _aligned_to_the_end(name: str, values: list, sizes, lengths):
+    """A per-token column with fewer values than some rows have tokens, each row's values at its last
+    positions and the others masked (null)."""
+    import numpy as np
+
+    if (sizes > lengths).any():
+        row = int(np.argmax(sizes > lengths))
+        raise ExportError(f"column {name!r} has {sizes[row]} values in a row of {lengths[row]} tokens")
+    flat = _flat(values)
+    starts = np.cumsum(lengths) - lengths + (lengths - sizes)  # where each row's values begin
+    where = np.repeat(starts - (np.cumsum(sizes) - sizes), sizes) + np.arange(sizes.sum())
+    data = np.zeros(int(lengths.sum()), dtype=flat.dtype) if flat.dtype != object else np.full(
+        int(lengths.sum()), None, dtype=object)
+    mask = np.ones(len(data), dtype=bool)
+    data[where], mask[where] = flat, False
+    return np.ma.masked_array(data, mask=mask)
 
 
 def _flat(values: list):
@@ -383,8 +448,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     closed normally (for a run folder of ranks: any rank's shard) is exported as far as it goes, and then
     named on stderr with why: exit 2 when it is incomplete, 1 when a shard is missing or damaged.
 
-    With --dataset OUT: every run below RUN (a folder) joins one hive-partitioned Parquet dataset in OUT;
-    runs exported before and unchanged since are skipped (docs/DATASET.md)."""
+    With --dataset OUT: OUT, a hive-partitioned Parquet dataset, is made to hold the runs below RUN (a folder):
+    new and changed runs are written, unchanged ones skipped, moved ones kept, and the runs it held from below
+    RUN that RUN no longer holds removed (docs/DATASET.md). A run no table can hold is skipped, named on stderr
+    with why, and the others are exported: exit 1 then."""
     if args.dataset is None:
         done = command("export", args.run, lambda: export(args.run, args.to, args.what, args.out), (ExportError,))
         return done or _unfinished(args.run)
@@ -394,9 +461,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         from .cli import USAGE
 
         return USAGE
+    from .cli import DAMAGED
     from .dataset import export_dataset
 
-    return command("export", args.run, lambda: export_dataset(args.run, args.dataset), (ExportError,))
+    done = []
+    status = command("export", args.run, lambda: done.append(export_dataset(args.run, args.dataset)) or done[0],
+                     (ExportError,))
+    return status or (DAMAGED if done[0].skipped else 0)
 
 
 def _unfinished(path: str) -> int:

@@ -20,6 +20,7 @@ import errno
 import os
 import threading
 from collections.abc import Iterable, Iterator
+from typing import BinaryIO
 
 __all__ = ["create_exclusive", "atomic_write", "replacing", "makedirs", "mkdir", "folders_to_sync", "fsync_folders",
            "open_for_writing", "write_start", "open_started"]
@@ -149,22 +150,25 @@ def open_started(path: str, start_len: int) -> int:
 
 # --- whole files, replaced -----------------------------------------------------------------------------------
 @contextlib.contextmanager
-def replacing(path: str, replace: bool = True) -> Iterator[str]:
-    """A temporary name beside ``path`` for the block to write; once the block ends, the file is put in place.
+def replacing(path: str, replace: bool = True) -> Iterator[BinaryIO]:
+    """A new file beside ``path``, open for the block to write; once the block ends, it is put in place.
 
-    Readers, and whatever a power loss leaves, see no file, the old one or the whole new one, never an empty
-    or partial one: the temporary file is fsynced before it is renamed to ``path``, and ``path``'s folders
-    (``folders_to_sync``) are fsynced after. With ``replace=False`` an existing ``path`` is left alone
-    (FileExistsError), race-free between processes. The temporary file is removed whatever happens.
+    The temporary file is created here, exclusively and never through a link (``O_EXCL | O_NOFOLLOW``), and
+    written through the file object given, never opened again by name: a link planted at its predictable
+    name cannot redirect the write. Leave the file open; a writer that wraps it (``io.TextIOWrapper``) is
+    flushed and detached at the end of the block. Readers, and whatever a power loss leaves, see no file, the
+    old one or the whole new one, never an empty or partial one: the temporary file is fsynced before it is
+    renamed to ``path``, and ``path``'s folders (``folders_to_sync``) are fsynced after. With ``replace=False``
+    an existing ``path`` is left alone (FileExistsError), race-free between processes. The temporary file is
+    removed whatever happens.
     """
     tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"  # threads of one process write apart too
+    f = os.fdopen(_create_temporary(tmp), "wb")
     try:
-        yield tmp
-        fd = os.open(tmp, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        with f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
         if replace:
             os.replace(tmp, path)
         else:
@@ -177,21 +181,24 @@ def replacing(path: str, replace: bool = True) -> Iterator[str]:
     fsync_folders(folders_to_sync(path))
 
 
+def _create_temporary(tmp: str) -> int:
+    """Create ``tmp`` for writing, exclusively; whatever is at that name is removed first, once: a file left by a
+    crashed process that had our pid (and thread id), or a link someone planted (unlink removes the link, not
+    what it points to)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
+    try:
+        return os.open(tmp, flags, 0o644)
+    except FileExistsError:
+        os.unlink(tmp)
+        return os.open(tmp, flags, 0o644)
+
+
 def atomic_write(path: str, data: bytes | str, replace: bool = True) -> None:
     """Write ``data`` to ``path`` through ``replacing``: durable, and seen whole or not at all."""
     if isinstance(data, str):
         data = data.encode("utf-8")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
-    with replacing(path, replace) as tmp:
-        try:
-            fd = os.open(tmp, flags, 0o644)
-        except FileExistsError:  # left by a crashed process that had our pid (and thread id)
-            os.unlink(tmp)
-            fd = os.open(tmp, flags, 0o644)
-        try:
-            _write_all(fd, data)
-        finally:
-            os.close(fd)
+    with replacing(path, replace) as f:
+        f.write(data)
 
 
 def _write_all(fd: int, data: bytes) -> None:

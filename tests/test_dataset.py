@@ -4,6 +4,7 @@ two ranks) become one hive-partitioned Parquet dataset that DuckDB and pyarrow.d
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -103,7 +104,8 @@ def test_pyarrow_dataset_reads_the_same_rows_and_values(logs, dataset):
     ranks = os.path.join(logs, "ranks")
     with asynclog.open(ranks) as log:
         want = [(row["rank"], t) for row in log.rows("tokens/E_batch") for t in row["tokens"].tolist()]
-    rows = table.filter(pa_ds.field("run") == "ranks").sort_by([("rank", "ascending")]).to_pydict()
+    [run] = [r["run"] for r in _runs_rows(dataset).values() if r["run_name"] == "ranks"]
+    rows = table.filter(pa_ds.field("run") == run).sort_by([("rank", "ascending")]).to_pydict()
     assert list(zip(rows["rank"], rows["tokens"])) == want
     [step0] = [p for p in find_logs(logs) if p.endswith("step_000.alog")]
     with asynclog.open(step0) as log:
@@ -114,7 +116,8 @@ def test_pyarrow_dataset_reads_the_same_rows_and_values(logs, dataset):
 
 def test_runs_table_holds_one_row_per_run_with_its_core_results(logs, dataset):
     runs = pa_ds.dataset(os.path.join(dataset, "table=runs")).to_table().to_pylist()
-    assert sorted(r["checkpoint"] or r["run"] for r in runs) == ["ranks", "step_000", "step_001"]
+    assert sorted(r["checkpoint"] for r in runs) == ["ranks", "step_000", "step_001"]
+    assert len({r["run"] for r in runs}) == 3 and all(len(r["run"]) == 16 for r in runs)
     demo = [r for r in runs if r["checkpoint"] == "step_001"][0]
     assert demo["status"] == "complete" and demo["level"] == "debug" and isinstance(demo["deltaH1"], float)
 
@@ -157,8 +160,8 @@ def test_exporting_again_rewrites_nothing_and_adds_a_new_run(logs, tmp_path):
 
 
 def test_query_prints_the_aggregate_over_every_run_and_rank(logs, dataset):
-    done = asynclog_cli("query", str(dataset), "select rank, count(*) as n from tokens where run = 'ranks' "
-                                               "group by rank order by rank", "--csv")
+    done = asynclog_cli("query", str(dataset), "select rank, count(*) as n from tokens join runs using (run) "
+                                               "where run_name = 'ranks' group by rank order by rank", "--csv")
     assert done.returncode == 0, done.stderr
     with asynclog.open(os.path.join(logs, "ranks")) as log:
         want = Counter(row["rank"] for row in log.rows("tokens/E_batch") for _ in row["tokens"])
@@ -191,7 +194,8 @@ def test_a_run_replaced_since_the_last_export_replaces_its_rows(tmp_path):
 
 
 def _runs_rows(out) -> dict[str, dict]:
-    return {r["run"]: r for r in pa_ds.dataset(os.path.join(out, "table=runs")).to_table().to_pylist()}
+    """The runs table's rows by their run's name."""
+    return {r["run_name"]: r for r in pa_ds.dataset(os.path.join(out, "table=runs")).to_table().to_pylist()}
 
 
 def test_a_summary_written_after_the_export_reaches_the_runs_table(logs, tmp_path):
@@ -231,7 +235,7 @@ def test_an_unreadable_run_keeps_its_runs_row_and_the_others_export(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "junk.alog" in done.stderr  # said, not silent
     assert _token_rows(out, "good") == sum(1 + i % 4 for i in range(5))
-    runs = duckdb.sql(f"SELECT run, status FROM read_parquet('{out}/table=runs/*.parquet')").fetchall()
+    runs = duckdb.sql(f"SELECT run_name, status FROM read_parquet('{out}/table=runs/*.parquet')").fetchall()
     assert sorted(r[0] for r in runs) == ["good", "junk"]
 
 
@@ -244,7 +248,7 @@ def _token_texts(rows) -> int:
     return sum(text is not None for text in rows)
 
 
-@pytest.mark.parametrize("engine", ["pyarrow", "pandas", "polars", "dask"])
+@pytest.mark.parametrize("engine", ["pyarrow", "pandas", "duckdb", "polars", "dask"])
 def test_the_documented_reads_see_every_token_and_every_column(logs, dataset, engine):
     """docs/DATASET.md's lines, run as written from the dataset's parent folder (as data/)."""
     pytest.importorskip(engine)
@@ -264,29 +268,11 @@ def test_the_documented_reads_see_every_token_and_every_column(logs, dataset, en
 
 
 def _read_with(engine: str):
-    if engine in ("pyarrow", "pandas"):
-        import asynclog.dataset
-
-        frame = asynclog.dataset.table("data", "tokens").to_table()
-        if engine == "pandas":
-            frame = frame.to_pandas()
-            return _counts_by_partition(zip(frame["checkpoint"], frame["rank"])), _token_texts(
-                None if t is None or t != t else t for t in frame["token_texts"])
-        return (_counts_by_partition(zip(frame["checkpoint"].to_pylist(), frame["rank"].to_pylist())),
-                _token_texts(frame["token_texts"].to_pylist()))
-    if engine == "polars":
-        import glob
-
-        import polars
-
-        frame = polars.concat([polars.scan_parquet(f, hive_partitioning=True) for f in glob.glob(
-            "data/table=tokens/**/*.parquet", recursive=True)], how="diagonal_relaxed").collect()
-        return (_counts_by_partition(zip(frame["checkpoint"].to_list(), frame["rank"].to_list())),
-                _token_texts(frame["token_texts"].to_list()))
-    import dask.dataframe
-
-    frame = dask.dataframe.read_parquet("data/table=tokens", columns=["checkpoint", "rank", "run", "tokens"]).compute()
-    return _counts_by_partition(zip(frame["checkpoint"].tolist(), frame["rank"].tolist())), None
+    """Tokens per (checkpoint, rank) and token texts present, as the documented line for ``engine`` reads them."""
+    columns = ["checkpoint", "rank"] + ([] if engine == "dask" else ["token_texts"])  # Dask's line names its columns
+    rows = _read_tokens_with(engine, columns)
+    texts = None if engine == "dask" else _token_texts(None if t is None or t != t else t for *_, t in rows)
+    return _counts_by_partition((c, r) for c, r, *_ in rows), texts
 
 
 def log_mixed_batches(directory) -> None:
@@ -316,3 +302,341 @@ def test_every_chunk_and_column_of_each_batch_of_a_kind_lands_in_the_part_file(t
     assert tokens.select(["batch", "sequence_id", "position", "tokens"]).to_pylist() == [
         {"batch": batch, "sequence_id": i, "position": p, "tokens": 10 * i + p}
         for batch in ("E_batch", "U_batch") for i in range(5) for p in range(i + 1)]
+
+
+# --- right numbers after the run: identity, sync, partitions, ragged columns, faults -------------------------
+def one_sequence(path, tokens: int = 6, stream: str = "tokens/E_batch", **columns) -> str:
+    """A run at ``path`` with one row of ``tokens`` tokens in ``stream`` (and ``columns`` in that row)."""
+    with asynclog.start(path=path) as run:
+        run.stream(stream).append(sequence_id=0, tokens=torch.arange(tokens), **columns)
+    return run.path
+
+
+def export_to(logs, out) -> subprocess.CompletedProcess:
+    return asynclog_cli("export", str(logs), "--dataset", str(out))
+
+
+def sql(out, query: str) -> list[tuple]:
+    from asynclog.dataset import connect
+
+    return connect(out).sql(query).fetchall()
+
+
+def count(out, table: str = "tokens") -> int:
+    return sql(out, f"select count(*) from {table}")[0][0]
+
+
+ODD_NAMES = ("a b", "a_b", "x/y_z", "x_y/z", "x_y_z", "步骤", "шаг")
+
+
+def test_runs_whose_names_differ_only_in_odd_characters_keep_their_own_rows(tmp_path):
+    logs, out = tmp_path / "logs", tmp_path / "dataset"
+    for k, name in enumerate(ODD_NAMES):
+        one_sequence(logs / f"{name}.alog", tokens=k + 1)
+    done = export_to(logs, out)
+    assert done.returncode == 0, done.stderr
+    assert count(out, "runs") == len(ODD_NAMES) and count(out) == sum(range(1, len(ODD_NAMES) + 1))
+    got = sql(out, "select r.run_name, count(*) from tokens t join runs r using (run) group by 1")
+    assert sorted(got) == sorted((name, k + 1) for k, name in enumerate(ODD_NAMES))
+
+
+def test_runs_of_one_name_in_two_exported_folders_are_two_runs(tmp_path):
+    logs, out = tmp_path / "logs", tmp_path / "dataset"
+    for folder, n in (("lr1", 3), ("lr2", 5)):
+        one_sequence(logs / folder / "step_60.alog", tokens=n)
+        assert export_to(logs / folder, out).returncode == 0
+    assert count(out, "runs") == 2 and count(out) == 8
+    runs = sql(out, "select run, run_name, checkpoint from runs")
+    assert len({r[0] for r in runs}) == 2 and {r[1:] for r in runs} == {("step_60", "step_60")}
+    assert sorted(n for _, n in sql(out, "select run, count(*) from tokens group by run")) == [3, 5]
+
+
+def test_a_run_moved_inside_the_exported_folder_is_held_once_under_its_identity(tmp_path):
+    logs, out = tmp_path / "logs", tmp_path / "dataset"
+    one_sequence(logs / "day1" / "a.alog")
+    assert export_to(logs, out).returncode == 0
+    [(run, path)] = sql(out, "select run, path from runs")
+    tokens_parts = {p: t for p, t in parquet_mtimes(out).items() if "table=tokens" in p}
+    os.renames(logs / "day1", logs / "archive" / "day1")
+    done = export_to(logs, out)
+    assert done.returncode == 0, done.stderr
+    assert sql(out, "select run, path, run_name from runs") == [
+        (run, str(logs / "archive" / "day1" / "a.alog"), "archive/day1/a")]
+    assert count(out) == 6 and sql(out, "select distinct run from tokens") == [(run,)]
+    assert {p: t for p, t in parquet_mtimes(out).items() if "table=tokens" in p} == tokens_parts  # not written again
+
+
+def test_overlapping_exports_at_once_hold_each_run_once(tmp_path):
+    logs, out = tmp_path / "logs", tmp_path / "dataset"
+    for k in range(6):  # three runs in a, three in b, large enough for the exports to overlap
+        one_sequence(logs / "ab"[k // 3] / f"r{k}.alog", tokens=40_000 + k)
+    exports = [subprocess.Popen([sys.executable, "-m", "asynclog", "export", str(folder), "--dataset", str(out)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+               for folder in (logs, logs / "a", logs / "b")]
+    assert [e.wait(120) for e in exports] == [0, 0, 0]
+    assert export_to(logs, out).returncode == 0
+    assert count(out, "runs") == 6 and count(out) == sum(40_000 + k for k in range(6))
+
+
+def test_a_run_removed_from_the_source_leaves_the_dataset_at_the_next_export(tmp_path):
+    logs, out = tmp_path / "logs", tmp_path / "dataset"
+    old, new = one_sequence(logs / "old.alog", tokens=4), one_sequence(logs / "new.alog", tokens=5)
+    assert export_to(logs, out).returncode == 0
+    os.unlink(old)  # what retention (max_files) does
+    assert export_to(logs, out).returncode == 0
+    assert sql(out, "select run_name from runs") == [("new",)] and count(out) == 5
+    assert not [p for p in parquet_mtimes(out) if "part-" not in os.path.basename(p)]
+
+
+def test_a_sync_removes_only_the_runs_that_came_from_below_the_folder_it_exports(tmp_path):
+    logs, out = tmp_path / "logs", tmp_path / "dataset"
+    one_sequence(logs / "lr1" / "step_60.alog", tokens=3)
+    gone = one_sequence(logs / "lr2" / "step_60.alog", tokens=5)
+    for folder in ("lr1", "lr2"):
+        assert export_to(logs / folder, out).returncode == 0
+    os.unlink(gone)
+    assert export_to(logs / "lr1", out).returncode == 0
+    assert count(out, "runs") == 2 and count(out) == 8  # lr2's run came from lr2, not from lr1
+    assert export_to(logs / "lr2", out).returncode == 0
+    assert sql(out, "select path from runs") == [(str(logs / "lr1" / "step_60.alog"),)] and count(out) == 3
+
+
+def test_a_part_file_no_exported_run_names_is_removed_by_the_next_export(tmp_path):
+    logs, out = tmp_path / "logs", tmp_path / "dataset"
+    one_sequence(logs / "a.alog")
+    assert export_to(logs, out).returncode == 0
+    [part] = [p for p in parquet_mtimes(out) if "table=tokens" in p]
+    shutil.copy(part, os.path.join(os.path.dirname(part), "part-a_doubled.parquet"))  # as overlapping exports left
+    assert count(out) == 12
+    assert export_to(logs, out).returncode == 0
+    assert count(out) == 6
+
+
+def test_a_dataset_an_older_asynclog_wrote_is_written_again_once(tmp_path):
+    logs, out = tmp_path / "logs", tmp_path / "dataset"
+    path = one_sequence(logs / "a.alog")
+    assert export_to(logs, out).returncode == 0
+    [part] = [p for p in parquet_mtimes(out) if "table=tokens" in p]
+    shutil.copy(part, os.path.join(os.path.dirname(part), "part-a.parquet"))  # as it named runs: by their path
+    (out / "_asynclog_exported.json").write_text(json.dumps({path: {"signature": [], "parts": []}}))
+    done = export_to(logs, out)
+    assert done.returncode == 0 and "older asynclog" in done.stderr, done.stderr
+    assert count(out, "runs") == 1 and count(out) == 6
+
+
+def test_a_copy_of_a_run_is_held_once_and_named(tmp_path):
+    logs, out = tmp_path / "logs", tmp_path / "dataset"
+    shutil.copy(one_sequence(logs / "a.alog"), logs / "b.alog")
+    done = export_to(logs, out)
+    assert done.returncode == 0, done.stderr
+    assert count(out, "runs") == 1 and count(out) == 6
+    assert "b.alog" in done.stderr and "a.alog" in done.stderr and "copy" in done.stderr
+
+
+NUMBER_LIKE = ("007", "7", "0010", "10")
+
+
+@pytest.fixture(scope="module")
+def number_like(tmp_path_factory):
+    """A dataset of runs whose checkpoints look like numbers: 007 and 7 are two checkpoints, not one."""
+    folder = tmp_path_factory.mktemp("numbers")
+    for k, name in enumerate(NUMBER_LIKE):
+        one_sequence(folder / "logs" / f"{name}.alog", tokens=k + 1)
+    assert export_to(folder / "logs", folder / "data").returncode == 0
+    return folder
+
+
+@pytest.mark.parametrize("engine", ["pyarrow", "pandas", "duckdb", "query", "polars", "dask"])
+def test_checkpoints_that_look_like_numbers_stay_apart_as_strings_in_every_engine(number_like, engine):
+    pytest.importorskip({"query": "duckdb"}.get(engine, engine))
+    here = os.getcwd()
+    os.chdir(number_like)
+    try:
+        got = _partitions_with(engine)
+    finally:
+        os.chdir(here)
+    assert dict(Counter(got)) == {(name, "0"): k + 1 for k, name in enumerate(NUMBER_LIKE)}
+
+
+def _partitions_with(engine: str) -> list[tuple]:
+    """(checkpoint, rank) of every token row, read with docs/DATASET.md's line for ``engine`` from ``data/``."""
+    if engine == "query":
+        done = asynclog_cli("query", "data", "select checkpoint, rank from tokens", "--csv")
+        assert done.returncode == 0, done.stderr
+        return [tuple(line.split(",")) for line in done.stdout.splitlines()[1:]]
+    rows = _read_tokens_with(engine, ["checkpoint", "rank"])
+    assert all(isinstance(v, str) for row in rows for v in row), rows
+    return rows
+
+
+def _read_tokens_with(engine: str, columns: list[str]) -> list[tuple]:
+    """The columns of every row of ``data/table=tokens`` as each documented line of docs/DATASET.md reads them."""
+    if engine in ("pyarrow", "pandas"):
+        import asynclog.dataset
+
+        table = asynclog.dataset.table("data", "tokens").to_table()
+        if engine == "pandas":
+            frame = table.to_pandas()
+            return list(zip(*(frame[c].tolist() for c in columns)))
+        return list(zip(*(table[c].to_pylist() for c in columns)))
+    if engine == "duckdb":
+        return duckdb.sql("SELECT * FROM read_parquet('data/table=tokens/**/*.parquet', hive_partitioning=true, "
+                          "hive_types_autocast=false, union_by_name=true)").select(*columns).fetchall()
+    if engine == "polars":
+        import glob
+
+        import polars
+
+        hive = {"table": polars.String, "checkpoint": polars.String, "rank": polars.String}
+        frame = polars.concat([polars.scan_parquet(f, hive_partitioning=True, hive_schema=hive) for f in glob.glob(
+            "data/table=tokens/**/*.parquet", recursive=True)], how="diagonal_relaxed").collect()
+        return list(zip(*(frame[c].to_list() for c in columns)))
+    import dask.dataframe
+    import pyarrow
+
+    hive = pyarrow.schema([("checkpoint", pyarrow.string()), ("rank", pyarrow.string())])
+    frame = dask.dataframe.read_parquet("data/table=tokens", columns=["checkpoint", "rank", "run", "tokens"],
+                                        dataset={"partitioning": {"flavor": "hive", "schema": hive}}).compute()
+    return list(zip(*(frame[c].tolist() for c in columns)))
+
+
+def test_a_dataset_below_a_key_value_folder_is_refused(tmp_path):
+    logs, out = tmp_path / "logs", tmp_path / "checkpoint=old" / "data"
+    one_sequence(logs / "a.alog")
+    done = export_to(logs, out)
+    assert done.returncode == 3 and "checkpoint=old" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    assert not out.exists()
+
+
+def test_a_per_token_column_one_short_is_aligned_to_the_last_tokens(tmp_path):
+    logs, out = tmp_path / "logs", tmp_path / "dataset"
+    one_sequence(logs / "a.alog", tokens=4, logprobs=torch.tensor([-1.0, -2.0, -3.0]))  # scores tokens 1..3
+    done = export_to(logs, out)
+    assert done.returncode == 0, done.stderr
+    assert sql(out, "select position, tokens, logprobs from tokens order by position") == [
+        (0, 0, None), (1, 1, -1.0), (2, 2, -2.0), (3, 3, -3.0)]
+
+
+def log_untabulable(logs) -> None:
+    """Runs a table cannot hold, sorted before a good one: a column whose type changes between chunks, one of
+    mixed types in a chunk, and a per-token column longer than the tokens."""
+    with asynclog.start(logs, name="a_drift") as run:
+        sequences = run.stream("sequences/E_batch", chunk_rows=1)
+        sequences.append(sequence_id=0, judge=1)
+        sequences.append(sequence_id=1, judge="good")
+    with asynclog.start(logs, name="b_mixed") as run:
+        sequences = run.stream("sequences/E_batch", chunk_rows=2)
+        sequences.append(sequence_id=0, judge=1)
+        sequences.append(sequence_id=1, judge="good")
+    one_sequence(logs / "c_long.alog", tokens=2, logprobs=torch.tensor([-1.0, -2.0, -3.0]))
+    one_sequence(logs / "d_good.alog", tokens=5)
+
+
+def test_a_run_that_cannot_be_tabulated_is_skipped_by_name_and_the_others_export(tmp_path):
+    logs, out = tmp_path / "logs", tmp_path / "dataset"
+    log_untabulable(logs)
+    for _ in range(2):  # and again: the good run stays, the others are named each time
+        done = export_to(logs, out)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert [[n for n in ("a_drift", "b_mixed", "c_long") if n in line] for line in lines] == [
+            ["a_drift"], ["b_mixed"], ["c_long"]], lines
+        assert sql(out, "select run_name from runs") == [("d_good",)] and count(out) == 5
+
+
+def query(out, statement: str) -> subprocess.CompletedProcess:
+    return asynclog_cli("query", str(out), statement)
+
+
+@pytest.fixture(scope="module")
+def drifting(tmp_path_factory):
+    """A dataset of two runs whose sequences' ``judge`` and ``score`` columns have other types in each run."""
+    folder = tmp_path_factory.mktemp("drift")
+    for name, judge, score in (("a", 1, 2), ("b", "good", 2.5)):
+        one_sequence(folder / "logs" / f"{name}.alog", stream="sequences/E_batch", judge=judge, score=score)
+    assert export_to(folder / "logs", folder / "data").returncode == 0
+    return folder / "data"
+
+
+@pytest.mark.parametrize("statement", ["select cast(run || 'x' as integer) from runs",
+                                       "select error('boom') from runs",
+                                       "select sum(judge::integer) from sequences"])  # 1 in one run, good in the other
+def test_a_query_that_fails_while_it_runs_is_one_line_and_exit_3(drifting, statement):
+    done = query(drifting, statement)
+    assert done.returncode == 3 and "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_table_reads_every_column_whose_type_differs_between_runs(drifting):
+    import asynclog.dataset
+
+    table = asynclog.dataset.table(drifting, "sequences").to_table()
+    assert table.schema.field("score").type == "double" and table.schema.field("judge").type == "string"
+    assert sorted(zip(table["judge"].to_pylist(), table["score"].to_pylist())) == [("1", 2.0), ("good", 2.5)]
+
+
+KILLED_EXPORT_RUNS = 6
+
+
+@pytest.fixture(scope="module")
+def big_logs(tmp_path_factory):
+    """Runs enough for an export to take a while: each a tokens stream of 200 k tokens."""
+    folder = tmp_path_factory.mktemp("big")
+    g = torch.Generator().manual_seed(5)
+    for k in range(KILLED_EXPORT_RUNS):
+        with asynclog.start(folder, name=f"step_{k}") as run:
+            stream = run.stream("tokens/E_batch", chunk_rows=64)
+            for i in range(400):
+                stream.append(sequence_id=i, tokens=torch.randint(0, 151_000, (500,), generator=g),
+                              token_logprobs=-torch.rand(500, generator=g))
+    return folder
+
+
+def count_parts(folder) -> int:
+    return sum(f.endswith(".parquet") for _, _, files in os.walk(folder) for f in files)
+
+
+def _temporary_files(folder) -> list[str]:
+    return [f for _, _, files in os.walk(folder) for f in files if f.endswith(".tmp")]
+
+
+def kill_midway(logs, out) -> bool:
+    """Start an export of ``logs`` into ``out`` and kill -9 it while it writes a tokens part (after one tokens part
+    is whole); whether it was killed so (False: it ended first)."""
+    import signal
+
+    export = subprocess.Popen([sys.executable, "-m", "asynclog", "export", str(logs), "--dataset", str(out)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, mine = time.monotonic() + 60, f".{export.pid}."
+    while export.poll() is None and time.monotonic() < deadline and not (
+            any(mine in f for f in _temporary_files(out / "table=tokens")) and count_parts(out / "table=tokens")):
+        time.sleep(0.001)
+    os.kill(export.pid, signal.SIGKILL)
+    return export.wait() == -signal.SIGKILL and any(mine in f for f in _temporary_files(out))
+
+
+def test_an_export_killed_midway_leaves_parts_no_reader_takes_and_the_next_export_completes(big_logs, tmp_path, full):
+    import asynclog.dataset
+
+    out = tmp_path / "dataset"
+    assert kill_midway(big_logs, out), "the export ended before it could be killed mid-way"
+    asynclog.dataset.table(out, "tokens").to_table()  # its stale part is not read
+    for _ in range(8 if full else 0):  # --full: the exports that finish it are killed too, as long as they write
+        if not kill_midway(big_logs, out):
+            break
+        asynclog.dataset.table(out, "tokens").to_table()
+    done = export_to(big_logs, out)
+    assert done.returncode == 0, done.stderr
+    assert not _temporary_files(out)
+    assert count(out, "runs") == KILLED_EXPORT_RUNS and count(out) == KILLED_EXPORT_RUNS * 400 * 500
+
+
+def test_a_run_whose_file_name_is_not_utf8_is_exported(tmp_path):
+    logs, out = tmp_path / "logs", tmp_path / "dataset"
+    os.rename(one_sequence(logs / "plain.alog"), os.fsencode(logs) + b"/bad\xff.alog")
+    done = export_to(logs, out)
+    assert done.returncode == 0, done.stderr
+    assert sql(out, "select run_name from runs") == [("bad\\xff",)] and count(out) == 6
+    again = export_to(logs, out)
+    assert again.returncode == 0 and again.stdout == "", again.stderr  # its state was saved: nothing to redo

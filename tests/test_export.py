@@ -273,3 +273,24 @@ def test_the_tokens_view_reads_each_tokens_text_from_the_vocabulary(texts_log):
         frame = log.tokens("U_batch")
     assert "token_texts" not in stored_columns(texts_log, "tokens/U_batch")
     assert len(frame) > 80 and (frame["token_texts"] == "w" + frame["tokens"].astype(str)).all()
+
+
+def test_the_tokens_view_aligns_a_column_one_short_to_the_last_tokens(tmp_path):
+    with asynclog.start(tmp_path, name="short") as run:  # logprobs of tokens 1..3: the first has none
+        run.stream("tokens/E_batch").append(sequence_id=0, tokens=torch.arange(4), logprobs=-torch.arange(1.0, 4.0))
+    with asynclog.open(run.path) as log:
+        frame = export.tokens(log)
+    assert frame["position"].tolist() == [0, 1, 2, 3] and frame["tokens"].tolist() == [0, 1, 2, 3]
+    assert math.isnan(frame["logprobs"][0]) and frame["logprobs"][1:].tolist() == [-1.0, -2.0, -3.0]
+
+
+@pytest.mark.parametrize("to", ["parquet", "csv", "jsonl", "npz"])
+def test_a_link_planted_at_the_temporary_name_is_not_followed(run_path, tmp_path, to):
+    import os
+    import threading
+
+    target, victim = tmp_path / f"out.{to}", tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    os.symlink(victim, f"{target}.{os.getpid()}.{threading.get_ident()}.tmp")  # the name replacing() takes
+    export.export(run_path, to, "tensors" if to in ("parquet", "npz") else "sequences/E_batch", target)
+    assert victim.read_bytes() == b"keep" and target.stat().st_size > 0
