@@ -48,10 +48,9 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 
-from . import format as fmt
-from . import index
+from . import index, ondisk
 from .analysis import COLUMNS, NUMBERS, find_logs, read_run, row, run_sources
-from .errors import AsyncLogError, CorruptLogError
+from .errors import AsyncLogError
 from .export import (EVENT_BATCH, STREAM_KINDS, ExportError, _arrow_batch, _groups, _per_token, event_row,
                      need, shards_of)
 from .files import atomic_write, makedirs, replacing
@@ -68,7 +67,6 @@ PARTITIONS = ("checkpoint", "rank")  # the hive keys of every table but runs; st
 _FORMAT = "asynclog-dataset/2"  # the state's; an older one named runs by their path
 _INTEGERS = frozenset({"size", "dropped"})  # of analysis.NUMBERS, the counts; the others are float64
 _SAVE_EVERY = 2.0  # seconds between saves of the state file during an export
-_MAX_FIRST_FRAME = 16 << 20  # a header frame larger than this is not a log's (runs write a few KiB)
 _PART = re.compile(r"table=[a-z]+/(checkpoint=[^/]+/rank=\d+/)?part-[0-9a-f]{16}\.parquet")  # what _part names
 
 Sources = list[Callable[[], Iterator]]  # each call gives a fresh pass over one stream's Arrow batches
@@ -113,36 +111,13 @@ def run_identity(path: str) -> str:
     """
     digest = hashlib.blake2b(digest_size=8)
     if os.path.isdir(path):
-        digest.update(b"run folder\0" + _head(os.path.join(path, MANIFEST), 1 << 20))
-    elif (first := _first_frame(path)) is not None:
+        digest.update(b"run folder\0" + ondisk.head(os.path.join(path, MANIFEST), ondisk.MANIFEST_LIMIT))
+    elif (first := ondisk.first_frame(path)) is not None:
         digest.update(b"log\0" + first)
     else:
         st = os.stat(path)
-        digest.update(b"file\0%d\0%d\0" % (st.st_dev, st.st_ino) + _head(path, 4096))
+        digest.update(b"file\0%d\0%d\0" % (st.st_dev, st.st_ino) + ondisk.head(path, 4096))
     return digest.hexdigest()
-
-
-def _first_frame(path: str) -> bytes | None:
-    """The log's preamble and header frame as stored, or None when the file does not begin with them."""
-    try:
-        with open(path, "rb") as f:
-            version = fmt.read_preamble(f)
-            header = fmt.read_header(f, fmt.PREAMBLE_SIZE, version)
-            if header.kind != fmt.FrameKind.HEADER or header.size > _MAX_FIRST_FRAME:
-                return None
-            f.seek(0)
-            first = f.read(fmt.PREAMBLE_SIZE + header.size)
-    except (CorruptLogError, OSError):
-        return None
-    return first if len(first) == fmt.PREAMBLE_SIZE + header.size else None
-
-
-def _head(path: str, size: int) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read(size)
-    except OSError:
-        return b""
 
 
 def _stamp(path: str) -> list[list]:

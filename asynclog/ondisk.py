@@ -224,6 +224,31 @@ def peek_path(path: str | os.PathLike, follow: bool = True, dir_fd: int | None =
         return peek(f)
 
 
+def first_frame(path: str | os.PathLike) -> bytes | None:
+    """A log's preamble and header frame as stored (``start()`` writes them once, before anything else: a
+    run's identity), or None when ``path`` is no regular file or does not begin with them."""
+    try:
+        with open_regular(path) as f:
+            version = fmt.read_preamble(f)
+            header = fmt.read_header(f, fmt.PREAMBLE_SIZE, version)
+            if header.kind != FrameKind.HEADER or header.size > META_LIMIT[FrameKind.HEADER]:
+                return None
+            f.seek(0)
+            first = f.read(fmt.PREAMBLE_SIZE + header.size)
+    except (CorruptLogError, OSError):
+        return None
+    return first if len(first) == fmt.PREAMBLE_SIZE + header.size else None
+
+
+def head(path: str | os.PathLike, size: int) -> bytes:
+    """The first ``size`` bytes of the regular file ``path``; b"" for anything else or an unreadable one."""
+    try:
+        with open_regular(path, follow=False) as f:
+            return f.read(size)
+    except OSError:
+        return b""
+
+
 # --- sidecars ---------------------------------------------------------------------------------------------------------
 MAX_DEPTH = 100  # maps and lists within each other: a summary nests about 5 deep, a config perhaps 10
 SUMMARY_LIMIT = 64 << 20  # a summary is KiBs; batch statistics of a large run, a few MiB
