@@ -38,7 +38,7 @@ import msgspec
 from . import __version__, index, ondisk
 from . import format as fmt
 from ._table import cell, human_size, render
-from .cli import NOT_FOUND, USAGE
+from .exits import NOT_FOUND, USAGE
 from .errors import CorruptLogError
 from .layout import checkpoint_name, sanitize_name
 from .ondisk import SUMMARY_SUFFIX, is_run_folder, run_files as run_sources

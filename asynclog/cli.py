@@ -24,6 +24,8 @@ import msgspec
 from . import __version__
 from . import format as fmt
 from .errors import AsyncLogError, ConfigError, CorruptLogError, WriterError
+from .exits import (CANNOT_ACCESS, DAMAGED, EXIT_STATUSES, INCOMPLETE, INTERRUPTED, NOT_FOUND, OK, USAGE,  # noqa: F401
+                    Failure)
 from .export import plain
 from .format import Damage
 from .reader import Log, check, missing
@@ -32,29 +34,6 @@ _json = msgspec.json.Encoder()
 
 # Modules that add subcommands through register(subparsers), in the order their commands are listed.
 COMMAND_MODULES = ("asynclog.analysis", "asynclog.diff", "asynclog.export", "asynclog.jsonlogs")
-
-# Exit statuses. cat and verify: 1 when anything is damaged; verify: 2 when intact but incomplete.
-OK, DAMAGED, INCOMPLETE, USAGE, NOT_FOUND, CANNOT_ACCESS = 0, 1, 2, 3, 4, 5
-INTERRUPTED = 130
-EXIT_STATUSES = {
-    OK: "success",
-    DAMAGED: "a log is damaged, or is not an asynclog log (cat prints what is intact); import: a file was skipped; "
-             "diff: the runs differ; export --dataset: a run no table can hold was skipped",
-    INCOMPLETE: "verify, export: the run was not closed normally; every frame intact, or only a last one a crash tore",
-    USAGE: "a usage mistake or bad input: a wrong argument, a folder given for a file, a bad config",
-    NOT_FOUND: "a file or folder named on the command line does not exist",
-    CANNOT_ACCESS: "a file cannot be read or written (permissions, a full disk, the writer failed)",
-    INTERRUPTED: "interrupted (Ctrl-C)",
-}
-
-
-class Failure(Exception):
-    """A mistake a command reports as one line on stderr and an exit status."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Check every frame of a log. Exit 0 when every frame is intact and the footer says the run closed

@@ -51,6 +51,7 @@ from collections.abc import Callable, Iterator
 from . import index, ondisk
 from .analysis import COLUMNS, NUMBERS, find_logs, read_run, row, run_sources
 from .errors import AsyncLogError
+from .exits import NOT_FOUND, USAGE
 from .export import (EVENT_BATCH, STREAM_KINDS, ExportError, _arrow_batch, _groups, _per_token, event_row,
                      need, shards_of)
 from .files import atomic_write, makedirs, replacing
@@ -624,7 +625,6 @@ def cmd_query(args) -> int:
     table (runs, events, sequences, importance, tokens); print the result as a text table or CSV. Exit 0; 3 for
     a folder of logs rather than a dataset, or a statement DuckDB rejects or cannot run (a value it cannot
     cast, error()), said in one line; 4 when the folder does not exist."""
-    from .cli import NOT_FOUND, USAGE
 
     if not os.path.isdir(args.dataset):
         print(f"asynclog query: {args.dataset}: no such folder", file=sys.stderr)

@@ -30,6 +30,7 @@ from . import format as fmt
 from .analysis import read_run
 from .config import load_yaml  # the one YAML loader: bounded in size, aliases and depth
 from .errors import ConfigError
+from .exits import Failure, NOT_FOUND, USAGE
 from .layout import CONFIG_SUFFIX, RANK_CONFIG, SUMMARY_SUFFIX
 from .shards import is_run_folder
 
@@ -170,7 +171,6 @@ def cmd_diff(args: argparse.Namespace) -> int:
     object). Values that differ on every run (when and where it ran, how long each phase took) are left out
     unless --all is given; a key only one run has is always shown. Exit 0 when the runs are the same; 1 when
     they differ; 3 for a folder of runs or a file that holds no run to compare; 4 when a run does not exist."""
-    from .cli import NOT_FOUND, USAGE, Failure
 
     for path in (args.run_a, args.run_b):
         log = path.removesuffix(SUMMARY_SUFFIX) + fmt.SUFFIX if path.endswith(SUMMARY_SUFFIX) else path

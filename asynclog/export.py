@@ -47,6 +47,7 @@ import msgspec
 
 from .errors import AsyncLogError
 from .files import makedirs, replacing
+from .exits import CANNOT_ACCESS, DAMAGED, INCOMPLETE, NOT_FOUND, USAGE
 
 __all__ = ["export", "sequences", "tokens", "register", "main", "ExportError", "FORMATS", "STREAM_KINDS"]
 
@@ -427,7 +428,6 @@ def _flat(values: list):
 def command(name: str, target: str, write: Callable[[], list[str]], mistakes: tuple = ()) -> int:
     """Run one subcommand that writes files: print each path written and return 0, or print one line on
     stderr (what, which file) and return the CLI's exit code for it (``asynclog --help`` lists them)."""
-    from .cli import CANNOT_ACCESS, NOT_FOUND, USAGE
 
     try:
         paths = write()
@@ -458,10 +458,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.what or args.out:
         print("asynclog export: --dataset writes every table into its folder; --what and -o go with --to",
               file=sys.stderr)
-        from .cli import USAGE
 
         return USAGE
-    from .cli import DAMAGED
     from .dataset import export_dataset
 
     done = []
@@ -474,7 +472,6 @@ def _unfinished(path: str) -> int:
     """0 for a run closed normally; else one line on stderr naming what is not (each rank of a run folder
     that is not, as ``asynclog ls`` says it) and the exit status ``verify`` gives such a run."""
     from .analysis import read_run
-    from .cli import DAMAGED, INCOMPLETE
 
     facts = read_run(path)
     if facts.status == "complete":

@@ -55,7 +55,7 @@ import msgspec
 
 from . import __version__, layout
 from .analysis import natural_key, read_run
-from .cli import DAMAGED, NOT_FOUND, OK, USAGE, Failure
+from .exits import DAMAGED, NOT_FOUND, OK, USAGE, Failure
 from .config import parse_yaml
 from .errors import AsyncLogError, ConfigError, LogInputError
 from .files import atomic_write

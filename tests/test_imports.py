@@ -1,0 +1,93 @@
+"""The package's import graph, read from the source (function-level imports included): the console script sits
+on top and no tool imports it, and no import cycle grows beyond the one the tools' wing still has."""
+
+from __future__ import annotations
+
+import ast
+import os
+
+PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "asynclog")
+
+# The cycle the after-the-run tools still form (reader <-> shards, reader -> export's tables, export <->
+# dataset and plots): to be taken apart, never to grow.
+KNOWN_CYCLE = {"asynclog.analysis", "asynclog.dataset", "asynclog.export", "asynclog.plots", "asynclog.reader",
+               "asynclog.shards"}
+
+
+def modules() -> dict[str, str]:
+    found = {}
+    for root, _, files in os.walk(PACKAGE):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(root, name)
+                dotted = os.path.relpath(path[:-3], os.path.dirname(PACKAGE)).replace(os.sep, ".")
+                found[dotted.removesuffix(".__init__")] = path
+    return found
+
+
+def imports_of(module: str, path: str, known: dict) -> set[str]:
+    package = module if path.endswith("__init__.py") else module.rsplit(".", 1)[0]
+    out = set()
+    for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
+            names = [base] + [f"{base}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        else:
+            continue
+        out |= {name for name in names if name in known and name != module}
+    return out
+
+
+def graph() -> dict[str, set[str]]:
+    known = modules()
+    return {module: imports_of(module, path, known) for module, path in known.items()}
+
+
+def cycles(edges: dict[str, set[str]]) -> list[set[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in edges[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = set()
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.add(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(component)
+
+    for v in edges:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_module_but_the_entry_point_imports_the_console_script():
+    importers = {module for module, targets in graph().items() if "asynclog.cli" in targets}
+    assert importers <= {"asynclog.__main__"}, f"these import the console script: {sorted(importers)}"
+
+
+def test_no_import_cycle_beyond_the_known_one():
+    found = [c for c in cycles(graph()) if not all(m.startswith("asynclog.bench") for m in c)]
+    assert all(c <= KNOWN_CYCLE for c in found), [sorted(c) for c in found]
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
