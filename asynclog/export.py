@@ -49,7 +49,7 @@ from .errors import AsyncLogError
 from .files import makedirs, replacing
 from .exits import CANNOT_ACCESS, DAMAGED, INCOMPLETE, NOT_FOUND, USAGE
 
-__all__ = ["export", "sequences", "tokens", "register", "main", "ExportError", "FORMATS", "STREAM_KINDS"]
+__all__ = ["export", "sequences", "tokens", "register", "ExportError", "FORMATS", "STREAM_KINDS"]
 
 FORMATS = ("parquet", "csv", "jsonl", "npz")
 STREAM_KINDS = ("sequences", "tokens", "importance")

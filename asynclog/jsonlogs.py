@@ -413,9 +413,6 @@ def _get(mapping, *keys):
 def _write(run: JsonRun, naming: _Naming, paths: layout.RunPaths) -> None:
     """The log, then its summary and config sidecars, each with the source's mtime (retention orders runs by
     it); on any failure, every file this wrote is removed."""
-    import numpy  # noqa: F401 - before start(): its pool's prefault thread imports numpy, and a stream's
-    # first row must not find it half imported in sys.modules (stream._dtype_of)
-
     from .config import LEVELS, Config
     from .session import start
 

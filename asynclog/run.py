@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import itertools
-import sys
 import threading
 import time
 import warnings
