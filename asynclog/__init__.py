@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 # executes this file first, and must not pay for yaml, torch or the probe's machinery.
 _HOMES = {
     "start": "session", "shutdown": "session", "Config": "config", "LEVELS": "config",
-    "open": "reader", "verify": "reader", "Log": "reader", "Chunk": "reader", "DetailedLogger": "probe",
+    "open": "shards", "verify": "reader", "Log": "reader", "Chunk": "reader", "DetailedLogger": "probe",
     "AsyncLogError": "errors", "ClosedError": "errors", "ConfigError": "errors", "CorruptLogError": "errors",
     "LogInputError": "errors", "QueueFullError": "errors", "WriterError": "errors", "NameTakenWarning": "session",
     "ShardedLog": "shards", "LoggingHandler": "bridge",

@@ -350,7 +350,7 @@ def logged_problems(path: str, limit: int = 20) -> list[str]:
 
     This reads the run's record frames (``show`` looks at one run; ``ls`` and ``sweep`` do not do this)."""
     from .bridge import EVENT
-    from .reader import open_log
+    from .shards import open_log
 
     found = []
     try:

@@ -26,14 +26,15 @@ from . import format as fmt
 from .errors import AsyncLogError, ConfigError, CorruptLogError, WriterError
 from .exits import (CANNOT_ACCESS, DAMAGED, EXIT_STATUSES, INCOMPLETE, INTERRUPTED, NOT_FOUND, OK, USAGE,  # noqa: F401
                     Failure)
-from .export import plain
 from .format import Damage
 from .reader import Log, check, missing
+from .tables import plain
 
 _json = msgspec.json.Encoder()
 
 # Modules that add subcommands through register(subparsers), in the order their commands are listed.
-COMMAND_MODULES = ("asynclog.analysis", "asynclog.diff", "asynclog.export", "asynclog.jsonlogs")
+COMMAND_MODULES = ("asynclog.analysis", "asynclog.diff", "asynclog.export", "asynclog.dataset", "asynclog.plots",
+                   "asynclog.jsonlogs")
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Check every frame of a log. Exit 0 when every frame is intact and the footer says the run closed

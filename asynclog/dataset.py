@@ -31,7 +31,7 @@ export killed outright writes again the runs of its last 2 s (their part files a
 A run a table cannot hold (a column whose type changes between chunks, numbers and text in one column, a
 per-token column longer than its tokens) is skipped, with one line on stderr naming it and why, and the
 others are exported (``Exported.skipped``; the console script exits 1). A per-token column shorter than the
-tokens is aligned to the last tokens (``export._per_token``).
+tokens is aligned to the last tokens (``tables.per_token``).
 
 A column null in every row of a part file is written as float64 (the probe's optional columns are numbers).
 """
@@ -50,13 +50,12 @@ from collections.abc import Callable, Iterator
 
 from . import index, ondisk
 from .analysis import COLUMNS, NUMBERS, find_logs, read_run, row, run_sources
-from .errors import AsyncLogError
+from .errors import AsyncLogError, ExportError
 from .exits import NOT_FOUND, USAGE
-from .export import (EVENT_BATCH, STREAM_KINDS, ExportError, _arrow_batch, _groups, _per_token, event_row,
-                     need, shards_of)
 from .files import atomic_write, makedirs, replacing
 from .format import SUFFIX
 from .ranks import MANIFEST
+from .tables import EVENT_BATCH, STREAM_KINDS, arrow_batch, event_row, groups, need, per_token, shards_of
 
 __all__ = ["export_dataset", "Exported", "run_identity", "is_dataset", "connect", "table", "STATE", "TABLES",
            "PARTITIONS"]
@@ -356,7 +355,7 @@ class _Sync:
 def _export_run(path: str, run: str, name: str, facts: dict, checkpoint: str, out: str) -> list[str]:
     """Write the run's part files; return them relative to ``out``. ExportError, and none of them left, when a
     table cannot hold the run."""
-    from .reader import open_log
+    from .shards import open_log
 
     parts = []
     try:
@@ -401,16 +400,16 @@ def _tables(log, run: str) -> dict[str, Sources]:
     for name in log.stream_names():
         kind, _, batch = name.partition("/")
         if kind in STREAM_KINDS:
-            per_row = _per_token if kind == "tokens" else dict
+            per_row = per_token if kind == "tokens" else dict
             tables.setdefault(kind, []).append(
                 lambda name=name, batch=batch, per_row=per_row: _stream_batches(log, name, run, batch, per_row))
     return tables
 
 
 def _event_batches(log, run: str) -> Iterator:
-    for group in _groups(log.events(), EVENT_BATCH):
+    for group in groups(log.events(), EVENT_BATCH):
         rows = [event_row(r) for r in group]
-        yield _arrow_batch({"run": [run] * len(rows), **{k: [r[k] for r in rows] for k in rows[0]}})
+        yield arrow_batch({"run": [run] * len(rows), **{k: [r[k] for r in rows] for k in rows[0]}})
 
 
 def _stream_batches(log, name: str, run: str, batch: str, per_row: Callable[[dict], dict]) -> Iterator:
@@ -418,7 +417,7 @@ def _stream_batches(log, name: str, run: str, batch: str, per_row: Callable[[dic
         if not chunk.columns or not len(next(iter(chunk.columns.values()))):
             continue
         try:
-            arrow = _arrow_batch(per_row(chunk.columns))
+            arrow = arrow_batch(per_row(chunk.columns))
         except ExportError as exc:
             raise ExportError(f"stream {name!r}, {exc}") from None
         yield _prepend(arrow, {"run": run, "batch": batch})

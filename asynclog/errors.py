@@ -8,6 +8,7 @@ __all__ = [
     "QueueFullError",
     "WriterError",
     "CorruptLogError",
+    "ExportError",
 ]
 
 
@@ -54,3 +55,7 @@ class CorruptLogError(AsyncLogError):
     def __init__(self, message: str, offset: int):
         super().__init__(f"{message} at offset {offset}")
         self.offset = offset
+
+
+class ExportError(AsyncLogError, ValueError):
+    """What was asked cannot be exported (a format that does not hold it, a stream that is not there)."""

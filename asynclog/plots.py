@@ -33,7 +33,7 @@ class PlotError(AsyncLogError, ValueError):
 
 
 def _pyplot():
-    from .export import need
+    from .tables import need
 
     matplotlib = need("matplotlib", "plot")
     matplotlib.use("Agg")  # files only: no display on a cluster node
@@ -133,7 +133,7 @@ def _timing(ax, points: list[dict]) -> None:
 def _token_values(log, column: str):
     import numpy as np
 
-    from .export import to_numpy
+    from .tables import to_numpy
 
     parts = []
     for name in (n for n in log.stream_names() if n.startswith("tokens/")):
@@ -156,7 +156,7 @@ def _column_values(log, prefix: str, column: str):
 def _importance_weights(log):
     import numpy as np
 
-    from .export import shards_of, to_numpy
+    from .tables import shards_of, to_numpy
 
     name = "E_batch/importance_weights"  # every rank's: each weighs its own part of the E batch
     found = [to_numpy(shard.tensor(name)).reshape(-1) for _, shard in shards_of(log) if name in shard.tensor_names()]
@@ -176,14 +176,14 @@ _RUN_DATA = {
 
 def _level(log) -> str | None:
     """The level the run logged at (rank 0's, or the first readable rank's, for a run folder)."""
-    from .export import shards_of
+    from .tables import shards_of
 
     shards = shards_of(log)
     return shards[0][1].header.get("level") if shards else None
 
 
 def plot_run(path: str, out: str) -> list[str]:
-    from .reader import open_log
+    from .shards import open_log
 
     written = []
     with open_log(path) as log:

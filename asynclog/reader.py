@@ -35,12 +35,12 @@ from typing import Any, NamedTuple
 import msgspec
 
 from . import format as fmt
-from . import ondisk
+from . import ondisk, tables
 from .errors import CorruptLogError
 from .filters import check_body, unfilter
 from .format import Damage, FrameKind
 
-__all__ = ["Log", "Chunk", "Damage", "Verdict", "open_log", "verify", "check", "frame_limits"]
+__all__ = ["Log", "Chunk", "Damage", "Verdict", "verify", "check", "frame_limits"]
 
 MAX_FRAME_BYTES = 256 << 20  # the largest frame body a reader accepts when the header's config says nothing
 _MAX_STAGING = 1 << 40  # a staging pool above this is a crafted header, not a machine
@@ -533,16 +533,12 @@ class Log:
         return frame_of(self, what, type, name)
 
     def sequences(self, batch: str = "E_batch"):
-        """One row per sequence of ``batch`` as a pandas DataFrame (``export.sequences``)."""
-        from .export import sequences
-
-        return sequences(self, batch)
+        """One row per sequence of ``batch`` as a pandas DataFrame (``tables.sequences``)."""
+        return tables.sequences(self, batch)
 
     def tokens(self, batch: str = "E_batch"):
-        """One row per token of ``batch`` as a pandas DataFrame (``export.tokens``)."""
-        from .export import tokens
-
-        return tokens(self, batch)
+        """One row per token of ``batch`` as a pandas DataFrame (``tables.tokens``)."""
+        return tables.tokens(self, batch)
 
     # --- lifecycle ------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -610,14 +606,6 @@ def _import_pandas():
     return pandas
 
 
-def open_log(path: str | os.PathLike):
-    """Open a log for reading (``asynclog.open``): a ``Log``, or for the run folder of a job of several ranks
-    a ``shards.ShardedLog`` that reads every rank's shard as one run."""
-    if os.path.isdir(path):
-        from .shards import ShardedLog
-
-        return ShardedLog(path)
-    return Log(path)
 
 
 # --- verify ---------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from .errors import CorruptLogError
 from .ondisk import MANIFEST, is_run_folder, run_folder
 from .reader import Chunk, Log, frame_of, warn_unseen
 
-__all__ = ["ShardedLog", "is_run_folder", "merge_batch_statistics"]
+__all__ = ["ShardedLog", "open_log", "is_run_folder", "merge_batch_statistics"]
 
 
 class ShardedLog:
@@ -251,3 +251,10 @@ def _merged_moments(sets: list[dict]) -> dict:
         n, total, m2 = n + s["count"], total + s["sum"], m2 + s["m2"]
     return {"count": n, "sum": total, "m2": m2, "min": min(s["min"] for s in sets),
             "max": max(s["max"] for s in sets)}
+
+
+def open_log(path: str | os.PathLike) -> Log | ShardedLog:
+    """Open a log for reading (``asynclog.open``): a ``Log``, or for the run folder of a job of several ranks
+    a ``ShardedLog`` that reads every rank's shard as one run. It lives here, above both, so that the reader
+    needs nothing of the run folders built on it."""
+    return ShardedLog(path) if os.path.isdir(path) else Log(path)
