@@ -12,7 +12,8 @@ _HOMES = {
     "start": "session", "shutdown": "session", "Config": "config", "LEVELS": "config",
     "open": "shards", "verify": "reader", "Log": "reader", "Chunk": "reader", "DetailedLogger": "probe",
     "AsyncLogError": "errors", "ClosedError": "errors", "ConfigError": "errors", "CorruptLogError": "errors",
-    "LogInputError": "errors", "QueueFullError": "errors", "WriterError": "errors", "NameTakenWarning": "session",
+    "LogInputError": "errors", "QueueFullError": "errors", "WriterError": "errors", "ExportError": "errors",
+    "PlotError": "errors", "NameTakenWarning": "session",
     "ShardedLog": "shards", "LoggingHandler": "bridge",
     "scan": "analysis",
 }
@@ -36,6 +37,8 @@ __all__ = [
     "LogInputError",
     "QueueFullError",
     "WriterError",
+    "ExportError",
+    "PlotError",
     "NameTakenWarning",
     "ShardedLog",
     "LoggingHandler",

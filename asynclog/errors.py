@@ -9,6 +9,7 @@ __all__ = [
     "WriterError",
     "CorruptLogError",
     "ExportError",
+    "PlotError",
 ]
 
 
@@ -59,3 +60,7 @@ class CorruptLogError(AsyncLogError):
 
 class ExportError(AsyncLogError, ValueError):
     """What was asked cannot be exported (a format that does not hold it, a stream that is not there)."""
+
+
+class PlotError(AsyncLogError, ValueError):
+    """Nothing to plot where the user pointed."""

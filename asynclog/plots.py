@@ -18,7 +18,7 @@ import math
 import os
 import sys
 
-from .errors import AsyncLogError
+from .errors import PlotError
 
 __all__ = ["plot", "sweep_points", "register", "SWEEP_PIXELS", "RUN_PIXELS", "RUN_PLOTS"]
 
@@ -26,10 +26,6 @@ DPI = 100
 SWEEP_PIXELS = (900, 675)
 RUN_PIXELS = (640, 480)
 RUN_PLOTS = ("token_entropy", "token_logprob", "sequence_length", "importance_weight")
-
-
-class PlotError(AsyncLogError, ValueError):
-    """Nothing to plot where the user pointed."""
 
 
 def _pyplot():

@@ -73,3 +73,16 @@ def test_setup_refuses_an_unknown_extra_before_installing_anything():
     done = _setup("--extras", "bench,benhc")
     assert done.returncode == 2
     assert "'benhc'" in done.stderr and "bench" in done.stderr
+
+
+def test_every_error_class_lives_in_errors_and_in_the_public_surface():
+    import inspect
+
+    import asynclog
+    from asynclog import errors
+
+    defined = {name for name, value in vars(errors).items()
+               if inspect.isclass(value) and issubclass(value, Exception) and value.__module__ == errors.__name__}
+    assert defined == set(errors.__all__)
+    assert set(errors.__all__) <= set(asynclog.__all__)
+    assert all(getattr(asynclog, name) is getattr(errors, name) for name in errors.__all__)
