@@ -6,22 +6,25 @@ process compresses and writes them as checksummed frames. See README.md and docs
 
 __version__ = "0.1.0"
 
-# Everything is loaded on first use (PEP 562): the writer process runs ``python -m asynclog.writer``, which
+# Everything is loaded on first use (PEP 562): the writer process runs ``python -m asynclog._writer``, which
 # executes this file first, and must not pay for yaml, torch or the probe's machinery.
 _HOMES = {
-    "start": "session", "shutdown": "session", "Config": "config", "LEVELS": "config",
-    "open": "shards", "verify": "reader", "Log": "reader", "Chunk": "reader", "DetailedLogger": "probe",
+    "start": "_session", "shutdown": "_session", "Config": "config", "LEVELS": "config",
+    "Run": "_run", "Stream": "_stream",
+    "open": "_shards", "verify": "_reader", "Log": "_reader", "Chunk": "_reader", "DetailedLogger": "probe",
     "AsyncLogError": "errors", "ClosedError": "errors", "ConfigError": "errors", "CorruptLogError": "errors",
     "LogInputError": "errors", "QueueFullError": "errors", "WriterError": "errors", "ExportError": "errors",
-    "PlotError": "errors", "NameTakenWarning": "session",
-    "ShardedLog": "shards", "LoggingHandler": "bridge",
-    "scan": "analysis",
+    "PlotError": "errors", "NameTakenWarning": "_session",
+    "ShardedLog": "_shards", "LoggingHandler": "_bridge",
+    "scan": "tools.analysis",
 }
 _RENAMED = {"open": "open_log"}
 
 __all__ = [
     "__version__",
     "start",
+    "Run",
+    "Stream",
     "DetailedLogger",
     "open",
     "verify",

@@ -11,17 +11,18 @@ from __future__ import annotations
 import difflib
 import functools
 import os
+import re
 import stat
+import string
 import typing
 from collections.abc import Mapping
 from typing import Any, Literal, NamedTuple
 
 import msgspec
 
-from .errors import ConfigError
-from .layout import check_checkpoint_rule, check_template
+from asynclog.errors import ConfigError
 
-__all__ = ["Config", "DetailedLoggingConfig", "Settings", "LEVELS", "SECTIONS", "level_rank", "read_config",
+__all__ = ["Config", "check_template", "check_checkpoint_rule", "checkpoint_pattern", "TEMPLATE_FIELDS", "CHECKPOINT_RULES", "DetailedLoggingConfig", "Settings", "LEVELS", "SECTIONS", "level_rank", "read_config",
            "level_config_path", "load_yaml", "parse_yaml", "convert_section"]
 
 STAGING_BYTES = 256 << 20  # the default pool; ranks of one node share a budget instead (ranks.py)
@@ -155,6 +156,56 @@ class DetailedLoggingConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=
             raise ConfigError(f"config key 'max_files' must be >= 0 (0 keeps every run), got {self.max_files}")
         check_template(self.filename_template)
         check_checkpoint_rule(self.checkpoint_name)
+
+
+# The probe section's two checked strings: its file name template and its checkpoint naming rule. Their grammar is
+# part of the config's schema, so it lives here; asynclog.probe.layout uses it to name files.
+TEMPLATE_FIELDS = frozenset({"timestamp", "checkpoint_name", "date", "level"})
+_MAX_WIDTH = 255  # the widest field a template may format (a file name has at most 255 bytes)
+CHECKPOINT_RULES = ("auto", "last")  # anything else in ``checkpoint_name`` is a regular expression
+
+
+@functools.lru_cache(maxsize=32)
+def checkpoint_pattern(rule: str) -> re.Pattern:
+    try:
+        return re.compile(rule)
+    except (re.error, TypeError) as exc:
+        raise ConfigError(f"config key 'checkpoint_name': {rule!r} is neither auto, last nor a regular "
+                          f"expression ({exc})") from None
+
+
+def check_checkpoint_rule(rule: str) -> None:
+    """A ConfigError naming ``checkpoint_name`` unless ``rule`` is ``auto``, ``last`` or a regular expression."""
+    if not isinstance(rule, str):
+        raise ConfigError(f"config key 'checkpoint_name' must be auto, last or a regular expression, not {rule!r}")
+    if rule not in CHECKPOINT_RULES:
+        checkpoint_pattern(rule)
+
+
+def check_template(template: str) -> None:
+    """A ConfigError naming ``filename_template`` unless it formats with the known fields into one file name.
+
+    A field's format spec may pad or cut (``{checkpoint_name:.20}``), to a width of at most _MAX_WIDTH: a
+    width of 10**9 would build a gigabyte-long name before it could be cut to _MAX_NAME."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ConfigError(f"config key 'filename_template': {exc}") from None
+    fields = {f for _, f, _, _ in parsed if f is not None}
+    unknown = fields - TEMPLATE_FIELDS
+    if unknown:
+        raise ConfigError(f"config key 'filename_template': unknown field(s) {sorted(unknown)}; "
+                          f"use {sorted(TEMPLATE_FIELDS)}")
+    if "/" in template or "\\" in template or not template.strip():
+        raise ConfigError("config key 'filename_template' must be a file name, not a path")
+    for _, field, spec, _ in parsed:
+        if spec and ("{" in spec or any(int(n) > _MAX_WIDTH for n in re.findall(r"\d+", spec))):
+            raise ConfigError(f"config key 'filename_template': the format of {{{field}}} ({spec!r}) may not nest "
+                              f"fields or ask for a width over {_MAX_WIDTH}")
+    try:
+        template.format(**dict.fromkeys(TEMPLATE_FIELDS, "x"))
+    except ValueError as exc:  # a spec strings do not take: {timestamp:d}
+        raise ConfigError(f"config key 'filename_template': {exc}") from None
 
 
 class Settings(NamedTuple):

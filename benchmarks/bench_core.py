@@ -41,10 +41,8 @@ import psutil
 import torch
 
 import asynclog
+from asynclog.bench import TENSOR_SIZES, WORKLOADS, event_fields, fsync_tree, load, measure, snapshots, token_row
 from asynclog.bench import run as run_peers
-from asynclog.bench._child import fsync_tree, measure
-from asynclog.bench.peers import load
-from asynclog.bench.workloads import TENSOR_SIZES, WORKLOADS, event_fields, snapshots, token_row
 
 AsyncLog, SyncFloor, StdlibQueue, TorchSave = (load(k) for k in ("asynclog", "sync", "stdlib", "torch_save"))
 SECTIONS = ("calls", "gate", "tensor", "floats", "throughput", "rss", "startup")
@@ -227,7 +225,7 @@ def bench_startup(tmp: str) -> dict:
     """A fresh probe process that has imported torch (as a probe has): the first ``import asynclog`` plus
     ``start`` on the probe's thread (the writer starts in the background), that ``start`` alone, and the time
     until a first event is in the file (``flush``: the writer is up); against ``import torch``."""
-    code = ("import time, torch; t0 = time.perf_counter(); import asynclog.session; t1 = time.perf_counter(); "
+    code = ("import time, torch; t0 = time.perf_counter(); import asynclog._session; t1 = time.perf_counter(); "
             "r = asynclog.start({tmp!r}, name='s{i}'); t2 = time.perf_counter(); r.event('x'); r.flush(); "
             "t3 = time.perf_counter(); print(t2 - t0, t2 - t1, t3 - t0); r.close()")
     runs = [[float(x) for x in subprocess.check_output([sys.executable, "-c", code.format(tmp=tmp, i=i)]).split()]

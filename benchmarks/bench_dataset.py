@@ -62,14 +62,14 @@ def make_runs(out: str, tokens: int, checkpoints: int, length: int) -> float:
 
 
 def log_bytes(logs: str) -> int:
-    from asynclog.analysis import find_logs
+    from asynclog.tools.analysis import find_logs
 
     return sum(os.path.getsize(p) for p in find_logs(logs))
 
 
 # --- one measurement per subprocess -------------------------------------------------------------------------
 def _export(logs: str, dataset: str) -> dict:
-    from asynclog.dataset import export_dataset
+    from asynclog.tools.dataset import export_dataset
 
     parts = export_dataset(logs, dataset)
     return {"parts": len(parts), "rows": _dataset_rows(dataset)}
@@ -83,7 +83,7 @@ def _dataset_rows(dataset: str) -> int:
 
 def _frames(logs: str):
     import asynclog
-    from asynclog.analysis import find_logs
+    from asynclog.tools.analysis import find_logs
 
     for path in find_logs(logs):
         with asynclog.open(path) as log:
@@ -95,7 +95,7 @@ def _reader(logs: str, dataset: str) -> dict:
 
 
 def _duckdb(logs: str, dataset: str) -> dict:
-    from asynclog.dataset import connect
+    from asynclog.tools.dataset import connect
 
     return {"result": [list(r) for r in connect(dataset).sql(SQL).fetchall()]}
 
@@ -112,7 +112,7 @@ ADAPTERS = {"export": _export, "reader": _reader, "duckdb": _duckdb, "pandas": _
 
 
 def child(adapter: str, logs: str, dataset: str) -> None:
-    import asynclog.dataset  # noqa: F401  (imports are not what is timed: every child makes the same ones)
+    import asynclog.tools.dataset  # noqa: F401  (imports are not what is timed: every child makes the same ones)
     import duckdb  # noqa: F401
     import pandas  # noqa: F401
     import pyarrow.parquet  # noqa: F401

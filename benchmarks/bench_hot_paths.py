@@ -32,9 +32,8 @@ import time
 import torch
 
 import asynclog
-from asynclog.bench.peers import load
-from asynclog.bench.workloads import event_fields, token_row
-from asynclog.records import encode_record
+from asynclog.bench import event_fields, load, token_row
+from asynclog._records import encode_record
 
 EXTEND_ROWS = 64
 

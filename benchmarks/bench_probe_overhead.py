@@ -1,6 +1,6 @@
 """What logging costs the entropy probe: the toy probe at debug level with asynclog, disabled, and naive.
 
-Three loggers run the very same probe (``asynclog.toyprobe.run_probe``) in one process:
+Three loggers run the very same probe (``asynclog.probe.toyprobe.run_probe``) in one process:
 
 - disabled   DetailedLogger with ``enabled: false`` (the baseline: what the probe costs without logging)
 - asynclog   DetailedLogger at level debug: sequences, tokens (with texts) and raw tensors
@@ -36,7 +36,7 @@ import psutil
 import torch
 
 from asynclog import DetailedLogger
-from asynclog import toyprobe
+from asynclog.probe import toyprobe
 from asynclog.config import LEVELS
 
 

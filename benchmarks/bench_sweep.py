@@ -29,8 +29,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # this checkout's asynclog, also for the subprocesses (cwd=ROOT)
 
 from asynclog import DetailedLogger  # noqa: E402
-from asynclog.analysis import scan  # noqa: E402
-from asynclog.index import INDEX_NAME, RECENT_NS  # noqa: E402
+from asynclog.tools.analysis import scan  # noqa: E402
+from asynclog.tools.index import INDEX_NAME, RECENT_NS  # noqa: E402
 
 
 def make_runs(out: str, count: int) -> float:

@@ -18,7 +18,7 @@ import torch
 
 import asynclog
 from asynclog import DetailedLogger
-from asynclog import format as fmt
+from asynclog import _format as fmt
 from conftest import SMALL, Stopped, adapter_sweep, old_adapter_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,9 +33,9 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 
 def analysis():
     """The module under test, imported where it is used (so each test fails alone without it)."""
-    import asynclog.analysis
+    import asynclog.tools.analysis
 
-    return asynclog.analysis
+    return asynclog.tools.analysis
 
 
 def make_batch(B: int, G: int, nan_reward: bool = False) -> dict:

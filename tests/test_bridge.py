@@ -7,7 +7,7 @@ import threading
 import time
 
 import asynclog
-from asynclog.bridge import LoggingHandler
+from asynclog._bridge import LoggingHandler
 
 
 def _logger(name: str, handler: logging.Handler) -> logging.Logger:

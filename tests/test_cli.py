@@ -207,7 +207,7 @@ def test_cat_rows_of_a_stream_not_there_names_the_streams_there_are(logdir):
 
 
 def test_cat_rows_skips_a_damaged_chunk_names_it_and_exits_damaged(logdir, tmp_path):
-    from asynclog import format as fmt
+    from asynclog import _format as fmt
 
     path = log_with_rows(logdir)
     with open(path, "rb") as f:

@@ -50,7 +50,7 @@ FLAT = "level: minimal\nzstd_level: 7\n"
 
 def _everywhere(path, tmp_path):
     """(level, zstd_level) as Config.from_yaml, start(config=path) and DetailedLogger(config=path) see them."""
-    from asynclog.probe import DetailedLogger
+    from asynclog.probe.logger import DetailedLogger
 
     config = Config.from_yaml(path)
     with asynclog.start(tmp_path / "logs", name="seen", config=str(path)) as run:
@@ -85,7 +85,7 @@ def test_a_config_file_gives_the_same_level_and_settings_everywhere(tmp_path, te
     ("asynclog:\n  policy: drop\nlevel: debug\n", ["level", "asynclog"]),
 ])
 def test_a_misspelt_section_or_key_is_an_error_with_a_suggestion(tmp_path, text, words):
-    from asynclog.probe import DetailedLogger
+    from asynclog.probe.logger import DetailedLogger
 
     path = tmp_path / "c.yaml"
     path.write_text(text)
@@ -105,7 +105,7 @@ def test_a_probe_config_keeps_its_own_keys_beside_the_sections(tmp_path):
 
 @pytest.mark.parametrize("level", asynclog.LEVELS)
 def test_level_configs_load_by_name(level, tmp_path):
-    from asynclog.probe import DetailedLogger
+    from asynclog.probe.logger import DetailedLogger
 
     assert Config.for_level(level).level == level
     assert Config.from_yaml(level).level == level
@@ -152,7 +152,7 @@ def test_writer_nice_is_checked_and_reaches_the_writer(tmp_path):
 # only what the child printed and how it exited.
 LIMITED = """
 import resource, sys
-import asynclog.cli, asynclog.probe  # imported before the limit, which then bounds what the config costs
+import asynclog.cli, asynclog.probe.logger  # imported before the limit, which then bounds what the config costs
 room = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize() + (1 << 30)
 resource.setrlimit(resource.RLIMIT_AS, (room, room))
 """

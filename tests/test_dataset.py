@@ -17,8 +17,8 @@ import pytest
 import torch
 
 import asynclog
-from asynclog.analysis import find_logs
-from asynclog.toyprobe import SIZES, ToyTokenizer
+from asynclog.tools.analysis import find_logs
+from asynclog.probe.toyprobe import SIZES, ToyTokenizer
 
 pa_ds = pytest.importorskip("pyarrow.dataset")
 duckdb = pytest.importorskip("duckdb")
@@ -290,7 +290,7 @@ def log_mixed_batches(directory) -> None:
 def test_every_chunk_and_column_of_each_batch_of_a_kind_lands_in_the_part_file(tmp_path):
     log_mixed_batches(tmp_path / "logs")
     out = tmp_path / "dataset"
-    from asynclog.dataset import export_dataset
+    from asynclog.tools.dataset import export_dataset
 
     export_dataset(tmp_path / "logs", out)
     sequences = pa_ds.dataset(out / "table=sequences", partitioning="hive").to_table()
@@ -317,7 +317,7 @@ def export_to(logs, out) -> subprocess.CompletedProcess:
 
 
 def sql(out, query: str) -> list[tuple]:
-    from asynclog.dataset import connect
+    from asynclog.tools.dataset import connect
 
     return connect(out).sql(query).fetchall()
 
@@ -472,9 +472,9 @@ def _partitions_with(engine: str) -> list[tuple]:
 def _read_tokens_with(engine: str, columns: list[str]) -> list[tuple]:
     """The columns of every row of ``data/table=tokens`` as each documented line of docs/DATASET.md reads them."""
     if engine in ("pyarrow", "pandas"):
-        import asynclog.dataset
+        import asynclog.tools.dataset
 
-        table = asynclog.dataset.table("data", "tokens").to_table()
+        table = asynclog.tools.dataset.table("data", "tokens").to_table()
         if engine == "pandas":
             frame = table.to_pandas()
             return list(zip(*(frame[c].tolist() for c in columns)))
@@ -569,9 +569,9 @@ def test_a_query_that_fails_while_it_runs_is_one_line_and_exit_3(drifting, state
 
 
 def test_table_reads_every_column_whose_type_differs_between_runs(drifting):
-    import asynclog.dataset
+    import asynclog.tools.dataset
 
-    table = asynclog.dataset.table(drifting, "sequences").to_table()
+    table = asynclog.tools.dataset.table(drifting, "sequences").to_table()
     assert table.schema.field("score").type == "double" and table.schema.field("judge").type == "string"
     assert sorted(zip(table["judge"].to_pylist(), table["score"].to_pylist())) == [("1", 2.0), ("good", 2.5)]
 
@@ -617,15 +617,15 @@ def kill_midway(logs, out) -> bool:
 
 
 def test_an_export_killed_midway_leaves_parts_no_reader_takes_and_the_next_export_completes(big_logs, tmp_path, full):
-    import asynclog.dataset
+    import asynclog.tools.dataset
 
     out = tmp_path / "dataset"
     assert kill_midway(big_logs, out), "the export ended before it could be killed mid-way"
-    asynclog.dataset.table(out, "tokens").to_table()  # its stale part is not read
+    asynclog.tools.dataset.table(out, "tokens").to_table()  # its stale part is not read
     for _ in range(8 if full else 0):  # --full: the exports that finish it are killed too, as long as they write
         if not kill_midway(big_logs, out):
             break
-        asynclog.dataset.table(out, "tokens").to_table()
+        asynclog.tools.dataset.table(out, "tokens").to_table()
     done = export_to(big_logs, out)
     assert done.returncode == 0, done.stderr
     assert not _temporary_files(out)

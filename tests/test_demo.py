@@ -11,7 +11,8 @@ import sys
 import torch
 
 import asynclog
-from asynclog import cli, toyprobe
+from asynclog import cli
+from asynclog.probe import toyprobe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

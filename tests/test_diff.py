@@ -9,7 +9,7 @@ import pytest
 
 import asynclog
 from asynclog import cli
-from asynclog.diff import ABSENT, Difference, compare, diff_runs
+from asynclog.tools.diff import ABSENT, Difference, compare, diff_runs
 from conftest import adapter_sweep
 
 

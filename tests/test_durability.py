@@ -37,7 +37,7 @@ WORKLOAD = """
 import os, sys
 import asynclog
 from asynclog import DetailedLogger
-from asynclog.export import export
+from asynclog.tools.export import export
 
 root = sys.argv[1]
 

@@ -15,7 +15,7 @@ import torch
 
 import asynclog
 from asynclog.cli import main as cli_main
-from asynclog import export
+from asynclog.tools import export
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import threading
 
-from asynclog.files import atomic_write
+from asynclog._files import atomic_write
 
 
 def test_threads_replacing_one_file_at_once_leave_one_whole_version(tmp_path):

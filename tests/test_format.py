@@ -16,7 +16,7 @@ import torch
 import zstandard
 
 import asynclog
-from asynclog import format as fmt
+from asynclog import _format as fmt
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ import msgspec
 import pytest
 
 import asynclog
-from asynclog import format as fmt
-from asynclog.analysis import COLUMNS
+from asynclog import _format as fmt
+from asynclog.tools.analysis import COLUMNS
 from test_analysis import ROOT, damaged_copies, plain_runs, probe_run
 
 INDEX = ".asynclog-index"
@@ -26,7 +26,7 @@ KEPT = [c for c in COLUMNS if c != "path"]  # a row as the index keeps it: its p
 
 
 def scan(folder, **options) -> list[dict]:
-    from asynclog.analysis import scan
+    from asynclog.tools.analysis import scan
 
     return scan(folder, as_frame=False, **options)
 
@@ -138,7 +138,7 @@ def test_no_index_option_and_environment_neither_read_nor_write_it(runs):
 
 
 def test_an_unchanged_run_is_read_once_and_then_comes_from_the_index(runs, monkeypatch):
-    import asynclog.analysis as analysis
+    import asynclog.tools.analysis as analysis
 
     out, path = runs
     read, real = [], analysis.read_run

@@ -21,7 +21,8 @@ import torch
 import yaml
 
 import asynclog
-from asynclog import cli, layout
+from asynclog import cli
+from asynclog.probe import layout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEVELS = ("minimal", "standard", "detailed", "debug")

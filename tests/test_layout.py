@@ -1,4 +1,4 @@
-"""asynclog.layout: run folders and names, sanitising, the README, retention of asynclog's own files only."""
+"""asynclog.probe.layout: run folders and names, sanitising, the README, retention of asynclog's own files only."""
 
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ from datetime import datetime
 import pytest
 
 import asynclog
-import asynclog.format
-from asynclog import DetailedLogger, layout
-from asynclog.ranks import SHARD_STEM, shard_name
+import asynclog._format
+from asynclog import DetailedLogger
+from asynclog.probe import layout
+from asynclog._ranks import SHARD_STEM, shard_name
 
 from conftest import spawn_script
 
@@ -136,7 +137,7 @@ def test_a_regular_expression_takes_its_match_nearest_the_end():
 @pytest.mark.parametrize("rule", ["step_(\\d+", "[", "(?P<x>a)(?P<x>b)", 3, None])
 def test_a_bad_checkpoint_name_rule_is_a_config_error_naming_the_key(rule):
     with pytest.raises(asynclog.ConfigError, match="checkpoint_name"):
-        layout.check_checkpoint_rule(rule)
+        asynclog.config.check_checkpoint_rule(rule)
 
 
 def test_run_paths_name_the_run_by_the_checkpoint_rule(tmp_path):
@@ -224,7 +225,7 @@ def _rel(paths, root) -> set[str]:
 def _cut_footer(main: str) -> None:
     """Leave the log as a crash of the whole machine would: frames without footer and trailer."""
     with open(main, "r+b") as f:
-        f.truncate(asynclog.format.read_trailer(f))
+        f.truncate(asynclog._format.read_trailer(f))
 
 
 def test_retention_removes_the_oldest_runs_with_their_sidecars(tmp_path):
@@ -321,8 +322,8 @@ def test_retention_never_reads_a_huge_header_frame(tmp_path, meta_len, body_len)
     hostile.parent.mkdir()
     head = struct.pack("<4sBBHIQQ", b"ALFR", 1, 0, 0, meta_len, body_len, 0)
     with open(hostile, "wb") as f:
-        checksum = asynclog.format.checksum(asynclog.format.FORMAT_VERSION)
-        f.write(asynclog.format.PREAMBLE + head + struct.pack("<I", checksum(head)))
+        checksum = asynclog._format.checksum(asynclog._format.FORMAT_VERSION)
+        f.write(asynclog._format.PREAMBLE + head + struct.pack("<I", checksum(head)))
         f.truncate(80 << 20)  # sparse: the huge meta is there, as zeros
     _age(str(hostile), 1000)
     tracemalloc.start()

@@ -1,52 +1,52 @@
-"""asynclog/ondisk.py, the reading layer under the tools: what it may import."""
+"""asynclog/_ondisk.py, the reading layer under the tools: what it may import, and that the tools read through it."""
 
 from __future__ import annotations
 
-import ast
 import os
 
+from test_imports import graph
+
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "asynclog")
-TOOLS = {"analysis", "cli", "dataset", "export", "plots"}
-
-
-def _imports(module: str) -> set[str]:
-    """The asynclog modules ``module`` imports, at its top or inside a function."""
-    path = os.path.join(PACKAGE, module + ".py")
-    if not os.path.exists(path):
-        path = os.path.join(PACKAGE, module, "__init__.py")
-    found = set()
-    for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            found |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("asynclog."):
-            found.add(node.module.split(".")[1])
-        elif isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("asynclog.")}
-    return {m for m in found if os.path.exists(os.path.join(PACKAGE, m + ".py"))}
+ABOVE = ("asynclog.tools", "asynclog.cli", "asynclog.probe", "asynclog.bench")  # what sits on the reading layer
 
 
 def test_the_reading_layer_imports_none_of_the_tools_that_sit_on_it():
-    seen, todo = set(), ["ondisk"]
+    edges = graph()
+    seen, todo = set(), ["asynclog._ondisk"]
     while todo:
         module = todo.pop()
         if module not in seen:
             seen.add(module)
-            todo += sorted(_imports(module))
-    assert not seen & TOOLS, f"asynclog.ondisk reaches {sorted(seen & TOOLS)} through {sorted(seen)}"
+            todo += sorted(edges[module])
+    above = sorted(m for m in seen if m.startswith(ABOVE))
+    assert above == [], f"asynclog._ondisk reaches {above} through {sorted(seen)}"
+
+
+def _tool_sources() -> list[str]:
+    found = [os.path.join(PACKAGE, "_shards.py")]
+    for sub in ("tools", "cli"):
+        folder = os.path.join(PACKAGE, sub)
+        found += [os.path.join(folder, name) for name in sorted(os.listdir(folder)) if name.endswith(".py")]
+    return found
 
 
 def test_the_tools_read_run_files_only_through_the_reading_layer():
     """No tool opens a sidecar or a log's footer itself: the names of what ondisk reads appear in none."""
-    for tool in sorted(TOOLS) + ["shards", "index"]:
-        text = open(os.path.join(PACKAGE, tool + ".py"), encoding="utf-8").read()
-        for reading in ("read_trailer(", "read_preamble(", "read_manifest", "_summary_decoder", "O_NONBLOCK"):
-            assert reading not in text, f"{tool}.py reads {reading!r} itself"
+    sources = _tool_sources()
+    assert any(path.endswith(os.path.join("tools", "index.py")) for path in sources)
+    for path in sources:
+        text = open(path, encoding="utf-8").read()
+        for reading in ("read_trailer(", "read_preamble(", "read_manifest", "_summary_decoder", "O_NONBLOCK",
+                        "load_yaml(", "CONFIG_SUFFIX"):
+            assert reading not in text, f"{os.path.relpath(path, PACKAGE)} reads {reading!r} itself"
 
 
 def test_the_manifest_limit_holds_what_rank_0_writes_for_the_largest_world(tmp_path):
     """The limit is sized from what ``ranks.write_manifest`` writes: a manifest of MAX_WORLD_SIZE ranks, with
     the longest run name there may be, is read as a run folder."""
-    from asynclog import names, ondisk, ranks
+    from asynclog import _names as names
+    from asynclog import _ondisk as ondisk
+    from asynclog import _ranks as ranks
 
     ranks.write_manifest(str(tmp_path), "n" * names.MAX_NAME_BYTES, ranks.Placement(0, ondisk.MAX_WORLD_SIZE))
     assert os.path.getsize(tmp_path / ondisk.MANIFEST) <= ondisk.MANIFEST_LIMIT

@@ -14,7 +14,8 @@ import torch
 
 import asynclog
 from asynclog.cli import main as cli_main
-from asynclog import export, plots
+from asynclog.tools import export
+from asynclog.tools import plots
 from conftest import adapter_sweep, old_adapter_run
 
 pytest.importorskip("matplotlib")

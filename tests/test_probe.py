@@ -785,7 +785,7 @@ def test_compress_false_maps_to_raw_compression():
 
 
 def test_plain_values_make_any_result_dict_loggable():
-    from asynclog.probe import plain
+    from asynclog.probe.logger import plain
 
     value = plain({1: torch.tensor(2.5), "big": torch.zeros(1000), "small": np.arange(3), "nan": math.nan,
                    "path": __import__("pathlib").Path("/x"), "nested": ({"a": np.float32(1.5)},)})

@@ -18,8 +18,8 @@ import torch
 
 import asynclog
 from asynclog import DetailedLogger
-from asynclog.batchstats import BatchView, batch_statistics
-from asynclog.shards import merge_batch_statistics
+from asynclog.probe.batchstats import BatchView, batch_statistics
+from asynclog._shards import merge_batch_statistics
 
 BATCHES = """
 import torch
@@ -201,7 +201,7 @@ def test_a_run_name_used_again_is_an_error_not_a_merge(tmp_path, no_launcher, mo
 
 
 def test_the_launchers_names_are_found_in_the_environment():
-    from asynclog.ranks import job_name, launcher_name
+    from asynclog._ranks import job_name, launcher_name
 
     assert job_name({"TORCHELASTIC_RUN_ID": "abc", "SLURM_JOB_ID": "9"}) == "torchrun-abc"
     assert job_name({"TORCHELASTIC_RUN_ID": "none", "SLURM_JOB_ID": "9", "SLURM_STEP_ID": "0"}) == "slurm-9.0"
@@ -223,7 +223,7 @@ def _torchrun_env(rank: int, local_world: int = 2, restart: int = 0, **changed) 
 
 
 def test_torchruns_launch_folder_names_a_launch_on_one_node_only():
-    from asynclog.ranks import Placement, SharedName, torchrun_launch_name
+    from asynclog._ranks import Placement, SharedName, torchrun_launch_name
 
     want = SharedName("torchrun-f06mhsyz", "TORCHELASTIC_ERROR_FILE")
     assert [torchrun_launch_name(Placement(r, 2), _torchrun_env(r)) for r in (0, 1)] == [want, want]
@@ -239,7 +239,7 @@ def test_rank_0_names_the_launch_in_the_store_without_waiting_and_a_rank_it_keep
 
     from torch.distributed import HashStore
 
-    from asynclog.ranks import agree_through_store
+    from asynclog._ranks import agree_through_store
 
     store = HashStore()
     with pytest.raises(asynclog.LogInputError, match="rank 0 did not name the run.*within 0.2 s"):
@@ -269,7 +269,7 @@ def test_ranks_of_a_process_group_without_a_launcher_name_agree_on_one_through_i
 def test_ranks_on_both_sides_of_midnight_meet_in_one_folder(tmp_path):
     from datetime import datetime
 
-    from asynclog.layout import rank_run_paths
+    from asynclog.probe.layout import rank_run_paths
 
     template = "probe_{timestamp}_{date}_{checkpoint_name}"
     late = rank_run_paths(tmp_path, template, "/c/step_1", "standard", "job", 0, now=datetime(2025, 1, 15, 23, 59, 59))
@@ -356,7 +356,7 @@ def test_rank_0_failing_to_name_the_run_tells_the_others_instead_of_leaving_them
 def test_a_name_used_again_on_another_day_starts_a_run_of_that_day(tmp_path):
     from datetime import datetime
 
-    from asynclog.layout import rank_run_paths
+    from asynclog.probe.layout import rank_run_paths
 
     template = "probe_{timestamp}_{checkpoint_name}"
     monday = [rank_run_paths(tmp_path, template, "/c/step_1", "standard", "sweep", r, now=datetime(2025, 1, 13, 12))

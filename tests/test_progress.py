@@ -48,7 +48,7 @@ def test_demo_is_quiet_when_stderr_is_piped(tmp_path):
 
 
 def test_a_status_line_is_redrawn_in_place_and_cleared(tmp_path):
-    code = ("import time; from asynclog.progress import Status\n"
+    code = ("import time; from asynclog.probe.progress import Status\n"
             "with Status() as line:\n"
             "    line.show('asynclog bench: tensorboard small'); time.sleep(1.3)\n"
             "print('done')\n")

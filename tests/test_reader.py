@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import asynclog
-from asynclog.session import NameTakenWarning
+from asynclog._session import NameTakenWarning
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import asynclog
-import asynclog.format
+import asynclog._format
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.bool, torch.complex64,
           torch.complex128, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.uint16,
@@ -87,7 +87,7 @@ def test_tensor_larger_than_the_pool_streams_through_in_pieces(logdir):
         assert log.tensor_count("big") == 2
         assert torch.equal(log.tensor("big", 0), big)
         assert torch.equal(log.tensor("big"), big * 2)
-        pieces = [m for h, m in log.frames() if h.kind == asynclog.format.FrameKind.TENSOR]
+        pieces = [m for h, m in log.frames() if h.kind == asynclog._format.FrameKind.TENSOR]
         assert len(pieces) > 2 and all(m["pieces"] == pieces[0]["pieces"] for m in pieces)
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 import asynclog
-from asynclog.run import _tensor_spec
-from asynclog.snapshot import tensor_meta
+from asynclog._run import _tensor_spec
+from asynclog._snapshot import tensor_meta
 
 
 class LateCopy:

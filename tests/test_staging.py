@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from asynclog.staging import StagingPool
+from asynclog._staging import StagingPool
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc/self/status")
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import asynclog
-from asynclog import wire
+from asynclog import _wire as wire
 
 from conftest import SMALL, Stopped
 
@@ -41,12 +41,12 @@ def test_every_message_round_trips_through_its_decoder():
 
 
 def test_the_writer_module_imports_no_probe_machinery():
-    code = "import sys, asynclog.writer; print(' '.join(sorted(sys.modules)))"
+    code = "import sys, asynclog._writer; print(' '.join(sorted(sys.modules)))"
     loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
     ours = {m for m in loaded if m.startswith("asynclog")}
-    assert ours == {"asynclog", "asynclog.wire", "asynclog.format", "asynclog.filters", "asynclog.files",
-                    "asynclog.writer"}
-    assert not loaded & {"torch", "yaml", "numpy", "asynclog.session", "asynclog.channel", "asynclog.run"}
+    assert ours == {"asynclog", "asynclog._wire", "asynclog._format", "asynclog._filters", "asynclog._files",
+                    "asynclog._writer"}
+    assert not loaded & {"torch", "yaml", "numpy", "asynclog._session", "asynclog._channel", "asynclog._run"}
 
 
 def test_writer_survives_a_message_it_cannot_act_on(logdir):

@@ -20,13 +20,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._report import goals, report, table
-from ._runner import Cell, plan, run
-from .peers import PEERS
-from .workloads import WORKLOADS
+from asynclog.bench._child import fsync_tree, measure
+from asynclog.bench._report import goals, report, table
+from asynclog.bench._runner import Cell, plan, run
+from asynclog.bench.peers import PEERS, load
+from asynclog.bench.workloads import TENSOR_SIZES, WORKLOADS, event_fields, snapshots, token_row
 
+# The harness's public entry points; benchmarks/ uses these and nothing else of it.
 __all__ = ["main", "run", "plan", "report", "table", "goals", "Cell", "PEERS", "WORKLOADS", "selection",
-           "command_line"]
+           "command_line", "load", "measure", "fsync_tree", "TENSOR_SIZES", "event_fields", "snapshots", "token_row"]
 
 
 def selection(only: str | None) -> tuple[list[str] | None, list[str] | None]:

@@ -50,8 +50,8 @@ def measure(peer: str, job: dict, begin=lambda: None) -> dict:
     made, so that what importing torch starts (a CUDA build of torch runs ``ldconfig``) is not the peer's."""
     if job["workload"] == "demo":
         return _measure_demo(peer, job, begin)
-    from . import peers
-    from .workloads import drive, prepare
+    from asynclog.bench import peers
+    from asynclog.bench.workloads import drive, prepare
 
     workload, params, directory = job["workload"], job["params"], job["directory"]
     state = prepare(workload, params)
@@ -93,15 +93,15 @@ def _call_figures(lat) -> dict:
 
 
 def _measure_demo(peer: str, job: dict, begin) -> dict:
-    """Workload 4: the toy entropy probe (``asynclog.toyprobe``) over a few checkpoints, logging through
+    """Workload 4: the toy entropy probe (``asynclog.probe.toyprobe``) over a few checkpoints, logging through
     DetailedLogger at debug level, or with no logger ("off"). A first pass without a logger warms torch up
     and is not measured. Caller figures come from DetailedLogger's own count of the time spent in its calls
     and from the logs' footers (asynclog's per-call accounting)."""
     import glob
 
-    from ..probe import DetailedLogger
-    from ..toyprobe import SIZES, build, perturbed, run_probe
     import asynclog
+    from asynclog.probe.logger import DetailedLogger
+    from asynclog.probe.toyprobe import SIZES, build, perturbed, run_probe
 
     directory, params = job["directory"], job["params"]
     size = SIZES[params["size"]]

@@ -17,9 +17,9 @@ import shutil
 
 import psutil
 
-from ..config import Config
-from ._runner import Cell
-from .workloads import WORKLOADS
+from asynclog.bench._runner import Cell
+from asynclog.bench.workloads import WORKLOADS
+from asynclog.config import Config
 
 __all__ = ["machine", "versions", "table", "goals", "report", "FLAT_MIB"]
 

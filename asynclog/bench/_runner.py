@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from ..progress import Status
-from . import peers
-from .workloads import SCALES, WORKLOADS
+from asynclog.bench import peers
+from asynclog.bench.workloads import SCALES, WORKLOADS
+from asynclog.probe.progress import Status
 
 __all__ = ["Cell", "plan", "run"]
 
@@ -80,7 +80,7 @@ def run(scale: str = "short", peer_keys: list[str] | None = None, workload_keys:
     ``workdir`` holds each cell's output folder; with ``keep`` the folders stay (tests compare their sizes).
     ``timeout_s`` bounds each workload; one that runs over is killed, reported, and the peer's process
     restarted for the workloads after it. ``progress`` is called with each finished cell. On a terminal,
-    stderr shows which peer and workload is running (``asynclog.progress.Status``).
+    stderr shows which peer and workload is running (``asynclog.probe.progress.Status``).
     """
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {', '.join(SCALES)}, not {scale!r}")

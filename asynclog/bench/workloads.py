@@ -3,7 +3,7 @@
 1. events   records of 10 fields (step, checkpoint name, 8 floats), as ``core_results`` rows
 2. tokens   a debug token stream: one row per sequence, int64 ids, float32 log-probs and entropies
 3. tensors  float32 snapshots
-4. demo     the toy entropy probe (``asynclog.toyprobe``) through DetailedLogger at debug level, and without
+4. demo     the toy entropy probe (``asynclog.probe.toyprobe``) through DetailedLogger at debug level, and without
 
 Between batches of calls the probe "computes": ``time.sleep`` stands for GPU work, which leaves the CPU to
 whoever wants it (the same pause for every peer, never counted as caller time). It is where an
@@ -53,7 +53,7 @@ class Workload:
         if self.key == "tensors":
             return (f"tensors: {p['count']} float32 tensors of {_mib(p['nbytes'])}; "
                     f"probe pauses {p['pause_s'] * 1e3:g} ms after each")
-        return (f"demo: the toy entropy probe (asynclog.toyprobe, size {p['size']}) over {p['checkpoints']} "
+        return (f"demo: the toy entropy probe (asynclog.probe.toyprobe, size {p['size']}) over {p['checkpoints']} "
                 f"checkpoints, DetailedLogger at debug level vs no logger")
 
 

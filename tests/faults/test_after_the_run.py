@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import asynclog
-from asynclog import ranks
+from asynclog import _ranks as ranks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HANG_S = float(os.environ.get("ASYNCLOG_TEST_HANG_S", 120))  # far beyond any of these commands' run time
@@ -337,7 +337,8 @@ def _placed(place: str, value):
 def test_random_sidecars_are_read_or_named_damaged_never_raised(good, tmp_path, place, value):
     """The summary with any JSON value at a key the tools read: ``ls``'s row, ``show``'s text and JSON, the
     sweep plot's point are made, or the run is damaged naming the summary (in this process)."""
-    from asynclog import analysis, plots
+    from asynclog.tools import analysis as analysis
+    from asynclog.tools import plots as plots
 
     folder = tmp_path / "random"
     log = copy_run(good, folder, "run")
@@ -358,7 +359,7 @@ def test_random_sidecars_are_read_or_named_damaged_never_raised(good, tmp_path, 
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(key=st.sampled_from(["format", "name", "world_size", "created", "shards"]), value=_VALUES)
 def test_random_manifests_are_read_or_named_damaged_never_raised(tmp_path_factory, key, value):
-    from asynclog import analysis
+    from asynclog.tools import analysis as analysis
 
     folder = tmp_path_factory.mktemp("manifest")
     for rank in range(2):

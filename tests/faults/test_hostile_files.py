@@ -24,7 +24,7 @@ import zstandard
 
 import asynclog
 from asynclog import cli
-from asynclog import format as fmt
+from asynclog import _format as fmt
 from asynclog.errors import CorruptLogError
 
 GiB = 1 << 30
@@ -401,7 +401,8 @@ def test_crafted_footer_index_is_checked_and_a_bad_one_falls_back_to_scanning(na
 _PEAK = """
 import json, sys, warnings
 import torch  # loaded before measuring: the tensor path imports it
-from asynclog import cli, reader
+from asynclog import cli
+from asynclog import _reader as reader
 from asynclog.errors import CorruptLogError
 
 def status_kib(field):
@@ -474,7 +475,7 @@ def test_bad_chunk_is_skipped_with_a_warning_naming_it_or_raised_on_request(logs
 _UNDER_A_LIMIT = """
 import resource, sys, warnings
 import torch  # loaded before the limit: the tensor path imports it
-from asynclog import reader
+from asynclog import _reader as reader
 from asynclog.errors import CorruptLogError
 
 def address_space():

@@ -25,7 +25,7 @@ import time
 TESTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPO_DIR = os.path.dirname(TESTS_DIR)
 STAGING_MAP = "asynclog-staging"
-WRITER_MODULE = "asynclog.writer"
+WRITER_MODULE = "asynclog._writer"
 
 
 # --- values a probe logs and a test rebuilds -------------------------------------------------------------
@@ -153,7 +153,7 @@ def _ignore_gone(kill, pid: int, sig: int) -> None:
 
 
 def writer_of(probe_pid: int, timeout: float = 10.0) -> int:
-    """The pid of the writer process the probe started (its child running ``asynclog.writer``)."""
+    """The pid of the writer process the probe started (its child running ``asynclog._writer``)."""
     import psutil
 
     deadline = time.monotonic() + timeout

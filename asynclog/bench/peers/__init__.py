@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
-from ._base import Adapter
+from asynclog.bench.peers._base import Adapter
 
 __all__ = ["PEERS", "Adapter", "load", "missing"]
 

@@ -6,7 +6,7 @@ passes a config (policy ``error``) or a level of its own for the figures only as
 
 from __future__ import annotations
 
-from ._base import Adapter
+from asynclog.bench.peers._base import Adapter
 
 
 class AsyncLog(Adapter):

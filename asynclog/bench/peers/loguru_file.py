@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from ._base import Adapter
+from asynclog.bench.peers._base import Adapter
 
 
 class Loguru(Adapter):

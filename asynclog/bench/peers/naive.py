@@ -10,7 +10,7 @@ import json
 import os
 import time
 
-from ._base import Adapter
+from asynclog.bench.peers._base import Adapter
 
 
 class Naive(Adapter):

@@ -13,7 +13,7 @@ import logging.handlers
 import os
 import queue
 
-from ._base import Adapter
+from asynclog.bench.peers._base import Adapter
 
 
 class _JsonLines(logging.Formatter):

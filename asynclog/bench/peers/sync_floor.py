@@ -13,8 +13,8 @@ import time
 import msgspec
 import zstandard
 
-from ...config import Config
-from ._base import Adapter
+from asynclog.bench.peers._base import Adapter
+from asynclog.config import Config
 
 ZSTD_LEVEL = Config().zstd_level
 

@@ -7,7 +7,7 @@ histogram, not the values (lossy). A token stream has no TensorBoard counterpart
 
 from __future__ import annotations
 
-from ._base import Adapter
+from asynclog.bench.peers._base import Adapter
 
 
 class TensorBoard(Adapter):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from ._base import Adapter
+from asynclog.bench.peers._base import Adapter
 
 
 class WandbOffline(Adapter):
