@@ -12,8 +12,7 @@ sender sends nothing before it, so messages handed over meanwhile wait in the ou
 cannot start fails the channel like one that died.
 
 Bulk bytes (tensor pieces, stream chunks) do not travel through the pipe: they sit in the staging pool
-and the message carries only where. The writer is started as ``python -m asynclog._writer`` rather than
-with multiprocessing, so it never re-imports the probe's ``__main__`` or torch.
+and the message carries only where. The writer process is started, and its handshake read, by ``_spawn``.
 
 Failures are never silent and never hang a caller:
 - a run's write failure (``Failed`` with that run) reaches that run through its ``on_fault`` callback, so
@@ -29,34 +28,20 @@ from __future__ import annotations
 import collections
 import itertools
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable
-from multiprocessing.connection import Connection
-
-import msgspec
 
 from asynclog import _wire as wire
+from asynclog._spawn import handshake, kill, spawn_writer
 from asynclog._staging import StagingPool
 from asynclog.errors import QueueFullError, WriterError
 
 __all__ = ["Channel"]
 
-# ``python -m asynclog._writer``, minus the working directory on sys.path: an ``asynclog`` folder where the probe
-# happens to run (a checkout of another version) must not become the writer. PYTHONPATH points at our package.
-# Group signals (Ctrl-C, a scheduler's or a notebook's SIGTERM) are blocked from the writer's birth (the spawn
-# happens with them blocked, and the mask survives exec), then ignored first thing and unblocked, so one that
-# lands while the interpreter starts is ignored too: the writer's own handlers (writer.main) take over later.
-_GROUP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-_WRITER_MAIN = ("import signal, sys; s = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP); "
-                "[signal.signal(n, signal.SIG_IGN) for n in s]; signal.pthread_sigmask(signal.SIG_UNBLOCK, s); "
-                "del sys.path[0]; import runpy; "
-                "runpy.run_module('asynclog._writer', run_name='__main__', alter_sys=True)")
-_HANDSHAKE_TIMEOUT_S = 30.0
 _POLL_S = 0.05
 _SENDER_POLL_S = 0.005  # the longest a small hand-over waits for the sender
 
@@ -84,10 +69,11 @@ class _Attached:
 class Channel:
     """One writer process and the pipes and pool it shares with this process. Thread-safe."""
 
-    def __init__(self, staging_bytes: int, queue_batches: int, flush_interval_s: float, writer_options: dict,
-                 timeout_s: float = 120.0, first_open: bytes | None = None):
-        """``first_open``, an encoded ``wire.Open``, is handed to the writer on its command line: it takes that
-        run over first thing, so a probe killed before the handshake still gets its run closed, marked so."""
+    def __init__(self, staging_bytes: int, queue_batches: int, flush_interval_s: float,
+                 writer_options: wire.WriterOptions, timeout_s: float):
+        """``writer_options.first_open``, an encoded ``wire.Open``, is handed to the writer on its command line: it
+        takes that run over first thing, so a probe killed before the handshake still gets its run closed, marked
+        so."""
         self.pool = StagingPool(staging_bytes)
         # The outbox: a deque (append and popleft are atomic) bounded by ``queue_batches``. A producer wakes
         # the sender only when it may be asleep, so a hand-over costs an append, not a lock and a notify.
@@ -122,7 +108,7 @@ class Channel:
         self._sender.start()
         self._receiver.start()
         try:
-            self._spawn(writer_options if first_open is None else {**writer_options, "first_open": first_open})
+            self.process, self._data, self._back = spawn_writer(self.pool, writer_options)
         except BaseException as exc:
             self.error = WriterError(f"cannot start the writer process: {exc!r}")  # the threads end on it
             self.pool.close()
@@ -131,53 +117,6 @@ class Channel:
             self._spawned.set()
 
     # --- start-up -------------------------------------------------------------------------------------------
-    def _spawn(self, writer_options: dict) -> None:
-        data_r, data_w = os.pipe()
-        try:
-            back_r, back_w = os.pipe()
-        except OSError:
-            _close_all(data_r, data_w)
-            raise
-        args = [sys.executable, "-c", _WRITER_MAIN, str(data_r), str(back_w), str(self.pool.fd),
-                str(self.pool.capacity), wire.encode({**writer_options, "probe_pid": os.getpid()}).hex()]
-        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _GROUP_SIGNALS)  # inherited: see _WRITER_MAIN
-        try:
-            self.process = subprocess.Popen(args, pass_fds=(data_r, back_w, self.pool.fd), env=env,
-                                            stdin=subprocess.DEVNULL)
-        except BaseException:
-            _close_all(data_w, back_r)
-            raise
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-            # Close the child's ends here, so the child's death shows as end-of-file on ``back`` at once.
-            _close_all(data_r, back_w)
-        self._data = Connection(data_w, readable=False)
-        self._back = Connection(back_r, writable=False)
-
-    def _handshake(self) -> None:
-        """Wait for the writer's ``Ready`` (the receiver thread does, first thing); a WriterError if none comes."""
-        deadline = time.monotonic() + _HANDSHAKE_TIMEOUT_S
-        while not self._back.poll(_POLL_S):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self._kill()
-                raise WriterError(f"writer process failed to start (exit code {self.process.returncode})",
-                                  self.process.returncode)
-        try:
-            ready = wire.writer_decoder.decode(self._back.recv_bytes())
-        except (EOFError, OSError):  # it exited before answering: its own error went to stderr
-            self._kill()
-            raise WriterError(f"writer process failed to start (exit code {self.process.returncode}; "
-                              f"its error, if any, is on stderr)", self.process.returncode) from None
-        except msgspec.DecodeError:
-            ready = None
-        if not isinstance(ready, wire.Ready) or ready.wire_version != wire.WIRE_VERSION:
-            self._kill()
-            raise WriterError(f"writer process failed its handshake (exit code {self.process.returncode}; "
-                              f"answered {ready!r}, expected wire version {wire.WIRE_VERSION})",
-                              self.process.returncode)
-
     # --- probe threads call these ---------------------------------------------------------------------------
     def check(self) -> None:
         """Raise the writer's failure, if any, in the caller's thread."""
@@ -339,7 +278,7 @@ class Channel:
         if self.error is not None:
             return  # no writer process was started
         try:
-            self._handshake()
+            handshake(self.process, self._back)
         except WriterError as exc:
             self._fail(str(exc), exc.exitcode)
             self._release()
@@ -420,7 +359,7 @@ class Channel:
         except subprocess.TimeoutExpired:
             print(f"asynclog: the writer process (pid {self.process.pid}) did not finish within {timeout} s; "
                   f"killing it (its open logs are readable up to their last whole frame)", file=sys.stderr)
-            self._kill()
+            kill(self.process)
         self._receiver.join(timeout)
         self._release()
 
@@ -455,16 +394,3 @@ class Channel:
                 conn.close()
             except OSError:
                 pass
-
-    def _kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
-
-
-def _close_all(*fds: int) -> None:
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass

@@ -59,11 +59,12 @@ def _channel_for(config: Config, opening: bytes) -> tuple[Channel, Stager]:
     key = tuple(getattr(config, k) for k in _WRITER_KEYS)
     pair = _channels.get(key)
     if pair is None or pair[0].error is not None or pair[1].failure is not None:  # failed: a new writer
-        writer_options = {"compress_threads": config.compress_threads, "fsync_interval_s": config.fsync_interval_s,
-                          "grace_s": config.grace_s, "nice": config.writer_nice}
         first = opening if len(opening) <= _FIRST_OPEN_MAX else None
+        writer_options = wire.WriterOptions(compress_threads=config.compress_threads,
+                                            fsync_interval_s=config.fsync_interval_s, grace_s=config.grace_s,
+                                            nice=config.writer_nice, probe_pid=os.getpid(), first_open=first)
         channel = Channel(config.staging_bytes, config.queue_batches, config.flush_interval_s, writer_options,
-                          config.timeout_s, first_open=first)
+                          config.timeout_s)
         pair = _channels[key] = (channel, Stager(channel))
         if first is not None:
             return pair

@@ -36,12 +36,12 @@ from typing import Any, Union
 import msgspec
 
 __all__ = [
-    "WIRE_VERSION", "Op", "FrameSpec", "RunOptions", "Open", "Records", "Staged", "Sync", "Close", "Shutdown",
+    "WIRE_VERSION", "Op", "FrameSpec", "RunOptions", "WriterOptions", "Open", "Records", "Staged", "Sync", "Close", "Shutdown",
     "Ready", "Done", "Failed", "encode", "probe_decoder", "writer_decoder",
 ]
 
 
-WIRE_VERSION = 4  # bumped whenever a message changes; the handshake refuses a writer that speaks another
+WIRE_VERSION = 5  # bumped whenever a message changes; the handshake refuses a writer that speaks another
 
 
 class Op(enum.IntEnum):
@@ -77,10 +77,33 @@ class FrameSpec(msgspec.Struct, array_like=True, frozen=True):
     shuffle: bool = False
 
 
+# The options below have no defaults of their own: the probe fills every field from ``Config``, the one home of
+# every default, so a writer never runs with a value the user did not configure.
 class RunOptions(msgspec.Struct, array_like=True, frozen=True):
-    compression: str = "auto"
-    zstd_level: int = 3
-    min_ratio: float = 1.25
+    """How one run's frames are compressed (``Config``'s compression, zstd_level, min_ratio)."""
+
+    compression: str
+    zstd_level: int
+    min_ratio: float
+
+
+class WriterOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How a writer process runs: its last command-line argument, msgpack as hex (the writer reads it before any
+    pipe is up). ``first_open`` is the encoded ``Open`` of the run whose ``start()`` spawned it, or None."""
+
+    compress_threads: int  # 0: picked from the cores available
+    fsync_interval_s: float
+    grace_s: float
+    nice: int
+    probe_pid: int
+    first_open: Union[bytes, None] = None
+
+    def to_argument(self) -> str:
+        return encode(self).hex()
+
+    @classmethod
+    def from_argument(cls, argument: str) -> "WriterOptions":
+        return msgspec.msgpack.decode(bytes.fromhex(argument), type=cls)
 
 
 NO_ANSWER = 0  # the ``ask`` of a message nobody waits on (asks from Channel.new_ask start at 1)

@@ -1,6 +1,7 @@
 """The writer process: takes messages from the probe, builds frames, writes them, and outlives the probe.
 
-Started by ``Channel`` as ``python -m asynclog._writer DATA_FD BACK_FD POOL_FD POOL_CAPACITY OPTIONS_HEX``.
+Started by ``Channel`` as ``python -m asynclog._writer DATA_FD BACK_FD POOL_FD POOL_CAPACITY OPTIONS`` (OPTIONS:
+``wire.WriterOptions.to_argument()``).
 It imports only ``wire``, ``format``, ``filters``, ``staging`` and ``files`` (no torch, no yaml), so it is up
 in a fraction of a second. Its life:
 
@@ -236,16 +237,16 @@ class _InOrder:
 class Writer:
     """The serve loop and one handler per message type."""
 
-    def __init__(self, data: Connection, back: Connection, pool, options: dict):
+    def __init__(self, data: Connection, back: Connection, pool, options: wire.WriterOptions):
         self.data, self.back, self.pool = data, back, pool
-        threads = options.get("compress_threads", 0) or max(1, min(4, (os.cpu_count() or 2) - 1))
+        threads = options.compress_threads or max(1, min(4, (os.cpu_count() or 2) - 1))
         self.frames = _InOrder(threads)
         self.syncer = ThreadPoolExecutor(1, "asynclog-fsync")
-        self.fsync_interval = options.get("fsync_interval_s", 1.0)
-        self.grace_s = options.get("grace_s", 30.0)
+        self.fsync_interval = options.fsync_interval_s
+        self.grace_s = options.grace_s
         self.runs: dict[int, RunFile] = {}
         self.unopened: dict[int, str] = {}  # why a run's Open failed, the answer to its later requests
-        self.probe_pid = options.get("probe_pid") or os.getppid()  # given: the probe may be gone already
+        self.probe_pid = options.probe_pid  # given, not getppid(): the probe may be gone already
         self.signalled_at: float | None = None
         self.handlers = {wire.Open: self.on_open, wire.Records: self.on_records, wire.Staged: self.on_staged,
                          wire.Sync: self.on_sync, wire.Close: self.on_close}
@@ -479,17 +480,17 @@ def main(argv: list[str]) -> int:
     if hasattr(signal, "SIGXFSZ"):  # past a file-size limit, fail the write (EFBIG) instead of dying
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     data_fd, back_fd, pool_fd, capacity = (int(a) for a in argv[:4])
-    options = msgspec.msgpack.decode(bytes.fromhex(argv[4])) if len(argv) > 4 else {}
+    options = wire.WriterOptions.from_argument(argv[4])
     from asynclog._staging import StagingPool
 
     data = Connection(data_fd, writable=False)
     back = Connection(back_fd, readable=False)
     pool = StagingPool(capacity, fd=pool_fd)
-    _lower_priority(options.get("nice", 0))
+    _lower_priority(options.nice)
     writer = Writer(data, back, pool, options)
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, writer.on_signal)
-    first = options.get("first_open")  # the run whose start() spawned us: ours from our first instant
+    first = options.first_open  # the run whose start() spawned us: ours from our first instant
     try:
         back.send_bytes(wire.encode(wire.Ready(os.getpid(), socket.gethostname(), wire.WIRE_VERSION)))
     except OSError:  # the probe died before it heard from us: close the run it had started, marked so

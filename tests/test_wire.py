@@ -31,7 +31,7 @@ def _other_run_keeps_working(logdir, run) -> None:
 def test_every_message_round_trips_through_its_decoder():
     raw = msgspec.Raw(msgspec.msgpack.encode({"name": "t"}))
     spec = wire.FrameSpec(3, raw, "t", 2, 4, True)
-    for msg in [wire.Open(1, 2, "/x.alog", 96, None, wire.RunOptions()), wire.Records(2, 1, b"\x01", [(spec, b"ab")]),
+    for msg in [wire.Open(1, 2, "/x.alog", 96, None, wire.RunOptions("auto", 3, 1.25)), wire.Records(2, 1, b"\x01", [(spec, b"ab")]),
                 wire.Staged(2, spec, 64, 10, 128), wire.Sync(3, 2, True), wire.Close(4, 2, {"complete": True}),
                 wire.Shutdown()]:
         again = wire.probe_decoder.decode(wire.encode(msg))
@@ -54,7 +54,7 @@ def test_writer_survives_a_message_it_cannot_act_on(logdir):
     run.event("before")
     channel = run._channel
     ask = channel.new_ask()
-    bad = wire.Open(ask, 10_000, str(logdir / "bad\x00name.alog"), 0, None, wire.RunOptions())
+    bad = wire.Open(ask, 10_000, str(logdir / "bad\x00name.alog"), 0, None, wire.RunOptions("auto", 3, 1.25))
     with pytest.raises(asynclog.WriterError, match="null|NUL"):
         channel.request(ask, wire.encode(bad), "opening a bad path")
     assert channel.process.poll() is None and channel.error is None
