@@ -340,7 +340,7 @@ class Run:
         view = memoryview(body)
 
         def fill(offset: int) -> None:
-            self._stager.pool.mmap[offset : offset + len(view)] = view
+            self._stager.copy_bytes(offset, view)
 
         spec = wire.FrameSpec(int(FrameKind.CHUNK), msgspec.Raw(encode_meta(meta)), meta["stream"])
         ok = self._stager.stage(self.id, spec, len(view), fill, self._policy)
@@ -456,7 +456,7 @@ def _tensor_spec(meta: dict, itemsize: int) -> wire.FrameSpec:
 
 def _cpu_fill(stager: Stager, flat, lo: int, hi: int):
     def fill(offset: int) -> None:
-        stager.pool.mmap[offset : offset + hi - lo] = flat[lo:hi]
+        stager.copy_bytes(offset, flat[lo:hi])
 
     return fill
 

@@ -134,6 +134,11 @@ class Stager:
             self._lock.acquire()
         return min(pause * 2, 1e-3)
 
+    def copy_bytes(self, offset: int, data) -> None:
+        """Copy ``data`` (bytes, a memoryview or a flat uint8 CPU array) into the pool at ``offset``: the host
+        counterpart of ``copy_from_device``, for the ``fill`` that ``stage`` calls."""
+        self.pool.mmap[offset : offset + len(data)] = data
+
     # --- CUDA ------------------------------------------------------------------------------------------
     def pin_for_cuda(self) -> None:
         """Page-lock the pool once, so device-to-host copies into it are asynchronous.
