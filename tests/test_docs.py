@@ -1,8 +1,8 @@
 """The docs say what the code does: links resolve, and the reference pages match the code they describe.
 
 CONFIG.md against ``Config`` and ``DetailedLoggingConfig`` (keys and defaults), CLI.md against the real parser
-and ``asynclog/exits.py``, API.md against ``asynclog.__all__``, GUARANTEES.md's tests against the test files.
-A new key, command, option, exit code or public name without its line in the docs fails here.
+and ``asynclog/exits.py``, API.md against ``asynclog.__all__``, and every test a page names (``file::name``)
+against the test files. A new key, command, option, exit code or public name without its line fails here.
 """
 
 from __future__ import annotations
@@ -110,17 +110,20 @@ def test_github_anchors_drop_punctuation_and_number_repeats(tmp_path):
     assert anchors(str(page)) == {"flush-means-written", "stream-rows-issue-10-met", "a", "a-1"}
 
 
-def test_every_test_guarantees_names_exists():
-    named = re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", read(os.path.join(DOCS, "GUARANTEES.md")))
-    assert len(named) >= 15, "GUARANTEES.md names too few tests; the pattern file::name may have changed"
+def named_tests(page: str) -> list[tuple[str, str]]:
+    return re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", read(page))
+
+
+def test_every_test_the_docs_name_exists():
+    assert len(named_tests(os.path.join(DOCS, "GUARANTEES.md"))) >= 15, "the pattern file::name may have changed"
     missing = []
-    for path, name in named:
+    for path, name in {named for page in PAGES for named in named_tests(page)}:
         full = os.path.join(ROOT, path)
         defined = os.path.exists(full) and {node.name for node in ast.walk(ast.parse(read(full)))
                                             if isinstance(node, ast.FunctionDef)}
         if not defined or name not in defined:
             missing.append(f"{path}::{name}")
-    assert not missing, f"GUARANTEES.md names tests that do not exist: {missing}"
+    assert not missing, f"the docs name tests that do not exist: {sorted(missing)}"
 
 
 def test_every_guarantee_names_a_test():
