@@ -58,10 +58,10 @@ def blocks(path: str) -> list[Block]:
 
 def runnable(path: str) -> list[Block]:
     """The blocks this test runs for a page (for the README, all but the first shell block)."""
-    chosen = [b for b in blocks(path) if b.lang in SHELL + PYTHON and b.not_run is None]
+    every = blocks(path)
     if path == README:
-        chosen.remove(next(b for b in chosen if b.lang in SHELL))
-    return chosen
+        every.remove(next(b for b in every if b.lang in SHELL))
+    return [b for b in every if b.lang in SHELL + PYTHON and b.not_run is None]
 
 
 def command_lines(body: str) -> list[str]:
@@ -152,3 +152,12 @@ def test_every_block_of_the_page_runs_as_written(page, after_first_command, tmp_
 def test_a_block_left_unrun_says_why(page):
     for block in blocks(page):
         assert block.not_run != "", f"{page_id(page)}:{block.line}: '<!-- not run: -->' needs a reason"
+
+
+def test_a_block_marked_not_run_is_left_out_and_other_languages_are_not_run(tmp_path):
+    page = tmp_path / "PAGE.md"
+    page.write_text("```bash\necho runs\n```\n<!-- not run: needs a cluster -->\n```bash\nsrun x\n```\n"
+                    "```yaml\nkey: 1\n```\n```python\nprint(1)\n```\n")
+    assert [(b.lang, b.not_run) for b in blocks(str(page))] == [
+        ("bash", None), ("bash", "needs a cluster"), ("yaml", None), ("python", None)]
+    assert [b.body for b in runnable(str(page))] == ["echo runs", "print(1)"]
