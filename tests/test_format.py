@@ -411,3 +411,26 @@ print(run.path)
     with asynclog.open(run.path) as log:
         expected = "CRC-32C in hardware" if fmt.CHECKSUM_IN_HARDWARE else "CRC-32C in software"
         assert log.stats["checksum"] == expected
+
+
+def test_past_a_damaged_header_a_frame_carried_in_a_tensor_is_taken_for_a_frame(tmp_path):
+    """docs/FORMAT.md's resynchronisation trade-off as it stands: a run that logs another log's bytes carries intact
+    frames; when a header before them is damaged in a file read by scanning, the search finds those frames first
+    and the reader takes them for the run's own, footer included. verify still reports the damage."""
+    with asynclog.start(tmp_path, name="inner") as inner:
+        inner.event("planted", x=1)
+    planted = bytearray(open(inner.path, "rb").read())
+    with asynclog.start(tmp_path, name="outer", config={"compression": "raw"}) as outer:
+        outer.tensor("bytes_of_a_log", torch.frombuffer(planted, dtype=torch.uint8))
+    ends = _frame_ends(outer.path)
+    unclosed = tmp_path / "unclosed.alog"  # no footer: read by scanning, as after a crash
+    unclosed.write_bytes(open(outer.path, "rb").read()[:ends[-2]])
+    with open(unclosed, "rb") as f:
+        piece = next(h for h in fmt.scan_frames(f) if h.kind == fmt.FrameKind.TENSOR)
+    bad = tmp_path / "bad.alog"
+    _damage(unclosed, bad, piece.offset + 8)
+    with asynclog.open(bad) as log:
+        assert [e["name"] for e in log.events()] == ["planted"] and log.tensor_names() == []
+        assert log.complete, "the planted log's footer was taken for the run's"
+    frames, problems = asynclog.verify(bad)
+    assert problems and problems[0].startswith(f"frame header checksum mismatch at offset {piece.offset}")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
 import time
 
@@ -72,3 +70,25 @@ def test_block_policy_waits_for_the_writer_and_loses_nothing(logdir):
         assert [r["data"]["i"] for r in log.events()] == list(range(300))
         assert torch.equal(log.tensor("t"), torch.arange(300_000))
     assert run.result["stats"]["queue_high_water"] >= 1
+
+
+def test_calls_return_while_the_writer_is_stopped_and_everything_arrives(logdir):
+    """The probe does not wait for the disk: with room in the queue and pool, no call waits for the writer."""
+    run = asynclog.start(logdir, name="not-waiting")
+    logged = threading.Event()
+
+    def produce():
+        for i in range(1000):
+            run.event("e", i=i)
+        run.tensor("t", torch.arange(100_000))
+        logged.set()
+
+    with Stopped(run):
+        thread = threading.Thread(target=produce, daemon=True)
+        thread.start()
+        thread.join(60)  # a hang detector: a call that waited for the stopped writer would never return
+        assert logged.is_set(), "a call waited for the stopped writer"
+    run.close()
+    with asynclog.open(run.path) as log:
+        assert [r["data"]["i"] for r in log.events()] == list(range(1000))
+        assert torch.equal(log.tensor("t"), torch.arange(100_000))

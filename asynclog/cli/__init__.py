@@ -70,7 +70,7 @@ _MISTAKES = (
     (NotADirectoryError, USAGE, "{0.filename}: a file is in the way of this folder; choose another path"),
     (OSError, CANNOT_ACCESS, "cannot access {0.filename}: {0.strerror}; check its permissions and free space"),
     (WriterError, CANNOT_ACCESS, "the writer failed: {0}"),
-    (ConfigError, USAGE, "bad config: {0} (the keys are listed in asynclog/config.py and docs/PROBE.md)"),
+    (ConfigError, USAGE, "bad config: {0} (docs/CONFIG.md lists the keys)"),
     (CorruptLogError, DAMAGED, "damaged log: {0}"),
     (AsyncLogError, USAGE, "{0}"),
 )
