@@ -38,7 +38,8 @@ import msgspec
 from . import __version__, index, ondisk
 from . import format as fmt
 from ._table import cell, human_size, render
-from .exits import NOT_FOUND, USAGE
+from .exits import NOT_FOUND, USAGE, Failure
+from .follow import Ended, Follower, follow_options, live_lines
 from .errors import CorruptLogError
 from .layout import checkpoint_name, sanitize_name
 from .ondisk import SUMMARY_SUFFIX, is_run_folder, run_files as run_sources
@@ -482,7 +483,10 @@ def _csv(rows: list[dict]) -> str:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    """What a person wants to see first about one run. Exit 0; 3 for a folder of runs; 4 when there is no such run."""
+    """What a person wants to see first about one run. Exit 0; 3 for a folder of runs; 4 when there is no such run.
+
+    With --follow, first a line per record as the writer appends it (like cat --follow: until the footer,
+    Ctrl-C, or --quiet seconds after the log was abandoned; docs/FOLLOW.md), then the summary."""
     path = args.run.removesuffix(SUMMARY_SUFFIX) + fmt.SUFFIX if args.run.endswith(SUMMARY_SUFFIX) else args.run
     if os.path.isdir(path) and not is_run_folder(path):
         print(f"asynclog: {args.run}: is a folder (give one run's .alog file; `asynclog ls {args.run}` lists them)",
@@ -491,6 +495,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     if not os.path.exists(path) or not (os.path.isdir(path) or stat.S_ISREG(os.stat(path).st_mode)):
         print(f"asynclog: {args.run}: no such run (give a .alog file; `asynclog ls DIR` lists them)", file=sys.stderr)
         return NOT_FOUND
+    if args.follow and _show_live(path, args.quiet) is Ended.ABANDONED:
+        print(f"asynclog show: {args.run}: no footer, and no process here is writing it: the run was not closed "
+              f"(its writer is gone)", file=sys.stderr)
     facts = read_run(path)
     warnings = warnings_for(facts, args.min_ess, args.min_ess_fraction) + logged_problems(path)
     if args.json:
@@ -501,6 +508,19 @@ def cmd_show(args: argparse.Namespace) -> int:
     else:
         print(describe(facts, warnings))
     return 0
+
+
+def _show_live(path: str, quiet_s: float) -> Ended | None:
+    """``show --follow``: a line per record as the writer appends it (follow.py), until the run ends; then a
+    blank line, and ``show`` describes the run."""
+    if os.path.isdir(path):
+        raise Failure(USAGE, f"{path}: --follow reads one .alog file; give one rank's file of this run folder")
+    with Follower(path, quiet_s) as follower:
+        for item in follower:
+            for line in [] if isinstance(item, fmt.Damage) else live_lines(follower.log, *item):
+                print(line, flush=True)
+    print(flush=True)
+    return follower.ended
 
 
 def describe(facts: RunFacts, warnings: list[str]) -> str:
@@ -608,6 +628,7 @@ def register(subparsers) -> None:
                    help="warn when ESS is below N (default: a fraction of the E batch, see --min-ess-fraction)")
     p.add_argument("--min-ess-fraction", type=float, default=0.1, metavar="F",
                    help="warn when ESS is below F times the E batch's sequence count (default 0.1)")
+    follow_options(p)
     p.set_defaults(func=cmd_show)
     p = subparsers.add_parser("sweep", help="one table across all runs below a folder (sortable; text, CSV, JSON)",
                               description=cmd_sweep.__doc__)
