@@ -18,7 +18,8 @@ import pytest
 
 import asynclog
 
-pytest.importorskip("wandb", reason="export --to wandb needs the wandb extra")
+pytest.importorskip("wandb", reason="export --to wandb needs wandb, not in the test extra (it adds about a minute "
+                                    "to CI's install): bash scripts/setup.sh --extras wandb")
 from wandb.proto import wandb_internal_pb2  # noqa: E402
 
 BLOCK = 32768
