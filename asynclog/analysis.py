@@ -38,7 +38,7 @@ import msgspec
 from . import __version__, index, ondisk
 from . import format as fmt
 from ._table import cell, human_size, render
-from .exits import NOT_FOUND, USAGE, Failure
+from .exits import INCOMPLETE, NOT_FOUND, USAGE, Failure
 from .follow import Ended, Follower, follow_options, live_lines
 from .errors import CorruptLogError
 from .layout import checkpoint_name, sanitize_name
@@ -486,7 +486,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     """What a person wants to see first about one run. Exit 0; 3 for a folder of runs; 4 when there is no such run.
 
     With --follow, first a line per record as the writer appends it (like cat --follow: until the footer,
-    Ctrl-C, or --quiet seconds after the log was abandoned; docs/FOLLOW.md), then the summary."""
+    Ctrl-C, or --quiet seconds after the log was abandoned, then exit 2; docs/FOLLOW.md), then the summary."""
     path = args.run.removesuffix(SUMMARY_SUFFIX) + fmt.SUFFIX if args.run.endswith(SUMMARY_SUFFIX) else args.run
     if os.path.isdir(path) and not is_run_folder(path):
         print(f"asynclog: {args.run}: is a folder (give one run's .alog file; `asynclog ls {args.run}` lists them)",
@@ -495,7 +495,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     if not os.path.exists(path) or not (os.path.isdir(path) or stat.S_ISREG(os.stat(path).st_mode)):
         print(f"asynclog: {args.run}: no such run (give a .alog file; `asynclog ls DIR` lists them)", file=sys.stderr)
         return NOT_FOUND
-    if args.follow and _show_live(path, args.quiet) is Ended.ABANDONED:
+    abandoned = args.follow and _show_live(path, args.quiet) is Ended.ABANDONED
+    if abandoned:
         print(f"asynclog show: {args.run}: no footer, and no process here is writing it: the run was not closed "
               f"(its writer is gone)", file=sys.stderr)
     facts = read_run(path)
@@ -507,7 +508,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         sys.stdout.buffer.write(_json.encode(report) + b"\n")
     else:
         print(describe(facts, warnings))
-    return 0
+    return INCOMPLETE if abandoned else 0
 
 
 def _show_live(path: str, quiet_s: float) -> Ended | None:

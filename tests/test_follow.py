@@ -231,6 +231,27 @@ def test_a_log_nobody_writes_is_abandoned_after_the_quiet_time_and_its_torn_tail
     assert items[-1] == fmt.Damage(frame_offsets(source)[3], 5, "log cut inside a frame header", torn=True)
 
 
+def test_show_follow_of_an_abandoned_log_prints_its_records_and_summary_and_exits_2(tmp_path):
+    source = finished_log(tmp_path)
+    torn = tmp_path / "torn.alog"
+    shutil.copyfile(source, torn)
+    os.truncate(torn, frame_offsets(source)[-1] + 5)  # the footer frame cut short
+    done = subprocess.run([sys.executable, "-m", "asynclog", "show", "--follow", "--quiet", "0.3", str(torn)],
+                          capture_output=True, text=True, timeout=WAIT_S)
+    assert done.returncode == 2
+    assert [line.endswith(f"event step  i={i}") for i, line in enumerate(done.stdout.splitlines()[:3])] == [True] * 3
+    assert "status      incomplete" in done.stdout
+    assert "its writer is gone" in done.stderr
+
+
+def test_a_finished_log_follows_to_the_lines_cat_prints(tmp_path):
+    source = finished_log(tmp_path)
+    cat, follow_ = (subprocess.run([sys.executable, "-m", "asynclog", "cat", *flag, source], capture_output=True,
+                                   text=True, timeout=WAIT_S) for flag in ([], ["--follow"]))
+    assert (follow_.returncode, follow_.stdout) == (cat.returncode, cat.stdout) == (0, cat.stdout)
+    assert len(cat.stdout.splitlines()) == 5  # header, three steps, footer
+
+
 def test_held_for_writing_sees_the_writer_and_cannot_tell_for_another_machine(tmp_path, processes):
     path = tmp_path / "run.alog"
     probe, said, writer = lockstep_probe(path, processes)
