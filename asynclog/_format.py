@@ -222,10 +222,11 @@ def file_version(f: BinaryIO) -> int:
     return read_preamble(f)
 
 
-def read_header(f: BinaryIO, offset: int, version: int) -> FrameHeader:
+def read_header(f: BinaryIO, offset: int, version: int, whole: bool = True) -> FrameHeader:
     """Read and check the frame header at ``offset``; raise CorruptLogError if it is torn or damaged.
 
     ``version`` is the file's format version (``read_preamble``'s answer), which picks the checksum.
+    ``whole=False`` returns a header whose payload runs past the end of the file (a follower waits for it).
     """
     from asynclog.errors import CorruptLogError
 
@@ -244,7 +245,7 @@ def read_header(f: BinaryIO, offset: int, version: int) -> FrameHeader:
         header = FrameHeader(offset, kind, Filter(filt), itemsize, meta_len, body_len, raw_len, version)
     except ValueError:
         raise CorruptLogError(f"unknown filter {filt}", offset) from None
-    if header.end > size:  # before anything reads meta_len or body_len bytes
+    if whole and header.end > size:  # before anything reads meta_len or body_len bytes
         raise CorruptLogError("log cut inside a frame payload", offset)
     return header
 

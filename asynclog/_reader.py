@@ -371,6 +371,10 @@ class Log:
                 self._note(item)
             yield item
 
+    def meta(self, header: fmt.FrameHeader) -> dict:
+        """A frame's meta, checked against its kind's struct (a CorruptLogError when it does not fit)."""
+        return _typed_meta(self._file, header)
+
     def frames(self) -> Iterator[tuple[fmt.FrameHeader, dict]]:
         """Every intact frame's header and meta, in file order (damaged ones are noted in ``damaged``)."""
         for item in self.walk():

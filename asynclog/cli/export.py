@@ -10,6 +10,8 @@ from asynclog.cli.exits import CANNOT_ACCESS, DAMAGED, INCOMPLETE, NOT_FOUND, US
 from asynclog.errors import AsyncLogError, ExportError
 from asynclog.tools.export import FORMATS, export
 
+DASHBOARDS = ("tensorboard", "wandb")  # written by asynclog/tools/tensorboard.py and asynclog/tools/wandb.py
+
 
 def command(name: str, target: str, write: Callable[[], list[str]], mistakes: tuple = ()) -> int:
     """Run one subcommand that writes files: print each path written and return 0, or print one line on
@@ -34,10 +36,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     closed normally (for a run folder of ranks: any rank's shard) is exported as far as it goes, and then
     named on stderr with why: exit 2 when it is incomplete, 1 when a shard is missing or damaged.
 
+    --to tensorboard and --to wandb take a run or a folder of runs (one dashboard run per folder of them) and
+    write into -o FOLDER; the folders written are printed.
+
     With --dataset OUT: OUT, a hive-partitioned Parquet dataset, is made to hold the runs below RUN (a folder):
     new and changed runs are written, unchanged ones skipped, moved ones kept, and the runs it held from below
     RUN that RUN no longer holds removed (docs/DATASET.md). A run no table can hold is skipped, named on stderr
     with why, and the others are exported: exit 1 then."""
+    if args.to in DASHBOARDS:
+        return _to_dashboard(args)
     if args.dataset is None:
         done = command("export", args.run, lambda: export(args.run, args.to, args.what, args.out), (ExportError,))
         return done or _unfinished(args.run)
@@ -52,6 +59,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     status = command("export", args.run, lambda: done.append(export_dataset(args.run, args.dataset)) or done[0],
                      (ExportError,))
     return status or (DAMAGED if done[0].skipped else 0)
+
+
+def _to_dashboard(args: argparse.Namespace) -> int:
+    """``--to tensorboard`` and ``--to wandb``: every table at once, into the folder -o names."""
+    if args.what or not args.out:
+        print(f"asynclog export: --to {args.to} writes each checkpoint's scalars, histograms and sequences: give "
+              f"-o FOLDER, and no --what", file=sys.stderr)
+        return USAGE
+    if args.to == "tensorboard":
+        from asynclog.tools.tensorboard import export_tensorboard as write
+    else:
+        from asynclog.tools.wandb import export_wandb as write
+    return command("export", args.run, lambda: write(args.run, args.out), (ExportError,))
 
 
 def _unfinished(path: str) -> int:
@@ -72,7 +92,8 @@ def register(subparsers) -> None:
                               description=cmd_export.__doc__)
     p.add_argument("run", help="the run's .alog file or run folder of ranks (with --dataset: also a folder of runs)")
     into = p.add_mutually_exclusive_group(required=True)
-    into.add_argument("--to", choices=FORMATS, help="output format")
+    into.add_argument("--to", choices=FORMATS + DASHBOARDS,
+                      help="output format; tensorboard and wandb take a run or a folder of runs (docs/DATASET.md)")
     into.add_argument("--dataset", metavar="OUT", default=None,
                       help="add every run below RUN to the Parquet dataset in folder OUT (query it with asynclog query)")
     p.add_argument("--what", default=None,

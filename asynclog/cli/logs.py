@@ -10,6 +10,7 @@ import warnings
 import msgspec
 
 from asynclog import _format as fmt
+from asynclog._follow import QUIET_S, Ended, Follower
 from asynclog._format import Damage
 from asynclog._reader import Log, check, missing
 from asynclog._tables import plain
@@ -48,8 +49,15 @@ def cmd_cat(args: argparse.Namespace) -> int:
     not an asynclog log, 3 for a folder or a stream the log lacks, 4 when the file does not exist. A torn
     tail ends the output as the end of any log that was not closed does. With --rows STREAM, the stream's
     rows instead, one JSON object per row (tensor cells as lists), one chunk in memory at a time.
+
+    With --follow, records are printed as the writer appends them, like tail -f, until the footer (exit 0; a
+    probe that died still gets one, marked incomplete, from its writer) or Ctrl-C (exit 130). A frame still
+    being written is waited on. When no process on this machine holds the log open for writing and it has
+    not grown for --quiet seconds, the run was abandoned: its torn tail is left out and the exit is 2. A run
+    started on another machine is waited on until Ctrl-C (docs/FOLLOW.md).
     """
-    out = sys.stdout.buffer
+    if args.follow:
+        return _cat_follow(args)
     try:
         log = Log(args.path)
     except CorruptLogError as exc:
@@ -57,20 +65,47 @@ def cmd_cat(args: argparse.Namespace) -> int:
     if args.rows is not None:
         with log:
             return _cat_rows(log, args.rows)
-    skipped = 0
     with log:
-        for item in log.walk():
-            if isinstance(item, Damage) and item.torn:
-                continue
-            try:
-                if isinstance(item, Damage):
-                    raise CorruptLogError(item.reason, item.offset)
-                out.write(_json_lines(log, *item))
-            except CorruptLogError as exc:
-                size = item.size if isinstance(item, Damage) else item[0].size
-                print(f"asynclog: skipped {size} bytes at offset {exc.offset}: {exc}", file=sys.stderr)
-                skipped += 1
+        return DAMAGED if _print_frames(log, log.walk()) else OK
+
+
+def _cat_follow(args: argparse.Namespace) -> int:
+    """``cat --follow``: print frames as they are appended (_follow.py); exit 2 when the log was abandoned."""
+    if args.rows is not None:
+        raise Failure(USAGE, "--rows and --follow do not go together: follow the records, then cat --rows")
+    try:
+        follower = Follower(args.path, quiet_s=args.quiet)
+    except CorruptLogError as exc:
+        raise Failure(DAMAGED, f"{args.path} is not a readable asynclog log: {exc}") from exc
+    with follower:
+        skipped = _print_frames(follower.log, follower, flush=True) if follower.log is not None else 0
+    if follower.ended is Ended.ABANDONED:
+        print(f"asynclog cat: {args.path}: {ABANDONED}", file=sys.stderr)
+        return DAMAGED if skipped else INCOMPLETE
     return DAMAGED if skipped else OK
+
+
+ABANDONED = "no footer, and no process here is writing it: the run was not closed (its writer is gone)"
+
+
+def _print_frames(log: Log, items, flush: bool = False) -> int:
+    """Print each frame of ``items`` (``Log.walk``'s) as JSON lines; name each damaged stretch on stderr and
+    return how many there were. A torn tail is left out: it is where an unclosed log ends."""
+    out, skipped = sys.stdout.buffer, 0
+    for item in items:
+        if isinstance(item, Damage) and item.torn:
+            continue
+        try:
+            if isinstance(item, Damage):
+                raise CorruptLogError(item.reason, item.offset)
+            out.write(_json_lines(log, *item))
+        except CorruptLogError as exc:
+            size = item.size if isinstance(item, Damage) else item[0].size
+            print(f"asynclog: skipped {size} bytes at offset {exc.offset}: {exc}", file=sys.stderr)
+            skipped += 1
+        if flush:
+            out.flush()
+    return skipped
 
 
 def _cat_rows(log: Log, name: str) -> int:
@@ -135,4 +170,14 @@ def register(subparsers) -> None:
     p.add_argument("path", help="the .alog file to print")
     p.add_argument("--rows", default=None, metavar="STREAM",
                    help="print the rows of one stream instead (e.g. sequences/E_batch), one JSON object per line")
+    follow_options(p)
     p.set_defaults(func=cmd_cat)
+
+
+def follow_options(parser) -> None:
+    """Add ``--follow`` and ``--quiet`` to a command that reads one log."""
+    parser.add_argument("--follow", "-f", action="store_true",
+                        help="keep printing as the writer appends, like tail -f, until the footer or Ctrl-C")
+    parser.add_argument("--quiet", type=float, default=QUIET_S, metavar="SECONDS",
+                        help=f"with --follow: end when no process here writes the log and it has not grown for "
+                             f"SECONDS (default {QUIET_S:g})")

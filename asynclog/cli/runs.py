@@ -8,12 +8,17 @@ import io
 import os
 import stat
 import sys
+import time
 
 import msgspec
 
 from asynclog import _format as fmt
+from asynclog._follow import Ended, Follower
+from asynclog._format import FrameKind
 from asynclog._ondisk import SUMMARY_SUFFIX, is_run_folder
-from asynclog.cli.exits import NOT_FOUND, USAGE
+from asynclog._reader import Log
+from asynclog.cli.exits import INCOMPLETE, NOT_FOUND, USAGE, Failure
+from asynclog.cli.logs import ABANDONED, follow_options
 from asynclog.tools import index
 from asynclog.tools._table import human_size, render
 from asynclog.tools.analysis import (COLUMNS, describe, logged_problems, printable, read_run, row, rows_below,
@@ -92,7 +97,10 @@ def _csv(rows: list[dict]) -> str:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    """What a person wants to see first about one run. Exit 0; 3 for a folder of runs; 4 when there is no such run."""
+    """What a person wants to see first about one run. Exit 0; 3 for a folder of runs; 4 when there is no such run.
+
+    With --follow, first a line per record as the writer appends it (like cat --follow: until the footer,
+    Ctrl-C, or --quiet seconds after the log was abandoned, then exit 2; docs/FOLLOW.md), then the summary."""
     path = args.run.removesuffix(SUMMARY_SUFFIX) + fmt.SUFFIX if args.run.endswith(SUMMARY_SUFFIX) else args.run
     if os.path.isdir(path) and not is_run_folder(path):
         print(f"asynclog: {args.run}: is a folder (give one run's .alog file; `asynclog ls {args.run}` lists them)",
@@ -101,6 +109,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     if not os.path.exists(path) or not (os.path.isdir(path) or stat.S_ISREG(os.stat(path).st_mode)):
         print(f"asynclog: {args.run}: no such run (give a .alog file; `asynclog ls DIR` lists them)", file=sys.stderr)
         return NOT_FOUND
+    abandoned = args.follow and _show_live(path, args.quiet) is Ended.ABANDONED
+    if abandoned:
+        print(f"asynclog show: {args.run}: {ABANDONED}", file=sys.stderr)
     facts = read_run(path)
     warnings = warnings_for(facts, args.min_ess, args.min_ess_fraction) + logged_problems(path)
     if args.json:
@@ -110,7 +121,20 @@ def cmd_show(args: argparse.Namespace) -> int:
         sys.stdout.buffer.write(_json.encode(report) + b"\n")
     else:
         print(describe(facts, warnings))
-    return 0
+    return INCOMPLETE if abandoned else 0
+
+
+def _show_live(path: str, quiet_s: float) -> Ended | None:
+    """``show --follow``: a line per record as the writer appends it (_follow.py), until the run ends; then
+    a blank line, and ``show`` describes the run."""
+    if os.path.isdir(path):
+        raise Failure(USAGE, f"{path}: --follow reads one .alog file; give one rank's file of this run folder")
+    with Follower(path, quiet_s) as follower:
+        for item in follower:
+            for line in [] if isinstance(item, fmt.Damage) else live_lines(follower.log, *item):
+                print(line, flush=True)
+    print(flush=True)
+    return follower.ended
 
 
 # --- the parser --------------------------------------------------------------------------------------------------
@@ -130,6 +154,7 @@ def register(subparsers) -> None:
                    help="warn when ESS is below N (default: a fraction of the E batch, see --min-ess-fraction)")
     p.add_argument("--min-ess-fraction", type=float, default=0.1, metavar="F",
                    help="warn when ESS is below F times the E batch's sequence count (default 0.1)")
+    follow_options(p)
     p.set_defaults(func=cmd_show)
     p = subparsers.add_parser("sweep", help="one table across all runs below a folder (sortable; text, CSV, JSON)",
                               description=cmd_sweep.__doc__)
@@ -149,3 +174,41 @@ def _index_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-index", action="store_true",
                    help=f"read every run, and neither read nor write the {index.INDEX_NAME} file each folder keeps "
                         f"(also: {index.NO_INDEX_ENV}=1)")
+
+
+# --- show --follow: one line per record ------------------------------------------------------------------------
+# --- show --follow: one line a record ---------------------------------------------------------------------------
+_LINE_CHARS = 160  # a live line is cut here: a record's whole data is what ``cat --follow`` prints
+
+
+def live_lines(log: Log, header: fmt.FrameHeader, meta: dict) -> list[str]:
+    """What ``show --follow`` prints for one frame: a line per record (its time, type, name and fields), a
+    line per tensor piece or stream chunk; nothing for the header and footer frames (``show`` describes them)."""
+    if header.kind == FrameKind.RECORDS:
+        return [_cut(f"{_clock(r.get('time'))}  {r.get('type', '?')} {r.get('name', '')}  {_fields(r.get('data'))}")
+                for r in log.records(header)]
+    if header.kind == FrameKind.TENSOR:
+        return [_cut(f"{'':12}  tensor {meta.get('name')}  {meta.get('dtype')} {meta.get('shape')}")]
+    if header.kind == FrameKind.CHUNK:
+        return [_cut(f"{'':12}  chunk {meta.get('stream')} #{meta.get('chunk')}  {meta.get('rows')} rows")]
+    return []
+
+
+def _clock(seconds) -> str:
+    if not isinstance(seconds, (int, float)) or not 0 <= seconds < 1e11:
+        return f"{'?':12}"
+    return time.strftime("%H:%M:%S", time.localtime(seconds)) + f".{int(seconds % 1 * 1000):03d}"
+
+
+def _fields(data) -> str:
+    if not isinstance(data, dict):
+        return "" if data is None else repr(data)
+    return " ".join(f"{k}={_value(v)}" for k, v in data.items())
+
+
+def _value(value) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else repr(value) if isinstance(value, str) else str(value)
+
+
+def _cut(line: str) -> str:
+    return line if len(line) <= _LINE_CHARS else line[: _LINE_CHARS - 3] + "..."
