@@ -144,6 +144,18 @@ def test_the_journal_replays_to_the_files_the_workload_left(workload):
     assert {kind for _, _, kind in workload.promises} == {"flushed", "closed", "replaced"}
 
 
+def test_a_logs_footer_is_written_only_once_the_frames_before_it_are_durable(workload):
+    """A footer on disk over frames that are not would have ``ls`` and ``Log.complete`` call a torn log complete:
+    a power cut may keep any sector written since the last fsync and lose the others."""
+    logs = [(path, inode) for path, inode in workload.final.paths().items() if path.endswith(LOG)]
+    assert len(logs) == 6
+    for path, inode in logs:
+        writes = [i for i, op in enumerate(workload.journal) if isinstance(op, ci.Write) and op.inode == inode]
+        frames, footer = writes[-2], writes[-1]
+        assert any(isinstance(op, ci.Sync) and op.inode == inode for op in workload.journal[frames:footer]), \
+            f"{path}: no fsync between its last frame and its footer"
+
+
 @pytest.mark.parametrize("model", ci.MODELS)
 def test_a_power_cut_anywhere_keeps_every_promise_and_passes_no_damage_as_data(workload, model, full, tmp_path):
     seed = int(os.environ.get("ASYNCLOG_CRASH_SEED") or random.randrange(1 << 32))
