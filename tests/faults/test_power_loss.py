@@ -156,6 +156,19 @@ def test_a_logs_footer_is_written_only_once_the_frames_before_it_are_durable(wor
             f"{path}: no fsync between its last frame and its footer"
 
 
+@pytest.mark.parametrize("held", [b"", b"ASYN", b"ASYNCLOG\x02"])
+def test_a_log_whose_first_bytes_never_reached_the_disk_is_incomplete_not_damaged(tmp_path, held):
+    """What a power cut leaves of a run started but never flushed: its file, empty or cut inside the preamble."""
+    (tmp_path / "cut.alog").write_bytes(held)
+    (tmp_path / "junk.alog").write_bytes(b"ASYNX")  # not the start of an asynclog preamble: damaged
+    status, _, err = _command(["verify", str(tmp_path / "cut.alog")])
+    assert status == 2, err
+    assert _command(["verify", str(tmp_path / "junk.alog")])[0] == 1
+    status, out, err = _command(["ls", "--json", str(tmp_path)])
+    rows = {os.path.basename(row["path"]): row for row in json.loads(out)}
+    assert (rows["cut.alog"]["status"], rows["junk.alog"]["status"]) == ("incomplete", "damaged"), rows
+
+
 @pytest.mark.parametrize("model", ci.MODELS)
 def test_a_power_cut_anywhere_keeps_every_promise_and_passes_no_damage_as_data(workload, model, full, tmp_path):
     seed = int(os.environ.get("ASYNCLOG_CRASH_SEED") or random.randrange(1 << 32))
