@@ -46,6 +46,7 @@ from faults import crashimages as ci
 HERE = os.path.dirname(os.path.abspath(__file__))
 LOG = ".alog"
 HANG_S = 30
+CHECKED: collections.Counter = collections.Counter()  # what the images put to the test, for the counts printed
 
 
 pytestmark = pytest.mark.skipif(not ci.strace_runs(), reason="strace is not installed (apt-get install strace) or may "
@@ -64,7 +65,7 @@ class Workload:
     versions: dict[int, bytes] = field(init=False)  # inode renamed or linked into place: its bytes then
     placed: list[tuple[int, int]] = field(init=False)  # (where in the journal, inode) of each rename or link
     first_write: dict[int, int] = field(init=False)  # a log's inode: the length of its first write (the header)
-    _events: dict = field(default_factory=dict)
+    _logged: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.final = ci.replay(self.journal, len(self.journal))
@@ -89,20 +90,22 @@ class Workload:
         """The files renamed or linked into place after the journal's first ``returned`` operations."""
         return {inode for i, inode in self.placed if i >= returned}
 
-    def events(self, inode: int) -> list[dict]:
-        """The events of the log's whole file, read once."""
-        if inode not in self._events:
+    def logged(self, inode: int) -> tuple[list, list]:
+        """The events and tensors of the log's whole file, read once."""
+        if inode not in self._logged:
             whole = os.path.join(os.path.dirname(self.root), f"whole-{inode}{LOG}")
             with open(whole, "wb") as f:
                 f.write(self.final.data[inode])
             with asynclog.open(whole) as log:
-                self._events[inode] = [_plain(e) for e in log.events()]
-        return self._events[inode]
+                self._logged[inode] = _contents(log)
+        return self._logged[inode]
 
 
-def _renamed(op: ci.Names, name: str) -> bool:
-    """A rename (an entry removed and one set) or a link into place (an existing inode given a second name)."""
-    return len(op.changes) == 2 or not name.endswith((LOG, ".tmp", ".lock"))
+def _contents(log) -> tuple[list, list]:
+    """A log's events (tensors left out) and its tensors as (name, dtype, shape, bytes), in order."""
+    events = [{k: v for k, v in e.items() if not hasattr(v, "dtype")} for e in log.events()]
+    tensors = [(name, str(t.dtype), tuple(t.shape), t.numpy().tobytes()) for name, t in log.tensors()]
+    return events, tensors
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +177,7 @@ def test_a_power_cut_anywhere_keeps_every_promise_and_passes_no_damage_as_data(w
     seed = int(os.environ.get("ASYNCLOG_CRASH_SEED") or random.randrange(1 << 32))
     rng = random.Random(seed)
     findings: list[str] = []
+    CHECKED.clear()
     images = 500 if full else 25
     for _ in range(images):
         crash = ci.random_crash(workload.journal, model, rng)
@@ -182,7 +186,8 @@ def test_a_power_cut_anywhere_keeps_every_promise_and_passes_no_damage_as_data(w
         disk = ci.crash_image(workload.journal, crash)
         ci.materialize(disk, image)
         findings += [f"{crash}: {finding}" for finding in _check_image(workload, crash, disk, image)]
-    print(f"power loss, {model}: {images} images, {len(findings)} findings, seed {seed}")
+    print(f"power loss, {model}: {images} images, {len(findings)} findings, seed {seed}; checked: "
+          + ", ".join(f"{n} {what}" for what, n in sorted(CHECKED.items())))
     for kind, n in collections.Counter(_kind(f) for f in findings).most_common():
         print(f"  {n:5d}  {kind}")
     assert not findings, (f"{len(findings)} findings; ASYNCLOG_CRASH_SEED={seed} ASYNCLOG_CRASH_TRACE={workload.trace} "
@@ -214,7 +219,7 @@ def _check_image(workload: Workload, crash: ci.Crash, disk: ci.Disk, image: str)
             return (_promises_kept(workload, crash, disk, paths) + _renamed_files_whole(workload, disk, paths)
                     + [f for path, inode in paths.items() if path.endswith(LOG)
                        for f in _log_read_honestly(workload, disk, image, path, inode)]
-                    + _commands_answer(workload, disk, image, paths))
+                    + _run_folders_open(workload, disk, image, paths) + _commands_answer(workload, disk, image, paths))
     except _Hung as exc:
         return [f"hang: {exc}"]
 
@@ -224,6 +229,7 @@ def _promises_kept(workload: Workload, crash: ci.Crash, disk: ci.Disk, paths: di
     for returned, path, kind in workload.promises:
         if returned > crash.at:
             continue
+        CHECKED[f"promises ({kind})"] += 1
         if path not in paths:
             findings.append(f"{path}: gone, though {kind} before the cut")
             continue
@@ -237,6 +243,7 @@ def _promises_kept(workload: Workload, crash: ci.Crash, disk: ci.Disk, paths: di
 
 
 def _renamed_files_whole(workload: Workload, disk: ci.Disk, paths: dict[str, int]) -> list[str]:
+    CHECKED["files renamed into place"] += sum(inode in workload.versions for inode in paths.values())
     return [f"{path}: put in place by rename, holds {len(disk.data[inode])} bytes, not the "
             f"{len(workload.versions[inode])} renamed" for path, inode in paths.items()
             if inode in workload.versions and not path.endswith(".tmp")
@@ -246,6 +253,7 @@ def _renamed_files_whole(workload: Workload, disk: ci.Disk, paths: dict[str, int
 def _log_read_honestly(workload: Workload, disk: ci.Disk, image: str, path: str, inode: int) -> list[str]:
     held, whole = bytes(disk.data[inode]), bytes(workload.final.data[inode])
     where = os.path.join(image, path)
+    CHECKED["logs read" if held == whole else "logs read, torn"] += 1
     frames, damaged, incomplete = check(where)
     status = 1 if damaged else 2 if incomplete else 0
     findings = []
@@ -257,7 +265,7 @@ def _log_read_honestly(workload: Workload, disk: ci.Disk, image: str, path: str,
         with warnings.catch_warnings(record=True) as warned:
             warnings.simplefilter("always")
             with asynclog.open(where) as log:
-                complete, events = log.complete, [_plain(e) for e in log.events()]
+                complete, (events, tensors) = log.complete, _contents(log)
     except AsyncLogError as exc:
         if held[:workload.first_write[inode]] == whole[:workload.first_write[inode]]:
             findings.append(f"{path}: its header is intact, yet open failed: {exc}")
@@ -266,24 +274,49 @@ def _log_read_honestly(workload: Workload, disk: ci.Disk, image: str, path: str,
         return findings + [f"{path}: open or read raised {type(exc).__name__}: {exc}"]
     if complete and held != whole:
         findings.append(f"{path}: Log.complete, but the log is not whole")
-    logged = workload.events(inode)
-    if not _in_order_within(events, logged):
-        findings.append(f"{path}: read {len(events)} events that are not what was logged, in order")
-    elif events != logged[:len(events)] and not warned and status != 1:
-        findings.append(f"{path}: events were skipped with no warning and verify says {status}")
+    for what, read, logged in zip(("events", "tensors"), (events, tensors), workload.logged(inode)):
+        if not _in_order_within(read, logged):
+            findings.append(f"{path}: read {len(read)} {what} that are not what was logged, in order")
+        elif read != logged[:len(read)] and not warned and status != 1:
+            findings.append(f"{path}: {what} were skipped with no warning and verify says {status}")
     return findings
 
 
 def _commands_answer(workload: Workload, disk: ci.Disk, image: str, paths: dict[str, int]) -> list[str]:
     findings = []
     folders = [p for p in paths if p.endswith("/") and p.count("/") == 1]
+    runs = [p for p in paths if p.endswith(LOG)] + _run_folders(paths)
     for argv in [["ls", "--json", os.path.join(image, f)] for f in folders] + \
-            [["show", os.path.join(image, p)] for p in paths if p.endswith(LOG)]:
+            [["show", os.path.join(image, p)] for p in runs]:
         status, out, err = _command(argv)
+        CHECKED[f"{argv[0]} commands"] += 1
         if not isinstance(status, int) or "Traceback" in err:
             findings.append(f"{' '.join(argv[:-1])} {os.path.relpath(argv[-1], image)}: {status} {err[-300:]}")
         elif argv[0] == "ls" and status == 0:
             findings += _ls_calls_complete_only_whole_logs(workload, disk, image, paths, json.loads(out))
+    return findings
+
+
+def _run_folders(paths: dict[str, int]) -> list[str]:
+    """The folders of a job's ranks (a manifest or a shard in them), each read as one run."""
+    return sorted({os.path.dirname(p) for p in paths if os.path.basename(p) == "manifest.json"
+                   or (os.path.basename(p).startswith("rank-") and p.endswith(LOG))})
+
+
+def _run_folders_open(workload: Workload, disk: ci.Disk, image: str, paths: dict[str, int]) -> list[str]:
+    findings = []
+    for folder in _run_folders(paths):
+        CHECKED["run folders opened"] += 1
+        try:
+            with asynclog.open(os.path.join(image, folder)) as log:
+                list(log.events())
+                if log.complete and any(disk.data[paths[p]] != workload.final.data[paths[p]]
+                                        for p in paths if p.startswith(folder + "/") and p.endswith(LOG)):
+                    findings.append(f"{folder}: complete, but a shard is not whole")
+        except AsyncLogError:
+            pass  # a clear error: a manifest or shard the cut took
+        except Exception as exc:  # noqa: BLE001 - any other error is the finding
+            findings.append(f"{folder}: open or read raised {type(exc).__name__}: {exc}")
     return findings
 
 
@@ -324,5 +357,3 @@ def _in_order_within(read: list, logged: list) -> bool:
     return all(any(event == candidate for candidate in rest) for event in read)
 
 
-def _plain(event: dict) -> dict:
-    return {k: v for k, v in event.items() if not hasattr(v, "dtype")}
