@@ -404,9 +404,12 @@ class Crash(NamedTuple):
 
 
 def random_crash(journal: list, model: str, rng: random.Random) -> Crash:
+    """A cut anywhere, or (half the time) just before an fsync returns, when the most is not yet durable."""
     def chance() -> float:
         return rng.choice((0.0, 1.0, rng.random(), rng.random()))
-    return Crash(rng.randint(0, len(journal)), model, chance(), chance(), rng.getrandbits(32))
+    syncs = [i for i, op in enumerate(journal) if isinstance(op, Sync)]
+    at = rng.choice(syncs) if syncs and rng.random() < 0.5 else rng.randint(0, len(journal))
+    return Crash(at, model, chance(), chance(), rng.getrandbits(32))
 
 
 def crash_image(journal: list, crash: Crash) -> Disk:

@@ -7,9 +7,11 @@ sidecars, the two ranks of a job, a dataset export and an ``ls`` that writes its
 For each image:
 
 - every log opens (``asynclog.open``) without an error other than a clear AsyncLogError for a log whose header
-  never reached the disk, and without a hang; ``verify``, ``ls`` and ``show`` answer with a documented status;
+  never reached the disk, and without a hang; ``verify``, ``ls`` and ``show`` answer with a status, never a
+  traceback;
 - everything a durable flush, a close or an atomic replace confirmed before the cut is there, bit-exact;
-- nothing is called complete (``Log.complete``, ``verify`` exit 0, ``ls`` status) that is not the whole log;
+- nothing is called complete (``Log.complete``, ``verify`` exit 0, ``ls`` and ``show`` status) that is not the
+  whole log;
   a log cut short reads as incomplete (``verify`` 2), not damaged;
 - what a log gives back is what was logged, in order; anything skipped is reported (a warning, or ``verify``
   exit 1), never passed as data;
@@ -253,7 +255,7 @@ def _renamed_files_whole(workload: Workload, disk: ci.Disk, paths: dict[str, int
 def _log_read_honestly(workload: Workload, disk: ci.Disk, image: str, path: str, inode: int) -> list[str]:
     held, whole = bytes(disk.data[inode]), bytes(workload.final.data[inode])
     where = os.path.join(image, path)
-    CHECKED["logs read" if held == whole else "logs read, torn"] += 1
+    CHECKED["logs read" if held == whole else "logs read, not whole"] += 1
     frames, damaged, incomplete = check(where)
     status = 1 if damaged else 2 if incomplete else 0
     findings = []
@@ -287,13 +289,15 @@ def _commands_answer(workload: Workload, disk: ci.Disk, image: str, paths: dict[
     folders = [p for p in paths if p.endswith("/") and p.count("/") == 1]
     runs = [p for p in paths if p.endswith(LOG)] + _run_folders(paths)
     for argv in [["ls", "--json", os.path.join(image, f)] for f in folders] + \
-            [["show", os.path.join(image, p)] for p in runs]:
+            [["show", "--json", os.path.join(image, p)] for p in runs]:
         status, out, err = _command(argv)
         CHECKED[f"{argv[0]} commands"] += 1
         if not isinstance(status, int) or "Traceback" in err:
             findings.append(f"{' '.join(argv[:-1])} {os.path.relpath(argv[-1], image)}: {status} {err[-300:]}")
-        elif argv[0] == "ls" and status == 0:
-            findings += _ls_calls_complete_only_whole_logs(workload, disk, image, paths, json.loads(out))
+        elif status == 0:
+            rows = json.loads(out)
+            findings += _complete_only_whole_logs(argv[0], workload, disk, image, paths,
+                                                  rows if isinstance(rows, list) else [rows])
     return findings
 
 
@@ -333,7 +337,7 @@ def _command(argv: list[str]):
     return status, out.buffer.getvalue().decode("utf-8"), err.getvalue()
 
 
-def _ls_calls_complete_only_whole_logs(workload, disk, image, paths, rows) -> list[str]:
+def _complete_only_whole_logs(command, workload, disk, image, paths, rows) -> list[str]:
     findings = []
     for row in rows:
         if row.get("status") != "complete":
@@ -342,7 +346,7 @@ def _ls_calls_complete_only_whole_logs(workload, disk, image, paths, rows) -> li
         logs = [p for p in paths if p.endswith(LOG) and (p == run or p.startswith(run + "/"))]
         torn = [p for p in logs if bytes(disk.data[paths[p]]) != bytes(workload.final.data[paths[p]])]
         if torn or not logs:
-            findings.append(f"ls calls {run} complete, but {torn or 'no log'} is not whole")
+            findings.append(f"{command} calls {run} complete, but {torn or 'no log'} is not whole")
     return findings
 
 
