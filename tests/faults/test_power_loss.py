@@ -11,8 +11,7 @@ For each image:
   traceback;
 - everything a durable flush, a close or an atomic replace confirmed before the cut is there, bit-exact;
 - nothing is called complete (``Log.complete``, ``verify`` exit 0, ``ls`` and ``show`` status) that is not the
-  whole log;
-  a log cut short reads as incomplete (``verify`` 2), not damaged;
+  whole log; a log cut short reads as incomplete (``verify`` 2), not damaged;
 - what a log gives back is what was logged, in order; anything skipped is reported (a warning, or ``verify``
   exit 1), never passed as data;
 - a file put in place by rename is whole: the version renamed, never empty, zero-filled or partial.
