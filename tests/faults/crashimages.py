@@ -328,7 +328,7 @@ class _Parser:
     on_fdatasync = on_fsync
 
     def on_access(self, args, result):
-        path = _text(_STRING.match(args[-2 if len(args) > 2 else 0]).group(1))
+        path = _text(_STRING.match(args[0]).group(1))
         if path.startswith(MARK):
             self.emit(Mark(int(path[len(MARK):])))
 
