@@ -1,6 +1,7 @@
 """The workload a simulated power loss cuts: run as ``python crash_workload.py ROOT`` under ``strace -f``.
 
-Real runs of every kind that write under ROOT: two plain runs (a durable flush, then a close), two DetailedLogger
+Real runs of every kind that write under ROOT: two plain runs (events, tensors and a stream; a durable flush, then a
+close), two DetailedLogger
 runs in one output folder (config YAML, summary, the folder's README), the two ranks of a job (its manifest), a
 dataset export of the probe's folder (its parts, its state) and an ``ls`` of it (its index). Each step that
 promises durability marks its return with an ``access`` of ``/asynclog-mark/N`` (a failing call strace records
@@ -42,11 +43,16 @@ def plain_runs(root: str) -> None:
         for i in range(40):
             run.event("step", i=i, loss=1.0 / (i + 1), note="x" * (i * 7))
         run.tensor("weights", torch.arange(300 * (n + 1), dtype=torch.float32))
+        tokens = run.stream("tokens", chunk_rows=16)
+        for i in range(40):
+            tokens.append(sequence_id=i, tokens=torch.arange(i % 7 + 1), logprobs=-torch.rand(i % 7 + 1))
         run.flush(durable=True)
         mark((run.path, "flushed"))
         for i in range(40, 90):
             run.event("step", i=i, loss=1.0 / (i + 1))
         run.tensor("weights", torch.randn(3000))  # incompressible: its frame spans sectors
+        for i in range(40, 100):
+            tokens.append(sequence_id=i, tokens=torch.arange(i % 5 + 1), logprobs=-torch.rand(i % 5 + 1))
         run.close()
         mark((run.path, "closed"))
 

@@ -12,7 +12,7 @@ For each image:
 - everything a durable flush, a close or an atomic replace confirmed before the cut is there, bit-exact;
 - nothing is called complete (``Log.complete``, ``verify`` exit 0, ``ls`` and ``show`` status) that is not the
   whole log; a log cut short reads as incomplete (``verify`` 2), not damaged;
-- what a log gives back is what was logged, in order; anything skipped is reported (a warning, or ``verify``
+- what a log gives back (events, tensors, stream rows) is what was logged, in order; anything skipped is reported (a warning, or ``verify``
   exit 1), never passed as data;
 - a file put in place by rename is whole: the version renamed, never empty, zero-filled or partial.
 
@@ -91,8 +91,8 @@ class Workload:
         """The files renamed or linked into place after the journal's first ``returned`` operations."""
         return {inode for i, inode in self.placed if i >= returned}
 
-    def logged(self, inode: int) -> tuple[list, list]:
-        """The events and tensors of the log's whole file, read once."""
+    def logged(self, inode: int) -> tuple[list, list, list]:
+        """The events, tensors and stream rows of the log's whole file, read once."""
         if inode not in self._logged:
             whole = os.path.join(os.path.dirname(self.root), f"whole-{inode}{LOG}")
             with open(whole, "wb") as f:
@@ -102,11 +102,17 @@ class Workload:
         return self._logged[inode]
 
 
-def _contents(log) -> tuple[list, list]:
-    """A log's events (tensors left out) and its tensors as (name, dtype, shape, bytes), in order."""
+def _contents(log) -> tuple[list, list, list]:
+    """A log's events (tensors left out), its tensors and its streams' rows, tensors as (dtype, shape, bytes)."""
     events = [{k: v for k, v in e.items() if not hasattr(v, "dtype")} for e in log.events()]
-    tensors = [(name, str(t.dtype), tuple(t.shape), t.numpy().tobytes()) for name, t in log.tensors()]
-    return events, tensors
+    tensors = [(name, _bytes(t)) for name, t in log.tensors()]
+    rows = [(name, {k: _bytes(v) if hasattr(v, "dtype") else v for k, v in row.items()})
+            for name in log.stream_names() for chunk in log.stream(name) for row in chunk.iter_rows()]
+    return events, tensors, rows
+
+
+def _bytes(tensor) -> tuple:
+    return str(tensor.dtype), tuple(tensor.shape), tensor.numpy().tobytes()
 
 
 @pytest.fixture(scope="module")
@@ -266,7 +272,7 @@ def _log_read_honestly(workload: Workload, disk: ci.Disk, image: str, path: str,
         with warnings.catch_warnings(record=True) as warned:
             warnings.simplefilter("always")
             with asynclog.open(where) as log:
-                complete, (events, tensors) = log.complete, _contents(log)
+                complete, read = log.complete, _contents(log)
     except AsyncLogError as exc:
         if held[:workload.first_write[inode]] == whole[:workload.first_write[inode]]:
             findings.append(f"{path}: its header is intact, yet open failed: {exc}")
@@ -275,10 +281,10 @@ def _log_read_honestly(workload: Workload, disk: ci.Disk, image: str, path: str,
         return findings + [f"{path}: open or read raised {type(exc).__name__}: {exc}"]
     if complete and held != whole:
         findings.append(f"{path}: Log.complete, but the log is not whole")
-    for what, read, logged in zip(("events", "tensors"), (events, tensors), workload.logged(inode)):
-        if not _in_order_within(read, logged):
-            findings.append(f"{path}: read {len(read)} {what} that are not what was logged, in order")
-        elif read != logged[:len(read)] and not warned and status != 1:
+    for what, got, logged in zip(("events", "tensors", "stream rows"), read, workload.logged(inode)):
+        if not _in_order_within(got, logged):
+            findings.append(f"{path}: read {len(got)} {what} that are not what was logged, in order")
+        elif got != logged[:len(got)] and not warned and status != 1:
             findings.append(f"{path}: {what} were skipped with no warning and verify says {status}")
     return findings
 
