@@ -6,7 +6,9 @@ pyarrow, and its logs from a writer process and a sync thread. A wrapper of ``os
 first two and needs a hook in every process; the system calls see all of them, from every process and thread,
 with the production code untouched, in the order the kernel finished them. ``-xx`` prints every byte written
 (and every path) as hex escapes, so the trace holds the data exactly; ``-y`` names the file behind each
-descriptor.
+descriptor. Each call is placed where it returned: an fsync counts only once it has, which is what a caller
+can rely on. The cost is speed (the workload runs under ptrace, once per test session), and a write longer
+than ``MAX_WRITE`` fails the parse rather than be cut.
 
 The journal (``parse``) is a list of operations on inodes, under one root folder that existed before:
 ``Write`` (write, pwrite64, writev, pwritev), ``Truncate`` (ftruncate, truncate, O_TRUNC), ``Sync`` (fsync,
@@ -76,9 +78,6 @@ class Disk(NamedTuple):
     """Folders' entries and files' bytes, by inode."""
     entries: dict[int, dict[str, int]]
     data: dict[int, bytearray]
-
-    def copy(self) -> "Disk":
-        return Disk({d: dict(e) for d, e in self.entries.items()}, {i: bytearray(b) for i, b in self.data.items()})
 
     def paths(self) -> dict[str, int]:
         """The inode at every path reachable from the root, relative to it; a folder's path ends in '/'."""
@@ -352,6 +351,7 @@ def parse(text: str, root: str) -> list:
 
 # --- what a disk holds -------------------------------------------------------------------------------------
 def apply(disk: Disk, op) -> None:
+    """Do ``op`` to ``disk`` (a Sync or a Mark changes nothing); a write past the end leaves zeros before it."""
     if isinstance(op, Write):
         data = disk.data[op.inode]
         if len(data) < op.offset:
@@ -419,7 +419,7 @@ def crash_image(journal: list, crash: Crash) -> Disk:
     last_sync = {op.inode: i for i, op in enumerate(ops) if isinstance(op, Sync)}
     disk = _empty(journal)
     names = _names_kept(ops, last_sync, crash, rng)
-    forced = _data_carried_by_renames(ops, names, disk) if crash.model == "ext4" else set()
+    forced = _data_carried_by_renames(ops, names) if crash.model == "ext4" else set()
     pending = []
     for i, op in enumerate(ops):
         if isinstance(op, Names):
@@ -449,7 +449,7 @@ def _names_kept(ops: list, last_sync: dict[int, int], crash: Crash, rng: random.
             if all(last_sync.get(folder, -1) > i for folder, _, _ in ops[i].changes) or rng.random() < crash.keep_names}
 
 
-def _data_carried_by_renames(ops: list, names: set[int], disk: Disk) -> set[int]:
+def _data_carried_by_renames(ops: list, names: set[int]) -> set[int]:
     """ext4's auto_da_alloc: a rename over an existing file that reached the disk carries the writes (and
     truncations) of the renamed file made before it."""
     forced, shadow = set(), _empty(ops)
