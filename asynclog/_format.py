@@ -216,6 +216,17 @@ def read_preamble(f: BinaryIO) -> int:
     return version
 
 
+START_CUT = "no preamble: the run's first bytes never reached the disk (a crash cut its start)"
+
+
+def start_cut(f: BinaryIO) -> bool:
+    """The file holds less than a preamble and what it holds begins one (nothing, at least): what a power cut
+    leaves of a run started but never flushed. A torn tail at offset 0: incomplete, not damaged."""
+    f.seek(0)
+    data = f.read(PREAMBLE_SIZE)
+    return len(data) < PREAMBLE_SIZE and data[:len(FILE_MAGIC)] == FILE_MAGIC[:len(data)]
+
+
 def file_version(f: BinaryIO) -> int:
     """The format version of the open file ``f`` (its preamble checked), wherever ``f`` stands."""
     f.seek(0)

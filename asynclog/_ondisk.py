@@ -236,6 +236,15 @@ def peek(f: BinaryIO) -> Peek:
     return Peek(size, version, header, footer)
 
 
+def start_cut(path: str | os.PathLike) -> bool:
+    """``path`` is a regular file a power cut left before the run's first bytes reached it (``fmt.start_cut``)."""
+    try:
+        with open_regular(path) as f:
+            return fmt.start_cut(f)
+    except OSError:
+        return False
+
+
 def peek_path(path: str | os.PathLike, follow: bool = True, dir_fd: int | None = None) -> Peek:
     """``peek`` of the regular file ``path`` (``open_regular``)."""
     with open_regular(path, follow, dir_fd) as f:

@@ -627,6 +627,8 @@ def check(path: str | os.PathLike) -> Verdict:
         try:
             version = fmt.read_preamble(f)
         except CorruptLogError as exc:
+            if fmt.start_cut(f):
+                return Verdict(0, [], fmt.START_CUT)
             return Verdict(0, [fmt.damage(exc, f.seek(0, os.SEEK_END))], "not an asynclog file")
         for item in fmt.walk_frames(f, verify=True, version=version):
             if isinstance(item, Damage) and item.torn:

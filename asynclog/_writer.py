@@ -166,6 +166,8 @@ class RunFile:
             },
         }
         footer_offset = self.offset
+        self.sync()  # the frames first: a power cut may keep the footer's sectors and lose older unsynced ones,
+        # and a footer over a hole would call a torn log complete (ls, Log.complete)
         try:
             self._write(_build(_RAW, fmt.FrameKind.FOOTER, fmt.encode_meta(footer), b"") + [fmt.trailer(footer_offset)])
         except OSError:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -19,16 +18,10 @@ from typing import NamedTuple
 
 import pytest
 
-
-def _strace_runs() -> bool:
-    """strace is installed and may trace here (a container may forbid ptrace)."""
-    if shutil.which("strace") is None:
-        return False
-    done = subprocess.run(["strace", "-f", "-qq", "-o", os.devnull, "-e", "trace=fsync", "true"], capture_output=True)
-    return done.returncode == 0
+from faults.crashimages import complete_calls, strace_runs
 
 
-pytestmark = pytest.mark.skipif(not _strace_runs(), reason="strace is not installed (apt-get install strace) or may not "
+pytestmark = pytest.mark.skipif(not strace_runs(), reason="strace is not installed (apt-get install strace) or may not "
                                 "trace here: the order of fsyncs is read from its syscall trace")
 
 MARK = "/asynclog-mark/"
@@ -77,7 +70,6 @@ asynclog.shutdown()
 
 _SYSCALLS = ("openat,open,creat,mkdir,mkdirat,rename,renameat,renameat2,link,linkat,fsync,fdatasync,"
              "access,faccessat,faccessat2")
-_LINE = re.compile(r"(\d+)\s+(.*)")
 _CALL = re.compile(r"(\w+)\((.*)\)\s+=\s+(-?\d+)")
 _STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')
 _FD_PATH = re.compile(r"^\d+<(.*)>")
@@ -92,29 +84,9 @@ class Op(NamedTuple):
     flags: str
 
 
-def _complete_lines(text: str) -> list[str]:
-    """The trace's calls, each whole, at the place it returned (strace splits a call another process
-    interrupted into ``<unfinished ...>`` and ``<... name resumed>``)."""
-    pending: dict[str, str] = {}
-    calls = []
-    for line in text.splitlines():
-        match = _LINE.match(line)
-        if not match:
-            continue
-        pid, rest = match.groups()
-        if rest.endswith("<unfinished ...>"):
-            pending[pid] = rest.removesuffix("<unfinished ...>").rstrip()
-            continue
-        resumed = re.match(r"<\.\.\. \w+ resumed>\s?(.*)", rest)
-        if resumed:
-            rest = pending.pop(pid, "") + resumed.group(1)
-        calls.append(rest)
-    return calls
-
-
 def parse(text: str) -> list[Op]:
     ops = []
-    for call in _complete_lines(text):
+    for call in complete_calls(text):
         match = _CALL.match(call)
         if not match:
             continue

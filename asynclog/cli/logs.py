@@ -25,7 +25,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     normally; 1 when anything is damaged (each stretch is named on stderr); 2 when nothing is damaged but the
     run is incomplete (no footer, or a footer marked incomplete); 3 for a folder; 4 when the file does not
     exist. Damage wins over incomplete. A torn tail
-    (a last frame a crash cut short or zero-filled, in a file without a trailer) is incomplete, not damage."""
+    (a last frame a crash cut short or zero-filled, in a file without a trailer) is incomplete, not damage; so is
+    a file a crash left empty or cut inside its preamble."""
     frames, damaged, incomplete = check(args.path)
     for d in damaged:
         print(f"{args.path}: damaged at offset {d.offset} ({d.size} bytes): {d.reason}", file=sys.stderr)

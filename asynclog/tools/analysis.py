@@ -131,7 +131,10 @@ def read_run(path: str) -> RunFacts:
         peek = ondisk.peek_path(path)
     except (CorruptLogError, OSError) as exc:
         facts.size = _size(path)
-        facts.damage(str(exc) if isinstance(exc, CorruptLogError) else f"cannot read: {exc.strerror or exc}")
+        if isinstance(exc, CorruptLogError) and ondisk.start_cut(path):
+            facts.status, facts.reason = "incomplete", fmt.START_CUT
+        else:
+            facts.damage(str(exc) if isinstance(exc, CorruptLogError) else f"cannot read: {exc.strerror or exc}")
     else:
         facts.size, facts.header, facts.footer = peek.size, peek.header, peek.footer
         if facts.footer is None:
