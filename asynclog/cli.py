@@ -34,7 +34,7 @@ _json = msgspec.json.Encoder()
 
 # Modules that add subcommands through register(subparsers), in the order their commands are listed.
 COMMAND_MODULES = ("asynclog.analysis", "asynclog.diff", "asynclog.export", "asynclog.dataset", "asynclog.plots",
-                   "asynclog.jsonlogs")
+                   "asynclog.jsonlogs", "asynclog.report")
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Check every frame of a log. Exit 0 when every frame is intact and the footer says the run closed

@@ -1,0 +1,222 @@
+"""``asynclog report``: one self-contained HTML page of a run or a sweep, checked in a real browser.
+
+The logs are real: a demo sweep at level debug (sequences and tokens streams), and runs written here through
+``asynclog.start`` where a test needs texts of its own. The page is loaded by headless Chromium (skipped where
+it is absent, with the reason); its DOM is read after the page's script has run, with the view asked for in
+the address's fragment (``#sort=weight&order=desc``, as a reader may share a view), and a screenshot is
+decoded and checked to be more than one colour. ``ASYNCLOG_SCREENSHOT_TO=docs/images/report.png`` keeps the
+screenshot of a run's report (the one in docs/REPORT.md).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from urllib.parse import quote
+
+import pytest
+import torch
+
+import asynclog
+import browser
+from asynclog import report, report_data
+
+needs_chromium = pytest.mark.skipif(browser.chromium() is None,
+                                    reason="needs headless Chromium (Debian: apt-get install chromium; .ci/run does)")
+HOSTILE = "</script><img src=x onerror=\"document.title='owned'\"><!--"
+B_E, B_U, G = 16, 4, 4  # the tiny demo's batches
+
+
+@pytest.fixture(scope="module")
+def sweep(debug_sweep):
+    return debug_sweep
+
+
+@pytest.fixture(scope="module")
+def run(sweep):
+    return sorted(glob.glob(str(sweep / "*" / "*.alog")))[0]
+
+
+@pytest.fixture(scope="module")
+def run_page(run, tmp_path_factory):
+    return report.write_report(run, str(tmp_path_factory.mktemp("page") / "run.html"))
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "asynclog", "report", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def embedded(path: str) -> dict:
+    """The page's data block, as the page's script reads it."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    found = re.search(r"<script type='application/json' id='asynclog-data'>(.*?)</script>", text, re.S)
+    return json.loads(found.group(1))
+
+
+# --- the file --------------------------------------------------------------------------------------------------
+def test_a_run_report_is_one_file_that_needs_no_network(run, tmp_path):
+    out = tmp_path / "r.html"
+    done = cli(run, "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(out)
+    text = out.read_text(encoding="utf-8")
+    assert not re.search(r"(src|href)\s*=|<link|@import|url\(", text, re.I)  # nothing fetched, nothing linked
+    assert "step_000" in text and "<style>" in text
+    data = embedded(str(out))
+    assert [b["name"] for b in data["batches"]] == ["E_batch", "U_batch"]
+    assert [b["total"] for b in data["batches"]] == [B_E, B_U * G]
+
+
+def test_tokens_carry_entropies_and_log_probs_of_the_log(run):
+    with asynclog.open(run) as log:
+        batch = report_data.read_batch(log, "E_batch")
+        row = next(log.rows("tokens/E_batch"))
+    first = batch.sequences[0]
+    real = row["attention_mask"].bool()
+    assert len(first["tokens"]) == int(real.sum())
+    assert first["entropies"] == [report_data.rounded(v) for v in row["rb_entropies"][real].tolist()]
+    assert first["logprobs"] == [report_data.rounded(v) for v in row["token_logprobs"][real].tolist()]
+    assert all(isinstance(s["weight"], float) for s in batch.sequences)  # from importance/E_batch
+
+
+def test_hostile_text_stays_inside_the_data_block():
+    text = report.embed_json({"texts": [HOSTILE, "a & b > c", "\u2028"]})
+    assert "<" not in text and ">" not in text and "&" not in text
+    assert json.loads(text) == {"texts": [HOSTILE, "a & b > c", "\u2028"]}
+
+
+def test_a_batch_over_the_limit_is_cut_down_and_the_page_says_how(run, tmp_path):
+    out = tmp_path / "r.html"
+    assert cli(run, "-o", str(out), "--max-sequences", "8").returncode == 0
+    e, u = embedded(str(out))["batches"]
+    assert len(e["sequences"]) == 8 and "8 of 16 sequences" in e["note"] and "--max-sequences" in e["note"]
+    weights = sorted(s["weight"] for s in report_data.read_batch(asynclog.open(run), "E_batch").sequences)
+    kept = {s["weight"] for s in e["sequences"]}
+    assert weights[0] in kept and weights[-1] in kept  # the extremes are kept
+    assert len(u["sequences"]) == 8 and {len([s for s in u["sequences"] if s["prompt"] == p])
+                                         for p in {s["prompt"] for s in u["sequences"]}} == {G}  # whole prompts
+
+
+def test_a_run_cut_short_still_gives_a_report(run, tmp_path):
+    cut = tmp_path / "cut.alog"
+    with open(run, "rb") as f:
+        data = f.read()
+    cut.write_bytes(data[: len(data) * 2 // 3])  # what a killed writer leaves: no footer, a torn last frame
+    out = tmp_path / "cut.html"
+    done = cli(str(cut), "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    text = out.read_text(encoding="utf-8")
+    assert "incomplete" in text
+
+
+def test_mistakes_are_one_line_with_the_documented_status(tmp_path):
+    missing = cli(str(tmp_path / "nope.alog"), "-o", str(tmp_path / "r.html"))
+    empty = cli(str(tmp_path), "-o", str(tmp_path / "r.html"))
+    zero = cli(str(tmp_path), "-o", str(tmp_path / "r.html"), "--max-sequences", "0")
+    assert (missing.returncode, empty.returncode, zero.returncode) == (4, 3, 3)
+    for done in (missing, empty, zero):
+        assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    assert "no runs" in empty.stderr and not os.path.exists(tmp_path / "r.html")
+
+
+# --- in a browser ------------------------------------------------------------------------------------------------
+@needs_chromium
+def test_the_browser_shows_every_sequence_with_coloured_tokens(run_page):
+    page = browser.dom(browser.dump_dom(run_page))
+    sequences = page.find("div", "seq")
+    assert len(sequences) == B_E
+    tokens = page.find("span", "t")
+    assert len(tokens) >= B_E and all(t.attrs["title"].startswith("entropy ") for t in tokens)
+    backgrounds = {t.attrs["style"] for t in tokens}
+    assert len(backgrounds) > 5 and all(b.startswith("background: rgb(") for b in backgrounds)  # coloured, not transparent
+    assert "All 16 sequences" in page.find(id="note")[0].text
+    assert page.find("div", "asynclog-card") and "step_000" in page.find("div", "asynclog-card")[0].text
+
+
+@needs_chromium
+@pytest.mark.parametrize("key", ["weight", "entropy", "length"])
+def test_sorting_orders_the_sequences(run_page, key):
+    for order, reverse in (("desc", True), ("asc", False)):
+        page = browser.dom(browser.dump_dom(run_page, f"sort={key}&order={order}"))
+        values = [float(s.attrs[f"data-{key}"]) for s in page.find("div", "seq")]
+        assert len(values) == B_E and values == sorted(values, reverse=reverse)
+
+
+@needs_chromium
+def test_the_toggle_colours_tokens_by_log_prob(run_page):
+    def backgrounds(fragment: str) -> list[str]:
+        return [t.attrs["style"] for t in browser.dom(browser.dump_dom(run_page, fragment)).find("span", "t")]
+
+    by_entropy, by_logprob = backgrounds("mode=entropy"), backgrounds("mode=logprob")
+    assert len(by_entropy) == len(by_logprob) and by_entropy != by_logprob
+
+
+@needs_chromium
+def test_u_batch_shows_each_prompts_responses_side_by_side(run_page):
+    page = browser.dom(browser.dump_dom(run_page, "batch=U_batch&sort=reward&order=desc"))
+    groups = page.find("div", "group")
+    assert len(groups) == B_U
+    means = []
+    for group in groups:
+        [side] = group.find("div", "responses")
+        responses = [c for c in side.children if "seq" in c.classes]
+        assert len(responses) == G and f"repeat({G}" in side.attrs["style"]
+        means.append(sum(float(r.attrs["data-reward"]) for r in responses) / G)
+    assert means == sorted(means, reverse=True)
+
+
+@needs_chromium
+def test_search_keeps_the_sequences_whose_text_matches(run_page, run):
+    with asynclog.open(run) as log:
+        rows = list(log.rows("sequences/E_batch"))
+    target = rows[3]["prompt_text"]  # prompts are drawn with replacement: others may share it
+    expected = {r["sequence_id"] for r in rows if target.lower() in (r["prompt_text"] + "\n" + r["response_text"]).lower()}
+    page = browser.dom(browser.dump_dom(run_page, f"q={quote(target)}"))
+    shown = page.find("div", "seq")
+    assert {int(s.attrs["data-id"]) for s in shown} == expected and 3 in expected and len(expected) < B_E
+    assert "matching" in page.find(id="pageinfo")[0].text
+
+
+@needs_chromium
+def test_the_sweep_table_sorts_by_a_column(sweep, tmp_path):
+    out = report.write_report(str(sweep), str(tmp_path / "sweep.html"))
+    for order, reverse in (("desc", True), ("asc", False)):
+        page = browser.dom(browser.dump_dom(out, f"sweep=deltaH1&sweep_order={order}"))
+        [table] = page.find("table", "sweep")
+        heads = [th.attrs["data-key"] for th in table.find("th")]
+        values = [float(tr.find("td")[heads.index("deltaH1")].attrs["data-v"]) for tr in table.find("tbody")[0].children]
+        assert len(values) == 2 and values == sorted(values, reverse=reverse)
+    assert len(page.find("svg", "chart")) == 4  # δH₁ and δH_true, δH₁ against δH_true, ESS, time
+
+
+@needs_chromium
+def test_hostile_token_and_prompt_texts_render_as_text(tmp_path):
+    path = tmp_path / "hostile.alog"
+    with asynclog.start(path=path) as run:
+        run.stream("sequences/E_batch").append(sequence_id=0, prompt_text=HOSTILE, response_text=HOSTILE)
+        run.stream("tokens/E_batch").append(sequence_id=0, tokens=torch.tensor([5, 6]), token_texts=[HOSTILE, "ok"],
+                                            rb_entropies=torch.tensor([1.0, 2.0]))
+    out = report.write_report(str(path), str(tmp_path / "hostile.html"))
+    page = browser.dom(browser.dump_dom(out))
+    assert not page.find("img") and page.find("title")[0].text != "owned"
+    assert len(page.find("script")) == 2  # the data block and the page's script, nothing injected
+    assert [t.text for t in page.find("span", "t")] == [HOSTILE, "ok"]
+    assert page.find("div", "prompt")[0].text == HOSTILE
+
+
+@needs_chromium
+def test_the_screenshot_of_a_run_report_is_not_blank(run_page, tmp_path):
+    png = browser.screenshot(run_page, str(tmp_path / "report.png"))
+    width, height, _ = browser.pixels(png)
+    assert (width, height) == (1000, 750)
+    assert len(browser.colours(png)) > 20  # text, coloured tokens and the card, not one colour
+    keep = os.environ.get("ASYNCLOG_SCREENSHOT_TO")
+    if keep:
+        shutil.copyfile(png, keep)
