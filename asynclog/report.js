@@ -17,7 +17,8 @@
     return node;
   }
   function shown(v) {
-    return v === null || v === undefined ? "-" : (typeof v === "number" && !Number.isInteger(v)) ? v.toPrecision(4) : String(v);
+    if (v === null || v === undefined) return "-";
+    return typeof v === "number" && !Number.isInteger(v) ? v.toPrecision(4) : String(v);
   }
 
   // --- the sweep table ---------------------------------------------------------------------------------------
@@ -60,7 +61,8 @@
     var all = [];
     batch.sequences.forEach(function (s) { (s[field] || []).forEach(function (v) { if (v !== null) all.push(v); }); });
     all.sort(function (a, b) { return a - b; });
-    var found = all.length ? [all[Math.floor(0.02 * (all.length - 1))], all[Math.floor(0.98 * (all.length - 1))]] : [0, 1];
+    var at = function (q) { return all[Math.floor(q * (all.length - 1))]; };
+    var found = all.length ? [at(0.02), at(0.98)] : [0, 1];
     if (!(found[1] > found[0])) found = [found[0], found[0] + 1];
     return (scales[key] = found);
   }
@@ -81,7 +83,9 @@
     var q = state.query.toLowerCase();
     var found = [];
     if (!batch.grouped) {
-      batch.sequences.forEach(function (s) { if (!q || haystack(batch, s).indexOf(q) >= 0) found.push({first: s, members: [s]}); });
+      batch.sequences.forEach(function (s) {
+        if (!q || haystack(batch, s).indexOf(q) >= 0) found.push({first: s, members: [s]});
+      });
     } else {
       var byPrompt = {};
       batch.sequences.forEach(function (s) {
@@ -89,12 +93,17 @@
         if (!byPrompt[key]) found.push(byPrompt[key] = {first: s, members: []});
         byPrompt[key].members.push(s);
       });
-      if (q) found = found.filter(function (g) { return g.members.some(function (s) { return haystack(batch, s).indexOf(q) >= 0; }); });
+      if (q) {
+        found = found.filter(function (g) {
+          return g.members.some(function (s) { return haystack(batch, s).indexOf(q) >= 0; });
+        });
+      }
     }
     return sortItems(found);
   }
   function score(item, key) {  // a prompt's score is its responses' mean
-    var values = item.members.map(function (s) { return s[key]; }).filter(function (v) { return v !== null && v !== undefined; });
+    var values = item.members.map(function (s) { return s[key]; })
+      .filter(function (v) { return v !== null && v !== undefined; });
     if (!values.length) return null;
     return values.reduce(function (a, b) { return a + b; }, 0) / values.length;
   }
@@ -111,7 +120,9 @@
     box.dataset.id = s.id;
     SCORES.forEach(function (k) { if (s[k] !== null && s[k] !== undefined) box.dataset[k] = s[k]; });
     var meta = el("div", "meta", "#" + s.id + (s.rank !== null && s.rank !== undefined ? " rank " + s.rank : ""));
-    SCORES.forEach(function (k) { if (s[k] !== null && s[k] !== undefined) meta.appendChild(el("span", "score", k + " " + shown(s[k]))); });
+    SCORES.forEach(function (k) {
+      if (s[k] !== null && s[k] !== undefined) meta.appendChild(el("span", "score", k + " " + shown(s[k])));
+    });
     box.appendChild(meta);
     if (!batch.grouped) box.appendChild(el("div", "prompt", s.prompt_text || ""));
     var response = el("div", "response");
@@ -121,7 +132,8 @@
         var span = el("span", "t", batch.texts[t]);
         var v = s[field] ? s[field][i] : null;
         span.style.background = colour(v, range, state.mode === "logprob");
-        span.title = "entropy " + shown(s.entropies ? s.entropies[i] : null) + " · log-prob " + shown(s.logprobs ? s.logprobs[i] : null);
+        span.title = "entropy " + shown(s.entropies ? s.entropies[i] : null) +
+          " · log-prob " + shown(s.logprobs ? s.logprobs[i] : null);
         response.appendChild(span);
       });
     } else {
@@ -161,23 +173,34 @@
     document.getElementById("legend-high").textContent = shown(range[1]);
     document.getElementById("legend-what").textContent = state.mode === "entropy" ?
       "entropy (high is red)" : "log-prob (low is red)";
-    document.querySelectorAll("[data-mode]").forEach(function (b) { b.classList.toggle("on", b.dataset.mode === state.mode); });
+    document.querySelectorAll("[data-mode]").forEach(function (b) {
+      b.classList.toggle("on", b.dataset.mode === state.mode);
+    });
     document.getElementById("sort").value = state.sort;
     document.getElementById("batch").value = state.batch;
     document.getElementById("order").textContent = state.desc ? "descending" : "ascending";
+    document.getElementById("order").disabled = state.sort === "id";  // sequence order has no direction
   }
   function wireBrowser() {
     var pick = document.getElementById("batch");
     if (!pick) return;
-    data.batches.forEach(function (b, i) { var o = el("option", null, b.name + " (" + b.total + ")"); o.value = i; pick.appendChild(o); });
+    data.batches.forEach(function (b, i) {
+      var option = el("option", null, b.name + " (" + b.total + ")");
+      option.value = i;
+      pick.appendChild(option);
+    });
     pick.value = state.batch;
     pick.addEventListener("change", function () { state.batch = +pick.value; state.page = 0; draw(); });
     document.querySelectorAll("[data-mode]").forEach(function (b) {
       b.addEventListener("click", function () { state.mode = b.dataset.mode; draw(); });
     });
-    document.getElementById("sort").addEventListener("change", function (e) { state.sort = e.target.value; state.page = 0; draw(); });
+    document.getElementById("sort").addEventListener("change", function (e) {
+      state.sort = e.target.value; state.page = 0; draw();
+    });
     document.getElementById("order").addEventListener("click", function () { state.desc = !state.desc; draw(); });
-    document.getElementById("search").addEventListener("input", function (e) { state.query = e.target.value; state.page = 0; draw(); });
+    document.getElementById("search").addEventListener("input", function (e) {
+      state.query = e.target.value; state.page = 0; draw();
+    });
     document.getElementById("prev").addEventListener("click", function () { state.page -= 1; draw(); });
     document.getElementById("next").addEventListener("click", function () { state.page += 1; draw(); });
   }
@@ -188,8 +211,15 @@
     var batch = data.batches.findIndex(function (b) { return b.name === asked.get("batch"); });
     if (batch >= 0) state.batch = batch;
     if (asked.get("mode") === "logprob" || asked.get("mode") === "entropy") state.mode = asked.get("mode");
-    if (SCORES.indexOf(asked.get("sort")) >= 0) { state.sort = asked.get("sort"); state.desc = asked.get("order") !== "asc"; }
-    if (asked.get("q")) { state.query = asked.get("q"); var box = document.getElementById("search"); if (box) box.value = state.query; }
+    if (SCORES.indexOf(asked.get("sort")) >= 0) {
+      state.sort = asked.get("sort");
+      state.desc = asked.get("order") !== "asc";
+    }
+    if (asked.get("q")) {
+      state.query = asked.get("q");
+      var box = document.getElementById("search");
+      if (box) box.value = state.query;
+    }
     if (asked.get("page")) state.page = (parseInt(asked.get("page"), 10) || 1) - 1;
     if (asked.get("sweep")) sortSweep(asked.get("sweep"), asked.get("sweep_order") === "desc");
   }

@@ -33,8 +33,8 @@ from .ondisk import is_run_folder
 from .report_data import MAX_SEQUENCES, Batch, batches_of, read_batch
 from .report_html import summary_card, sweep_charts, sweep_table, tokens_html
 
-__all__ = ["report", "write_report", "run_report", "sweep_report", "embed_json", "run_card", "sequence_view", "SequenceView", "sweep_view",
-           "SweepTable", "register"]
+__all__ = ["report", "write_report", "run_report", "sweep_report", "embed_json", "run_card", "sequence_view",
+           "SequenceView", "sweep_view", "SweepTable", "register"]
 
 _esc = html.escape
 _PAGE_CSS = ("body { margin: 16px 24px; } header h1 { font-size: 20px; margin: 0; } header p { color: #667; "

@@ -11,8 +11,8 @@ weight) and ``tokens/<batch>`` (each real response token's text, log-prob and en
 
 A token without a text (no tokenizer, an id missing from the run's vocab, or an empty text, as padding
 decodes) shows as its id, ``⟨17⟩``. Token texts are kept once per batch in ``Batch.texts`` and referred to by
-number, so a text a tokenizer repeats thousands of times costs its bytes once. Numbers keep 4 significant digits; NaN and infinities become
-None (JSON has neither).
+number, so a text a tokenizer repeats thousands of times costs its bytes once. Scores keep 4 significant digits,
+a token's values 3; NaN and infinities become None (JSON has neither).
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ __all__ = ["MAX_SEQUENCES", "SORT_KEYS", "Batch", "batches_of", "read_batch", "r
 # A report keeps at most this many sequences per batch: E 2048 x 150 tokens would otherwise give a page the
 # browser takes many seconds to parse (benchmarks/bench_report.py measures it).
 MAX_SEQUENCES = 1000
+# A token's entropy and log-prob keep 3 significant digits (a colour and a value on hover need no more): they
+# are most of a report's bytes.
+TOKEN_DIGITS = 3
 # The per-sequence scores the browser sorts by, and the sequences-stream columns they come from.
 SORT_KEYS = {"weight": "importance_weight", "entropy": "rb_entropy", "length": "generation_length",
              "reward": "reward"}
@@ -47,13 +50,13 @@ class Batch:
                 "sequences": self.sequences, "texts": self.texts}
 
 
-def rounded(value):
-    """A number to 4 significant digits; None for NaN, infinities and anything that is not a number."""
+def rounded(value, digits: int = 4):
+    """A number to ``digits`` significant digits; None for NaN, infinities and anything that is not a number."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     if isinstance(value, int):
         return value
-    return float(f"{value:.4g}") if math.isfinite(value) else None
+    return float(f"{value:.{digits}g}") if math.isfinite(value) else None
 
 
 def batches_of(log) -> list[str]:
@@ -203,4 +206,4 @@ def _at(values: list, where: list[int], length: int) -> list | None:
     if not values:
         return None
     shift = length - len(values)
-    return [rounded(values[i - shift]) if 0 <= i - shift < len(values) else None for i in where]
+    return [rounded(values[i - shift], TOKEN_DIGITS) if 0 <= i - shift < len(values) else None for i in where]
