@@ -137,10 +137,10 @@ def texts_log(tmp_path) -> str:
     return logger.finalize_log({})
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def debug_sweep(tmp_path_factory):
     """A real demo sweep (``asynclog demo``, size tiny) of two checkpoints at level debug: sequences, tokens and
-    importance streams, summaries beside the logs."""
+    importance streams, summaries beside the logs. Shared by the tests of a session: read it, never change it."""
     out = tmp_path_factory.mktemp("sweep") / "logs"
     done = subprocess.run([sys.executable, "-m", "asynclog", "demo", "--size", "tiny", "--level", "debug",
                            "--checkpoints", "2", "--out", str(out)], capture_output=True, text=True, timeout=300)

@@ -25,6 +25,7 @@ import torch
 import asynclog
 import browser
 from asynclog import report, report_data
+from asynclog.cli import main as cli_main
 
 needs_chromium = pytest.mark.skipif(browser.chromium() is None,
                                     reason="needs headless Chromium (Debian: apt-get install chromium; .ci/run does)")
@@ -48,8 +49,16 @@ def run_page(run, tmp_path_factory):
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
+    """The console script in a process of its own."""
     return subprocess.run([sys.executable, "-m", "asynclog", "report", *args], capture_output=True, text=True,
                           timeout=120)
+
+
+def here(capsys, *args: str) -> subprocess.CompletedProcess:
+    """The same command in this process (torch is imported once per session, not once per call)."""
+    status = cli_main(["report", *args])
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, status, out, err)
 
 
 def embedded(path: str) -> dict:
@@ -92,9 +101,9 @@ def test_hostile_text_stays_inside_the_data_block():
     assert json.loads(text) == {"texts": [HOSTILE, "a & b > c", "\u2028"]}
 
 
-def test_a_batch_over_the_limit_is_cut_down_and_the_page_says_how(run, tmp_path):
+def test_a_batch_over_the_limit_is_cut_down_and_the_page_says_how(run, tmp_path, capsys):
     out = tmp_path / "r.html"
-    assert cli(run, "-o", str(out), "--max-sequences", "8").returncode == 0
+    assert here(capsys, run, "-o", str(out), "--max-sequences", "8").returncode == 0
     e, u = embedded(str(out))["batches"]
     assert len(e["sequences"]) == 8 and "8 of 16 sequences" in e["note"] and "--max-sequences" in e["note"]
     weights = sorted(s["weight"] for s in report_data.read_batch(asynclog.open(run), "E_batch").sequences)
@@ -104,36 +113,36 @@ def test_a_batch_over_the_limit_is_cut_down_and_the_page_says_how(run, tmp_path)
                                          for p in {s["prompt"] for s in u["sequences"]}} == {G}  # whole prompts
 
 
-def test_a_run_cut_short_still_gives_a_report(run, tmp_path):
+def test_a_run_cut_short_still_gives_a_report(run, tmp_path, capsys):
     cut = tmp_path / "cut.alog"
     with open(run, "rb") as f:
         data = f.read()
     cut.write_bytes(data[: len(data) * 2 // 3])  # what a killed writer leaves: no footer, a torn last frame
     out = tmp_path / "cut.html"
-    done = cli(str(cut), "-o", str(out))
+    done = here(capsys, str(cut), "-o", str(out))
     assert done.returncode == 0, done.stderr
     text = out.read_text(encoding="utf-8")
     assert "incomplete" in text
 
 
-def test_a_run_folder_of_ranks_reports_every_ranks_sequences(tmp_path):
+def test_a_run_folder_of_ranks_reports_every_ranks_sequences(tmp_path, capsys):
     for rank in range(2):
         with asynclog.start(tmp_path, name="job", rank=rank, world_size=2) as run:
             run.stream("sequences/E_batch").append(sequence_id=0, prompt_text=f"rank {rank}", generation_length=2)
             run.stream("tokens/E_batch").append(sequence_id=0, tokens=torch.tensor([5, 6]), token_texts=["a", "b"],
                                                 rb_entropies=torch.tensor([1.0, 2.0 + rank]))
     out = tmp_path / "job.html"
-    done = cli(str(tmp_path / "job"), "-o", str(out))
+    done = here(capsys, str(tmp_path / "job"), "-o", str(out))
     assert done.returncode == 0, done.stderr
     [batch] = embedded(str(out))["batches"]
     assert [(s["rank"], s["id"], s["prompt_text"], s["entropies"]) for s in batch["sequences"]] == [
         (0, 0, "rank 0", [1.0, 2.0]), (1, 0, "rank 1", [1.0, 3.0])]
 
 
-def test_mistakes_are_one_line_with_the_documented_status(tmp_path):
-    missing = cli(str(tmp_path / "nope.alog"), "-o", str(tmp_path / "r.html"))
-    empty = cli(str(tmp_path), "-o", str(tmp_path / "r.html"))
-    zero = cli(str(tmp_path), "-o", str(tmp_path / "r.html"), "--max-sequences", "0")
+def test_mistakes_are_one_line_with_the_documented_status(tmp_path, capsys):
+    missing = here(capsys, str(tmp_path / "nope.alog"), "-o", str(tmp_path / "r.html"))
+    empty = here(capsys, str(tmp_path), "-o", str(tmp_path / "r.html"))
+    zero = here(capsys, str(tmp_path), "-o", str(tmp_path / "r.html"), "--max-sequences", "0")
     assert (missing.returncode, empty.returncode, zero.returncode) == (4, 3, 3)
     for done in (missing, empty, zero):
         assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr

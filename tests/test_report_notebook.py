@@ -23,14 +23,14 @@ _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def sweep(debug_sweep):
-    """The demo sweep (``debug_sweep``), and a run folder of two ranks beside it."""
-    out = debug_sweep
+def ranks(tmp_path_factory):
+    """A run folder of two ranks, each with a tokens stream."""
+    out = tmp_path_factory.mktemp("ranks")
     for rank in range(2):
-        with asynclog.start(out / "ranks", name="job", rank=rank, world_size=2) as run:
+        with asynclog.start(out, name="job", rank=rank, world_size=2) as run:
             run.stream("tokens/E_batch").append(sequence_id=0, tokens=torch.tensor([5, 6]),
                                                 token_texts=["five", "six"], rb_entropies=torch.tensor([1.0, 2.0]))
-    return out
+    return out / "job"
 
 
 def html_outputs(cells: list[str], cwd) -> list[str]:
@@ -40,21 +40,21 @@ def html_outputs(cells: list[str], cwd) -> list[str]:
     return ["".join(o.get("data", {}).get("text/html", "") for o in cell.outputs) for cell in notebook.cells]
 
 
-def test_a_notebook_shows_runs_sequences_and_the_sweep_as_html(sweep, tmp_path, monkeypatch):
+def test_a_notebook_shows_runs_sequences_and_the_sweep_as_html(debug_sweep, ranks, tmp_path, monkeypatch):
     # The kernel inherits the environment: it imports this worktree's asynclog.
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")])))
-    run = sorted(glob.glob(str(sweep / "*" / "*.alog")))[0]
-    card, tokens, by_logprob, table, ranks = html_outputs([
+    run = sorted(glob.glob(str(debug_sweep / "*" / "*.alog")))[0]
+    card, tokens, by_logprob, table, folder_card = html_outputs([
         f"import asynclog\nlog = asynclog.open({run!r})\nlog",
         "from asynclog.report import sequence_view, sweep_view\nsequence_view(log, limit=5)",
         "sequence_view(log, 'U_batch', limit=8, mode='logprob')",
-        f"sweep_view({str(sweep)!r})",
-        f"asynclog.open({str(sweep / 'ranks' / 'job')!r})",
+        f"sweep_view({str(debug_sweep)!r})",
+        f"asynclog.open({str(ranks)!r})",
     ], tmp_path)
     assert "asynclog-card" in card and "step_000" in card and "complete" in card and "δH₁" in card
     spans = re.findall(r"<span class='t' style='background:hsl\([^']+\)' title='entropy [^']+'>", tokens)
     assert len(spans) >= 5 and tokens.count("class='seq'") == 5
     assert "coloured by logprob" in by_logprob and "title='logprob " in by_logprob and "8 of 16" in by_logprob
-    assert "<table class='sweep'>" in table and table.count("<tr data-path=") == 3  # two demo runs and the job
+    assert "<table class='sweep'>" in table and table.count("<tr data-path=") == 2
     assert "<svg class='chart'" in table
-    assert "asynclog-card" in ranks and "job" in ranks
+    assert "asynclog-card" in folder_card and "job" in folder_card
