@@ -167,7 +167,9 @@
     var what = batch.grouped ? "prompts" : "sequences";
     document.getElementById("pageinfo").textContent = "page " + (state.page + 1) + " of " + pages + " · " +
       found.length + " " + what + (state.query ? " matching" : "");
-    document.getElementById("note").textContent = batch.note ? "Shown: " + batch.note + "." :
+    document.getElementById("note").textContent = batch.note ? "Shown: " + batch.sequences.length + " of " +
+      batch.total + " sequences, " + batch.note + " (a report keeps at most " + data.limit +
+      " sequences a batch: asynclog report --max-sequences)." :
       "All " + batch.total + " sequences of the batch are here.";
     document.getElementById("legend-low").textContent = shown(range[0]);
     document.getElementById("legend-high").textContent = shown(range[1]);

@@ -112,7 +112,7 @@ def run_report(path: str, limit: int = MAX_SEQUENCES) -> str:
                    "</p></section>")
     name = os.path.basename(path.rstrip(os.sep))
     return _page(f"asynclog report: {name}", path, summary_card(facts, warnings) + browser,
-                 {"batches": [b.as_json() for b in batches]})
+                 {"limit": limit, "batches": [b.as_json() for b in batches]})
 
 
 # --- a folder of runs ----------------------------------------------------------------------------------------------
@@ -162,8 +162,9 @@ def run_card(log) -> str:
 
 
 class SequenceView:
-    """The first ``limit`` sequences of a batch with coloured tokens (``mode``: ``entropy`` or ``logprob``);
-    Jupyter shows it as HTML."""
+    """At most ``limit`` sequences of a batch with coloured tokens (``mode``: ``entropy`` or ``logprob``), chosen
+    as a report chooses them (``report_data.read_batch``: all of a small batch; else the extremes and a spread,
+    or whole prompts) and said so; Jupyter shows it as HTML."""
 
     def __init__(self, log, batch: str = "E_batch", limit: int = 20, mode: str = "entropy"):
         if mode not in ("entropy", "logprob"):
@@ -172,11 +173,12 @@ class SequenceView:
             raise KeyError(f"no sequences or tokens of {batch!r} in {log.path}; it has: "
                            f"{', '.join(batches_of(log)) or 'none'}")
         self.batch, self.mode = read_batch(log, batch, limit), mode
-        self.batch.sequences = self.batch.sequences[:limit]
 
     def _repr_html_(self) -> str:
         b = self.batch
-        head = f"<p><b>{_esc(b.name)}</b>: {len(b.sequences)} of {b.total} sequences, coloured by {self.mode}</p>"
+        how = f": {_esc(b.note)}" if b.note else ""
+        head = (f"<p><b>{_esc(b.name)}</b>: {len(b.sequences)} of {b.total} sequences{how}, coloured by "
+                f"{self.mode}</p>")
         return _styled(head + tokens_html(b.sequences, b.texts, self.mode))
 
 

@@ -41,7 +41,7 @@ class Batch:
     name: str
     total: int = 0
     grouped: bool = False  # a U batch: several responses per prompt
-    note: str | None = None  # how the batch was cut down, when it was
+    note: str | None = None  # which sequences were kept, when not all were
     sequences: list[dict] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
 
@@ -126,8 +126,7 @@ def _kept(keys: list[tuple], by_key: dict, limit: int, found: Batch) -> set[tupl
         return set(keys)
     if found.grouped:
         kept = _whole_prompts(keys, by_key, limit)
-        found.note = (f"{len(kept)} of {len(keys)} sequences: whole prompts, evenly spread over the batch "
-                      f"(a report keeps at most {limit} sequences a batch; `asynclog report --max-sequences`)")
+        found.note = "whole prompts, evenly spread over the batch"
         return kept
     kept, quarter = [], max(1, limit // 8)
     for score in ("weight", "entropy"):
@@ -136,9 +135,7 @@ def _kept(keys: list[tuple], by_key: dict, limit: int, found: Batch) -> set[tupl
     chosen = set(kept)
     rest = [k for k in keys if k not in chosen]
     chosen.update(_spread(rest, limit - len(chosen)))
-    found.note = (f"{len(chosen)} of {len(keys)} sequences: the {quarter} highest and lowest by importance weight "
-                  f"and by entropy, and an even spread of the rest (a report keeps at most {limit} sequences a "
-                  "batch; `asynclog report --max-sequences`)")
+    found.note = f"the {quarter} highest and lowest by importance weight and by entropy, and an even spread of the rest"
     return chosen
 
 
@@ -174,8 +171,7 @@ def _add_tokens(log, batch: str, streams: set[str], by_key: dict, kept: set, lim
         if key in kept:
             by_key[key].update(_tokens(row, numbers, found.texts))
     if len(by_key) > limit and found.note is None:
-        found.note = (f"the first {limit} of {len(by_key)} sequences (a report keeps at most {limit} sequences a "
-                      "batch; `asynclog report --max-sequences`)")
+        found.note = "the first in the batch"
 
 
 def _tokens(row: dict, numbers: dict[str, int], texts: list[str]) -> dict:

@@ -101,14 +101,15 @@ def test_hostile_text_stays_inside_the_data_block():
     assert json.loads(text) == {"texts": [HOSTILE, "a & b > c", "\u2028"]}
 
 
-def test_a_batch_over_the_limit_is_cut_down_and_the_page_says_how(run, tmp_path, capsys):
+def test_a_batch_over_the_limit_keeps_extremes_and_whole_prompts(run, tmp_path, capsys):
     out = tmp_path / "r.html"
     assert here(capsys, run, "-o", str(out), "--max-sequences", "8").returncode == 0
     e, u = embedded(str(out))["batches"]
-    assert len(e["sequences"]) == 8 and "8 of 16 sequences" in e["note"] and "--max-sequences" in e["note"]
+    assert len(e["sequences"]) == 8 and e["note"].startswith("the 1 highest and lowest by importance weight")
     weights = sorted(s["weight"] for s in report_data.read_batch(asynclog.open(run), "E_batch").sequences)
     kept = {s["weight"] for s in e["sequences"]}
     assert weights[0] in kept and weights[-1] in kept  # the extremes are kept
+    assert u["note"] == "whole prompts, evenly spread over the batch"
     assert len(u["sequences"]) == 8 and {len([s for s in u["sequences"] if s["prompt"] == p])
                                          for p in {s["prompt"] for s in u["sequences"]}} == {G}  # whole prompts
 
@@ -161,6 +162,14 @@ def test_the_browser_shows_every_sequence_with_coloured_tokens(run_page):
     assert len(backgrounds) > 5 and all(b.startswith("background: rgb(") for b in backgrounds)  # not transparent
     assert "All 16 sequences" in page.find(id="note")[0].text
     assert page.find("div", "asynclog-card") and "step_000" in page.find("div", "asynclog-card")[0].text
+
+
+@needs_chromium
+def test_the_page_says_which_sequences_it_kept(run, tmp_path):
+    out = report.write_report(run, str(tmp_path / "cut.html"), limit=8)
+    note = browser.dom(browser.dump_dom(out)).find(id="note")[0].text
+    assert note.startswith("Shown: 8 of 16 sequences, the 1 highest and lowest by importance weight")
+    assert note.endswith("(a report keeps at most 8 sequences a batch: asynclog report --max-sequences).")
 
 
 @needs_chromium
