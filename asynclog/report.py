@@ -23,15 +23,19 @@ import argparse
 import html
 import json
 import os
+import sys
 from datetime import datetime, timezone
 from importlib import resources
 
 from . import __version__
-from .analysis import logged_problems, read_run, rows_below, warnings_for
+from .analysis import logged_problems, read_run, rows_below, sort_rows, warnings_for
 from .errors import CorruptLogError, ExportError
+from .exits import USAGE
+from .files import atomic_write
 from .ondisk import is_run_folder
 from .report_data import MAX_SEQUENCES, Batch, batches_of, read_batch
 from .report_html import summary_card, sweep_charts, sweep_table, tokens_html
+from .shards import open_log
 
 __all__ = ["report", "write_report", "run_report", "sweep_report", "embed_json", "run_card", "sequence_view",
            "SequenceView", "sweep_view", "SweepTable", "register"]
@@ -91,8 +95,6 @@ def _facts(path: str):
 
 def _batches(path: str, limit: int) -> tuple[list[Batch], str | None]:
     """The run's batches, or none and why its frames could not be read."""
-    from .shards import open_log
-
     try:
         with open_log(path) as log:
             return [read_batch(log, name, limit) for name in batches_of(log)], None
@@ -128,8 +130,6 @@ def sweep_report(directory: str) -> str:
 
 
 def _by_checkpoint(rows: list[dict]) -> list[dict]:
-    from .analysis import sort_rows
-
     return sort_rows(rows, "checkpoint")
 
 
@@ -144,8 +144,6 @@ def report(target: str, limit: int = MAX_SEQUENCES) -> str:
 
 def write_report(target: str, out: str, limit: int = MAX_SEQUENCES) -> str:
     """Write the page of ``target`` to ``out`` (whole or not at all); return ``out``."""
-    from .files import atomic_write
-
     atomic_write(out, report(target, limit))
     return out
 
@@ -209,15 +207,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .export import command
 
     if args.max_sequences < 1:
-        return command("report", args.target, _refuse("--max-sequences must be 1 or more"), (ExportError,))
+        print(f"asynclog report: --max-sequences {args.max_sequences}: give 1 or more", file=sys.stderr)
+        return USAGE
     return command("report", args.target, lambda: [write_report(args.target, args.output, args.max_sequences)],
                    (ExportError,))
-
-
-def _refuse(why: str):
-    def fail():
-        raise ExportError(why)
-    return fail
 
 
 def register(subparsers) -> None:
