@@ -126,6 +126,15 @@ def test_a_run_cut_short_still_gives_a_report(run, tmp_path, capsys):
     assert "incomplete" in text
 
 
+def test_a_file_that_is_no_log_gives_a_page_that_says_so(tmp_path, capsys):
+    bad = tmp_path / "bad.alog"
+    bad.write_bytes(b"not a log" * 100)
+    done = here(capsys, str(bad), "-o", str(tmp_path / "bad.html"))
+    assert done.returncode == 0, done.stderr
+    text = (tmp_path / "bad.html").read_text(encoding="utf-8")
+    assert "class='status damaged'" in text and "its frames cannot be read: not an asynclog file" in text
+
+
 def test_a_run_folder_of_ranks_reports_every_ranks_sequences(tmp_path, capsys):
     for rank in range(2):
         with asynclog.start(tmp_path, name="job", rank=rank, world_size=2) as run:
