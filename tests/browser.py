@@ -2,7 +2,7 @@
 
 ``chromium`` (Debian's package; ``.ci/run`` installs it) loads a file in a fresh profile of its own, so tests
 running side by side never share one. ``dom`` parses what ``--dump-dom`` prints into a small tree; ``pixels``
-decodes a PNG with zlib alone.
+decodes a PNG with zlib alone; ``Page`` clicks and types in a page over the DevTools protocol.
 """
 
 from __future__ import annotations
@@ -144,3 +144,93 @@ def colours(path: str) -> set[bytes]:
     width, _, rows = pixels(path)
     step = len(rows[0]) // width
     return {row[i:i + step] for row in rows for i in range(0, len(row), step)}
+
+
+# --- a page to act on, over the DevTools protocol ------------------------------------------------------------------
+class Page:
+    """A page in headless Chromium driven over the DevTools protocol on a pipe (``--remote-debugging-pipe``:
+    Chromium reads commands on its fd 3 and answers on fd 4, each message JSON ended by a NUL byte), so a test
+    can click and type as a reader does and read the result. Use as a context manager."""
+
+    def __init__(self, path: str, size: tuple[int, int] = (1000, 750)):
+        import json
+
+        self._json, self._ids, self._buffer = json, 0, b""
+        ours_to_chrome, chrome_in = os.pipe()
+        chrome_out, ours_from_chrome = os.pipe()
+        self._profile = tempfile.TemporaryDirectory(prefix="asynclog-chromium-")
+        # Chromium must find the pipe ends at fds 3 and 4: the child moves them there (through fds no pipe end
+        # can hold, so neither overwrites the other) before the fds it is not given are closed.
+        def place_fds():
+            reads, writes = os.dup(ours_to_chrome), os.dup(ours_from_chrome)
+            os.dup2(reads, 3)
+            os.dup2(writes, 4)
+
+        self._process = subprocess.Popen(
+            [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
+             f"--user-data-dir={self._profile.name}", f"--window-size={size[0]},{size[1]}",
+             "--remote-debugging-pipe", "about:blank"],
+            pass_fds=(3, 4), preexec_fn=place_fds,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.close(ours_to_chrome)
+        os.close(ours_from_chrome)
+        self._send_fd, self._read_fd = chrome_in, chrome_out
+        target = self._call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        self._session = self._call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        # Page.navigate answers once the page is committed; its script may still be running: wait for load.
+        self._call("Page.navigate", {"url": "file://" + quote(os.path.abspath(path))}, self._session)
+        self.evaluate("new Promise(done => document.readyState === 'complete' ? done() : "
+                      "addEventListener('load', () => done()))")
+
+    def _call(self, method: str, params: dict, session: str | None = None) -> dict:
+        self._ids += 1
+        message = {"id": self._ids, "method": method, "params": params}
+        if session:
+            message["sessionId"] = session
+        os.write(self._send_fd, self._json.dumps(message).encode() + b"\0")
+        while True:
+            answer = self._json.loads(self._message())
+            if answer.get("id") == self._ids:
+                assert "error" not in answer, answer["error"]
+                return answer["result"]
+
+    def _message(self) -> bytes:
+        while b"\0" not in self._buffer:
+            chunk = os.read(self._read_fd, 1 << 16)
+            assert chunk, "chromium closed its DevTools pipe"
+            self._buffer += chunk
+        message, _, self._buffer = self._buffer.partition(b"\0")
+        return message
+
+    def evaluate(self, expression: str):
+        """The value of a JavaScript expression in the page (a promise is awaited)."""
+        result = self._call("Runtime.evaluate", {"expression": expression, "awaitPromise": True,
+                                                 "returnByValue": True}, self._session)
+        assert "exceptionDetails" not in result, result["exceptionDetails"]
+        return result["result"].get("value")
+
+    def click(self, selector: str) -> None:
+        """A mouse click in the middle of the first element ``selector`` finds, as a reader's."""
+        box = self.evaluate(f"(() => {{ const e = document.querySelector({self._json.dumps(selector)}); "
+                            "e.scrollIntoView({block: 'center'}); const r = e.getBoundingClientRect(); "
+                            "return [r.x + r.width / 2, r.y + r.height / 2]; })()")
+        for kind in ("mousePressed", "mouseReleased"):
+            self._call("Input.dispatchMouseEvent", {"type": kind, "x": box[0], "y": box[1], "button": "left",
+                                                    "clickCount": 1}, self._session)
+
+    def type(self, text: str) -> None:
+        """Type ``text`` into the focused element, as a keyboard does."""
+        self._call("Input.insertText", {"text": text}, self._session)
+
+    def close(self) -> None:
+        os.close(self._send_fd)
+        os.close(self._read_fd)
+        self._process.kill()
+        self._process.wait(timeout=_TIMEOUT_S)
+        self._profile.cleanup()
+
+    def __enter__(self) -> "Page":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

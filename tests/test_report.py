@@ -192,15 +192,6 @@ def test_sorting_orders_the_sequences(run_page, full):
 
 
 @needs_chromium
-def test_the_toggle_colours_tokens_by_log_prob(run_page):
-    def backgrounds(fragment: str) -> list[str]:
-        return [t.attrs["style"] for t in browser.dom(browser.dump_dom(run_page, fragment)).find("span", "t")]
-
-    by_entropy, by_logprob = backgrounds("mode=entropy"), backgrounds("mode=logprob")
-    assert len(by_entropy) == len(by_logprob) and by_entropy != by_logprob
-
-
-@needs_chromium
 def test_u_batch_shows_each_prompts_responses_side_by_side(run_page):
     page = browser.dom(browser.dump_dom(run_page, "batch=U_batch&sort=reward&order=desc"))
     groups = page.find("div", "group")
@@ -238,6 +229,39 @@ def test_the_sweep_table_sorts_by_a_column(sweep, tmp_path):
         values = [float(tr.find("td")[column].attrs["data-v"]) for tr in table.find("tbody")[0].children]
         assert len(values) == 2 and values == sorted(values, reverse=reverse)
     assert len(page.find("svg", "chart")) == 4  # δH₁ and δH_true, δH₁ against δH_true, ESS, time
+
+
+@needs_chromium
+def test_clicking_a_header_sorts_the_sweep_table(sweep, tmp_path):
+    out = report.write_report(str(sweep), str(tmp_path / "sweep.html"))
+    column = "[...document.querySelectorAll('table.sweep tbody tr')].map(r => +r.cells[{}].dataset.v)"
+    with browser.Page(out) as page:
+        where = page.evaluate("[...document.querySelectorAll('table.sweep th')].findIndex(t => t.dataset.key == 'ESS')")
+        for reverse in (False, True):  # the first click sorts ascending, the next one descending
+            page.click("th[data-key='ESS']")
+            values = page.evaluate(column.format(where))
+            assert len(values) == 2 and values == sorted(values, reverse=reverse)
+            assert page.evaluate(f"document.querySelectorAll('table.sweep th')[{where}].getAttribute('aria-sort')") \
+                == ("descending" if reverse else "ascending")
+
+
+@needs_chromium
+def test_typing_a_search_and_clicking_the_toggle_change_the_view(run_page, run):
+    with asynclog.open(run) as log:
+        rows = list(log.rows("sequences/E_batch"))
+    target = rows[5]["prompt_text"]
+    expected = {r["sequence_id"] for r in rows
+                if target.lower() in (r["prompt_text"] + "\n" + r["response_text"]).lower()}
+    shown = "[...document.querySelectorAll('#list .seq')].map(s => +s.dataset.id)"
+    colours = "[...document.querySelectorAll('#list .t')].map(t => t.style.background)"
+    with browser.Page(run_page) as page:
+        by_entropy = page.evaluate(colours)
+        page.click("button[data-mode='logprob']")
+        assert page.evaluate(colours) != by_entropy and "log-prob" in page.evaluate(
+            "document.getElementById('legend-what').textContent")
+        page.click("#search")
+        page.type(target)
+        assert set(page.evaluate(shown)) == expected
 
 
 @needs_chromium
