@@ -56,6 +56,7 @@ def _sweep_row(r: dict) -> str:
     for key, _ in SWEEP_COLUMNS:
         value = r.get(key)
         raw = "" if value is None else repr(value) if isinstance(value, float) else str(value)
+        raw = "" if raw in ("nan", "inf", "-inf") else raw  # no order: sorted last, with the missing values
         shown = cell(value)
         if key == "status" and r.get("reason"):
             shown = f"{shown}: {r['reason']}"

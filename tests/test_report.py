@@ -24,7 +24,7 @@ import torch
 
 import asynclog
 import browser
-from asynclog import report, report_data
+from asynclog import report, report_data, report_html
 from asynclog.cli import main as cli_main
 
 needs_chromium = pytest.mark.skipif(browser.chromium() is None,
@@ -99,6 +99,15 @@ def test_hostile_text_stays_inside_the_data_block():
     text = report.embed_json({"texts": [HOSTILE, "a & b > c", "\u2028"]})
     assert "<" not in text and ">" not in text and "&" not in text
     assert json.loads(text) == {"texts": [HOSTILE, "a & b > c", "\u2028"]}
+
+
+def test_a_sweep_cell_without_a_finite_number_sorts_with_the_missing_ones():
+    html = report_html.sweep_table([{"checkpoint": "a", "deltaH1": float("nan"), "ESS": float("inf")},
+                                    {"checkpoint": "b", "deltaH1": 0.5, "ESS": None}])
+    cells = re.findall(r"<td data-v='([^']*)'>", html)
+    keys = [key for key, _ in report_html.SWEEP_COLUMNS]
+    assert [cells[keys.index("deltaH1")], cells[keys.index("ESS")]] == ["", ""]
+    assert cells[len(keys) + keys.index("deltaH1")] == "0.5"
 
 
 def test_a_batch_over_the_limit_keeps_extremes_and_whole_prompts(run, tmp_path, capsys):
