@@ -555,6 +555,12 @@ class Log:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def _repr_html_(self) -> str:
+        """Jupyter shows the run's summary card (``asynclog.tools.report.run_card``)."""
+        from asynclog.tools.report import run_card
+
+        return run_card(self)
+
     def __repr__(self) -> str:
         state = "complete" if self.complete else f"incomplete (cut at {self.cut_at})"
         return f"<asynclog.Log {self.path!r} {state}>"

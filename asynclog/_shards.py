@@ -147,6 +147,12 @@ class ShardedLog:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def _repr_html_(self) -> str:
+        """Jupyter shows the run's summary card (``asynclog.tools.report.run_card``)."""
+        from asynclog.tools.report import run_card
+
+        return run_card(self)
+
     def __repr__(self) -> str:
         state = "complete" if self.complete else f"incomplete ({'; '.join(self.problems)})"
         return f"<asynclog.ShardedLog {self.path!r} {self.world_size} ranks {state}>"

@@ -135,3 +135,14 @@ def texts_log(tmp_path) -> str:
     logger.log_run_start("step_1")
     logger.log_batch_data("U_batch", batch)
     return logger.finalize_log({})
+
+
+@pytest.fixture(scope="session")
+def debug_sweep(tmp_path_factory):
+    """A real demo sweep (``asynclog demo``, size tiny) of two checkpoints at level debug: sequences, tokens and
+    importance streams, summaries beside the logs. Shared by the tests of a session: read it, never change it."""
+    out = tmp_path_factory.mktemp("sweep") / "logs"
+    done = subprocess.run([sys.executable, "-m", "asynclog", "demo", "--size", "tiny", "--level", "debug",
+                           "--checkpoints", "2", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return out

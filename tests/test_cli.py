@@ -240,7 +240,7 @@ MISTAKES = {
     "verify": ["PATH"], "cat": ["PATH"], "demo": ["--config", "PATH", "--out", "OUT"], "bench": ["--only", "PATH"],
     "ls": ["PATH"], "show": ["PATH"], "sweep": ["PATH"], "export": ["PATH", "--to", "csv", "-o", "OUT"],
     "query": ["PATH", "SELECT 1"], "plot": ["PATH", "-o", "OUT"], "import": ["PATH", "--out", "OUT"],
-    "diff": ["PATH", "PATH"],
+    "diff": ["PATH", "PATH"], "report": ["PATH", "-o", "OUT"],
 }
 
 

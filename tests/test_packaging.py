@@ -47,6 +47,11 @@ def test_the_wheel_ships_the_level_configs_and_they_load_by_name(wheel, tmp_path
     assert levels == [[level, level] for level in LEVELS]
 
 
+def test_the_wheel_ships_the_reports_styles_and_script(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"asynclog/tools/report.css", "asynclog/tools/report.js"} <= names  # read by asynclog.tools.report into every page
+
+
 def test_the_wheel_declares_the_tested_pythons(wheel):
     with zipfile.ZipFile(wheel) as archive:
         (metadata,) = [name for name in archive.namelist() if name.endswith(".dist-info/METADATA")]

@@ -28,7 +28,8 @@ __all__ = ["main", "build_parser", "explain", "COMMAND_MODULES", "Failure", "EXI
 
 # Modules that add subcommands through register(subparsers), in the order their commands are listed.
 COMMAND_MODULES = ("asynclog.cli.logs", "asynclog.cli.demo", "asynclog.cli.runs", "asynclog.cli.diff",
-                   "asynclog.cli.export", "asynclog.cli.query", "asynclog.cli.plot", "asynclog.cli.imports")
+                   "asynclog.cli.export", "asynclog.cli.query", "asynclog.cli.plot", "asynclog.cli.imports",
+                   "asynclog.cli.report")
 
 
 def build_parser() -> argparse.ArgumentParser:
