@@ -114,6 +114,11 @@ def test_a_blocked_producer_gives_up_after_timeout_s(logdir):
         with pytest.raises(asynclog.WriterError, match="full queue|staging space"):
             for i in range(100_000):
                 run.event("e", i=i, payload="x" * 2000)
+    # The writer runs again: let it drain the full queue before closing, since close() waits for room in the
+    # queue at most timeout_s too (0.5 s here, short for a loaded machine to write 64 batches).
+    deadline = time.monotonic() + 60
+    while run._channel.full() and time.monotonic() < deadline:
+        time.sleep(0.01)
     run.close()
 
 
