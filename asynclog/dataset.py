@@ -4,13 +4,17 @@ Layout (hive partitioning: any engine that reads ``key=value`` folders finds ``c
 
     OUT/
     ├── _asynclog_exported.json                                     what it holds: the folders exported, and
-    │                                                               each run's path, stamp and part files
+    │                                                               each run's path, stamp and files
     ├── _asynclog_exported.lock                                     one export into OUT at a time
-    ├── table=runs/part-<run>.parquet                               one row per run: run, run_name, analysis.COLUMNS
-    ├── table=events/checkpoint=<c>/rank=<r>/part-<run>.parquet     run, type, name, time, data (JSON text)
-    ├── table=sequences/checkpoint=<c>/rank=<r>/part-<run>.parquet  run, batch, one row per sequence
-    ├── table=importance/checkpoint=<c>/rank=<r>/part-<run>.parquet run, batch, one row per sequence
-    └── table=tokens/checkpoint=<c>/rank=<r>/part-<run>.parquet     run, batch, position, one row per token
+    ├── _asynclog_staging/                                          an export's runs until merged (packs.py)
+    ├── table=runs/part-<id>.parquet                                one row per run: run, run_name, analysis.COLUMNS
+    ├── table=events/checkpoint=<c>/rank=<r>/part-<id>.parquet      run, type, name, time, data (JSON text)
+    ├── table=sequences/checkpoint=<c>/rank=<r>/part-<id>.parquet   run, batch, one row per sequence
+    ├── table=importance/checkpoint=<c>/rank=<r>/part-<id>.parquet  run, batch, one row per sequence
+    └── table=tokens/checkpoint=<c>/rank=<r>/part-<id>.parquet      run, batch, position, one row per token
+
+Each file is a pack of many runs' rows or one run's own (``<id>`` is then the run): ``packs.Merge`` keeps each
+folder of a table at a few files, however many runs it holds.
 
 Identity: ``<run>``, the ``run`` column of every table and the key to join on, is ``run_identity``: what the
 run was when it started, not where it is, so two runs never share it and a run moved or exported from
@@ -19,14 +23,14 @@ exported from, without ``.alog``) and its ``path``. ``checkpoint`` is the run's 
 ls`` shows it) in letters, digits, ``_``, ``.`` and ``-``; ``rank`` is 0 for a plain run and each shard's rank
 for a run folder of ranks; both are strings, in every engine's read that docs/DATASET.md gives.
 
-Sync: an export of DIR makes the dataset hold what DIR holds. A run new or changed there is written (its old
-part files removed); one unchanged (the size, mtime, ctime and inode of each of its files, as the state holds
-them) is skipped; one moved within DIR keeps its part files and gets a new runs row; a copy of a run held
+Sync: an export of DIR makes the dataset hold what DIR holds. A run new or changed there is staged, then
+merged into its folders' packs in place of its old rows; one unchanged (the size, mtime, ctime and inode of each of its files, as the state holds
+them) is skipped; one moved within DIR keeps its rows and gets a new runs row; a copy of a run held
 already is named on stderr and not held twice; a run the state recorded below DIR that DIR no longer holds
 (retention removed it, or it moved out) is removed. Runs exported from other folders are left alone. Any file
 of the tables that no run of the state names (a killed export's temporary file, a part whose run was not
 recorded) is removed. The state is replaced atomically at most every 2 s and once more at the end, so an
-export killed outright writes again the runs of its last 2 s (their part files are replaced, not doubled).
+export killed outright writes again the runs of its last 2 s (their rows are replaced, not doubled).
 
 A run a table cannot hold (a column whose type changes between chunks, numbers and text in one column, a
 per-token column longer than its tokens) is skipped, with one line on stderr naming it and why, and the
@@ -54,9 +58,9 @@ from . import index, ondisk
 from .analysis import COLUMNS, NUMBERS, find_logs, read_run, row, run_sources
 from .errors import AsyncLogError, ExportError
 from .exits import NOT_FOUND, USAGE
-from .files import atomic_write, makedirs, replacing
+from .files import atomic_write, makedirs
 from .format import SUFFIX
-from .packs import STAGING, Merge
+from .packs import STAGING, Merge, staged_file
 from .ranks import MANIFEST
 from .tables import EVENT_BATCH, STREAM_KINDS, arrow_batch, event_row, groups, need, per_token, shards_of
 
@@ -77,7 +81,7 @@ Sources = list[Callable[[], Iterator]]  # each call gives a fresh pass over one 
 
 
 class Exported(list):
-    """What an export did: the part files it wrote (the list itself), and ``skipped`` (path, why) for each run
+    """What an export did: the files it put in the tables (the list itself), and ``skipped`` (path, why) for each run
     a table cannot hold, ``copies`` (path, the path the dataset holds the run from) for each copy of a run it
     holds already, ``removed`` the paths of the runs it removed because their folder no longer holds them."""
 
@@ -548,7 +552,8 @@ def _repeats(values) -> bool:
 
 
 def _write(path: str, sources: Sources, every: bool = False) -> bool:
-    """Write the sources' batches to one Parquet file, a batch at a time; False (nothing written) when empty.
+    """Write the sources' batches to one staged Parquet file, a batch at a time; False (nothing written) when
+    empty.
 
     Each source's pass is begun once: its first batch serves for the schema and is then written, not decoded
     again. Only the first batches wait together (as the schema needs them all); the rest come one at a time.
@@ -563,7 +568,7 @@ def _write(path: str, sources: Sources, every: bool = False) -> bool:
     makedirs(os.path.dirname(path))
     dictionary = _dictionary_columns(schema, firsts)
     try:
-        with replacing(path) as f, pq.ParquetWriter(f, schema, use_dictionary=dictionary) as writer:
+        with staged_file(path) as f, pq.ParquetWriter(f, schema, use_dictionary=dictionary) as writer:
             for k, rest in enumerate(passes):
                 if firsts[k] is not None:
                     writer.write_batch(_conform(firsts[k], schema))

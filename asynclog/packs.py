@@ -28,10 +28,10 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import NamedTuple
 
-from .files import makedirs, replacing
+from .files import folders_to_sync, fsync_folders, makedirs, replacing
 from .tables import need
 
-__all__ = ["Merge", "STAGING", "PACK_BYTES", "SMALL_BYTES", "ROW_GROUP_ROWS"]
+__all__ = ["Merge", "staged_file", "STAGING", "PACK_BYTES", "SMALL_BYTES", "ROW_GROUP_ROWS"]
 
 STAGING = "_asynclog_staging"  # beside the tables: no read of a table's folder reaches it
 RUNS_KEY = b"asynclog.runs"
@@ -46,6 +46,13 @@ class Source(NamedTuple):
     keep: frozenset | None
     runs: frozenset
     size: int
+
+
+def staged_file(path: str):
+    """A file of the staging folder, new or emptied, open for writing; never through a link. Not fsynced: the
+    merge fsyncs what it puts in place, and the next export removes the staging folder whatever it holds."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    return os.fdopen(os.open(path, flags, 0o644), "wb")
 
 
 def held(path: str, named_by: set[str]) -> set[str]:
@@ -86,12 +93,14 @@ def groups(sources: list[Source]) -> list[list[Source]]:
     return [members for _, _, members in packs]
 
 
-def _dictionary_columns(files: list) -> list[str]:
+def _dictionary_columns(paths: list[str]) -> list[str]:
     """The columns any input wrote with a dictionary (its choice stands: dataset._dictionary_columns says why)."""
+    pq = need("pyarrow.parquet", "export")
     found = set()
-    for parquet in files:
-        if parquet.metadata.num_row_groups:
-            group = parquet.metadata.row_group(0)
+    for path in paths:
+        metadata = pq.read_metadata(path)
+        if metadata.num_row_groups:
+            group = metadata.row_group(0)
             found |= {group.column(i).path_in_schema for i in range(group.num_columns)
                       if any("DICTIONARY" in e for e in group.column(i).encodings)}
     return sorted(found)
@@ -105,11 +114,13 @@ def _fit(batch, schema):
                                        else pa.nulls(batch.num_rows, f.type) for f in schema], schema=schema)
 
 
-def _batches(parquet, keep: frozenset | None):
-    pa, pc = need("pyarrow", "export"), need("pyarrow.compute", "export")
-    wanted = None if keep is None else pa.array(sorted(keep), pa.string())
-    for batch in parquet.iter_batches(batch_size=ROW_GROUP_ROWS):
-        yield batch if wanted is None else batch.filter(pc.is_in(batch.column("run"), value_set=wanted))
+def _batches(source: Source):
+    """The source's kept rows; its file open only while they are read (a pack may take thousands of files)."""
+    pa, pc, pq = need("pyarrow", "export"), need("pyarrow.compute", "export"), need("pyarrow.parquet", "export")
+    wanted = None if source.keep is None else pa.array(sorted(source.keep), pa.string())
+    with pq.ParquetFile(source.path) as parquet:
+        for batch in parquet.iter_batches(batch_size=ROW_GROUP_ROWS):
+            yield batch if wanted is None else batch.filter(pc.is_in(batch.column("run"), value_set=wanted))
 
 
 def write_pack(path: str, sources: list[Source]) -> list[str]:
@@ -117,14 +128,14 @@ def write_pack(path: str, sources: list[Source]) -> list[str]:
     in row groups of about ``ROW_GROUP_ROWS``; return the runs it holds (also its metadata's list)."""
     pa, pq = need("pyarrow", "export"), need("pyarrow.parquet", "export")
     runs = sorted(set().union(*(s.runs if s.keep is None else s.keep for s in sources)))
-    files = [pq.ParquetFile(s.path) for s in sources]
-    schema = _unified([f.schema_arrow.remove_metadata() for f in files])
+    paths = [s.path for s in sources]
+    schema = _unified([_schema_of(p) for p in paths])
     makedirs(os.path.dirname(path))
     with replacing(path) as out, pq.ParquetWriter(out, schema.with_metadata({RUNS_KEY: json.dumps(runs)}),
-                                                  use_dictionary=_dictionary_columns(files)) as writer:
+                                                  use_dictionary=_dictionary_columns(paths)) as writer:
         gathered, rows = [], 0
-        for parquet, source in zip(files, sources):
-            for batch in _batches(parquet, source.keep):
+        for source in sources:
+            for batch in _batches(source):
                 gathered.append(_fit(batch, schema))
                 rows += batch.num_rows
                 if rows >= ROW_GROUP_ROWS:
@@ -133,6 +144,15 @@ def write_pack(path: str, sources: list[Source]) -> list[str]:
         if rows:
             writer.write_table(pa.Table.from_batches(gathered, schema), row_group_size=ROW_GROUP_ROWS)
     return runs
+
+
+def _put(staged: str, path: str) -> None:
+    """Rename a staged file into the tables, durably: over the run's own old file, if it had one, in one step."""
+    with open(staged, "rb") as f:
+        os.fsync(f.fileno())
+    makedirs(os.path.dirname(path))
+    os.replace(staged, path)
+    fsync_folders(folders_to_sync(path))
 
 
 class Merge:
@@ -205,8 +225,7 @@ class Merge:
         if len(group) == 1 and group[0].keep is None and group[0].path.startswith(self._at(STAGING) + os.sep):
             [run] = group[0].runs
             part = os.path.join(folder, f"part-{run}.parquet")
-            makedirs(os.path.dirname(self._at(part)))
-            os.replace(group[0].path, self._at(part))  # over the run's own old file, if it had one: one step
+            _put(group[0].path, self._at(part))
             runs = [run]
         else:
             part = os.path.join(folder, f"part-{os.urandom(8).hex()}.parquet")
