@@ -7,7 +7,7 @@ Layout (hive partitioning: any engine that reads ``key=value`` folders finds ``c
     │                                                               each run's path, stamp and files
     ├── _asynclog_exported.lock                                     one export into OUT at a time
     ├── _asynclog_staging/                                          an export's runs until merged (packs.py)
-    ├── table=runs/part-<id>.parquet                                one row per run: run, run_name, analysis.COLUMNS
+    ├── table=runs/part-<id>.parquet                                one row per run: run, run_name, COLUMNS
     ├── table=events/checkpoint=<c>/rank=<r>/part-<id>.parquet      run, type, name, time, data (JSON text)
     ├── table=sequences/checkpoint=<c>/rank=<r>/part-<id>.parquet   run, batch, one row per sequence
     ├── table=importance/checkpoint=<c>/rank=<r>/part-<id>.parquet  run, batch, one row per sequence
@@ -23,14 +23,14 @@ exported from, without ``.alog``) and its ``path``. ``checkpoint`` is the run's 
 ls`` shows it) in letters, digits, ``_``, ``.`` and ``-``; ``rank`` is 0 for a plain run and each shard's rank
 for a run folder of ranks; both are strings, in every engine's read that docs/DATASET.md gives.
 
-Sync: an export of DIR makes the dataset hold what DIR holds. A run new or changed there is staged, then
-merged into its folders' packs in place of its old rows; one unchanged (the size, mtime, ctime and inode of each of its files, as the state holds
-them) is skipped; one moved within DIR keeps its rows and gets a new runs row; a copy of a run held
-already is named on stderr and not held twice; a run the state recorded below DIR that DIR no longer holds
-(retention removed it, or it moved out) is removed. Runs exported from other folders are left alone. Any file
-of the tables that no run of the state names (a killed export's temporary file, a part whose run was not
-recorded) is removed. The state is replaced atomically at most every 2 s and once more at the end, so an
-export killed outright writes again the runs of its last 2 s (their rows are replaced, not doubled).
+Sync: an export of DIR makes the dataset hold what DIR holds. A run new or changed there is staged, then merged
+into its folders' packs in place of its old rows; one unchanged (the size, mtime, ctime and inode of each of its
+files, as the state holds them) is skipped; one moved within DIR keeps its rows and gets a new runs row; a copy
+of a run held already is named on stderr and not held twice; a run the state recorded below DIR that DIR no
+longer holds (retention removed it, or it moved out) is removed. Runs exported from other folders are left alone.
+Any file of the tables that no run of the state names (a killed export's temporary file, a part whose run was not
+recorded) is removed. The state is replaced atomically at most every 2 s and once more at the end, so an export
+killed outright writes again the runs of its last 2 s (their rows are replaced, not doubled).
 
 A run a table cannot hold (a column whose type changes between chunks, numbers and text in one column, a
 per-token column longer than its tokens) is skipped, with one line on stderr naming it and why, and the
