@@ -754,3 +754,43 @@ def test_a_compaction_killed_midway_leaves_each_run_once_and_the_next_export_fin
     assert not _temporary_files(out) and not os.path.exists(out / "_asynclog_staging")
     assert sorted(n for _, n in sql(out, "select run, count(*) from tokens group by run")) == [120 * 500] * 12
     assert len(files_of(out)) == 1 and count(out, "runs") == 12
+
+
+def test_a_pack_someone_removed_has_its_runs_written_again_by_the_next_export(tmp_path):
+    logs, out = tmp_path / "logs", tmp_path / "dataset"
+    for k in range(3):
+        one_sequence(logs / f"seed{k}" / "step_1.alog", tokens=k + 1)
+    assert export_to(logs, out).returncode == 0
+    [pack] = files_of(out)
+    os.unlink(out / pack)
+    done = export_to(logs, out)
+    assert done.returncode == 0, done.stderr
+    assert tokens_by_name(out) == {f"seed{k}/step_1": k + 1 for k in range(3)} and len(files_of(out)) == 1
+
+
+def copies_of(path, folder, n: int) -> None:
+    """``n`` runs made of the bytes of the run at ``path``, each with another start time in its header frame: each
+    its own identity, as ``dataset.run_identity`` hashes that frame (a plain copy would be held once)."""
+    from asynclog import format as fmt
+    from asynclog.ondisk import first_frame
+
+    first = first_frame(path)
+    with open(path, "rb") as f:
+        rest = f.read()[len(first):]
+    folder.mkdir(parents=True, exist_ok=True)
+    header = fmt.decode_meta(first[fmt.PREAMBLE_SIZE + fmt.HEADER_SIZE:-4])
+    for k in range(n):
+        start = fmt.log_start(fmt.encode_meta({**header, "created": header["created"] + k + 1}))
+        assert len(start) == len(first)
+        (folder / f"copy{k:04d}.alog").write_bytes(start + rest)
+
+
+def test_a_pack_of_more_runs_than_the_export_may_open_files_is_written(tmp_path):
+    logs, out = tmp_path / "logs", tmp_path / "dataset"
+    copies_of(one_sequence(tmp_path / "step_1.alog", tokens=3), logs, 300)
+    script = ("import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200)); "
+              "from asynclog.dataset import export_dataset; export_dataset(sys.argv[1], sys.argv[2])")
+    done = subprocess.run([sys.executable, "-c", script, str(logs), str(out)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert count(out, "runs") == 300 and count(out) == 900 and len(files_of(out)) == 1
