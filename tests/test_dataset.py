@@ -84,7 +84,7 @@ def test_every_run_and_rank_lands_in_its_checkpoint_and_rank_partition(dataset):
     assert [p.split("/")[1:3] for p in tokens] == [["checkpoint=ranks", "rank=0"], ["checkpoint=ranks", "rank=1"],
                                                    ["checkpoint=step_000", "rank=0"], ["checkpoint=step_001", "rank=0"]]
     assert all(p.split("/")[-1].startswith("part-") for p in parts)
-    assert sum(p.startswith("table=runs/") for p in parts) == 3  # one row per run: the rank folder is one run
+    assert sum(p.startswith("table=runs/") for p in parts) == 1  # one pack of the three runs' rows
     assert any(p.startswith("table=sequences/checkpoint=step_000/rank=0/") for p in parts)
 
 
@@ -154,9 +154,12 @@ def test_exporting_again_rewrites_nothing_and_adds_a_new_run(logs, tmp_path):
     added = asynclog_cli("export", str(folder), "--dataset", str(out))
     assert added.returncode == 0, added.stderr
     after = parquet_mtimes(out)
-    assert {p: after[p] for p in before} == before
+    runs_table = os.path.join(str(out), "table=runs")  # one small pack, written again with the new run's row
+    assert {p: after[p] for p in before if not p.startswith(runs_table)} == {
+        p: t for p, t in before.items() if not p.startswith(runs_table)}
     assert sorted(os.path.relpath(p, out).split(os.sep)[:3] for p in set(after) - set(before)
                   if "table=tokens" in p) == [["table=tokens", "checkpoint=late", f"rank={r}"] for r in range(3)]
+    assert count(out, "runs") == 4 and len([p for p in after if p.startswith(runs_table)]) == 1
 
 
 def test_query_prints_the_aggregate_over_every_run_and_rank(logs, dataset):
@@ -407,7 +410,7 @@ def test_a_part_file_no_exported_run_names_is_removed_by_the_next_export(tmp_pat
     assert export_to(logs, out).returncode == 0
     [part] = [p for p in parquet_mtimes(out) if "table=tokens" in p]
     shutil.copy(part, os.path.join(os.path.dirname(part), "part-a_doubled.parquet"))  # as overlapping exports left
-    assert count(out) == 12
+    assert _token_rows(out, "a") == 12  # a read of every file takes it (connect reads only the files the state names)
     assert export_to(logs, out).returncode == 0
     assert count(out) == 6
 
@@ -602,30 +605,38 @@ def _temporary_files(folder) -> list[str]:
 
 
 def kill_midway(logs, out) -> bool:
-    """Start an export of ``logs`` into ``out`` and kill -9 it while it writes a tokens part (after one tokens part
-    is whole); whether it was killed so (False: it ended first)."""
+    """Start an export of ``logs`` into ``out`` and kill -9 it while it writes a part (after one part is whole,
+    staged or in the tables); whether it was killed so (False: it ended first)."""
     import signal
 
     export = subprocess.Popen([sys.executable, "-m", "asynclog", "export", str(logs), "--dataset", str(out)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline, mine = time.monotonic() + 60, f".{export.pid}."
     while export.poll() is None and time.monotonic() < deadline and not (
-            any(mine in f for f in _temporary_files(out / "table=tokens")) and count_parts(out / "table=tokens")):
+            any(mine in f for f in _temporary_files(out)) and count_parts(out)):
         time.sleep(0.001)
     os.kill(export.pid, signal.SIGKILL)
     return export.wait() == -signal.SIGKILL and any(mine in f for f in _temporary_files(out))
 
 
-def test_an_export_killed_midway_leaves_parts_no_reader_takes_and_the_next_export_completes(big_logs, tmp_path, full):
+def whole_runs_read(out, rows_per_run: int) -> bool:
+    """Whether ``table()`` reads each run's tokens whole or not at all (none yet, when no run was merged)."""
     import asynclog.tools.dataset
 
+    if not asynclog.tools.dataset.table_files(out, "tokens"):
+        return True
+    runs = asynclog.tools.dataset.table(out, "tokens").to_table(columns=["run"]).column("run").to_pylist()
+    return set(Counter(runs).values()) == {rows_per_run}
+
+
+def test_an_export_killed_midway_leaves_parts_no_reader_takes_and_the_next_export_completes(big_logs, tmp_path, full):
     out = tmp_path / "dataset"
     assert kill_midway(big_logs, out), "the export ended before it could be killed mid-way"
-    asynclog.tools.dataset.table(out, "tokens").to_table()  # its stale part is not read
+    assert whole_runs_read(out, 400 * 500)  # its stale part is not read
     for _ in range(8 if full else 0):  # --full: the exports that finish it are killed too, as long as they write
         if not kill_midway(big_logs, out):
             break
-        asynclog.tools.dataset.table(out, "tokens").to_table()
+        assert whole_runs_read(out, 400 * 500)
     done = export_to(big_logs, out)
     assert done.returncode == 0, done.stderr
     assert not _temporary_files(out)
@@ -640,3 +651,146 @@ def test_a_run_whose_file_name_is_not_utf8_is_exported(tmp_path):
     assert sql(out, "select run_name from runs") == [("bad\\xff",)] and count(out) == 6
     again = export_to(logs, out)
     assert again.returncode == 0 and again.stdout == "", again.stderr  # its state was saved: nothing to redo
+
+
+# --- packs: few files per table and partition, however many runs -------------------------------------------
+def files_of(out, table: str = "tokens") -> list[str]:
+    return sorted(os.path.relpath(os.path.join(d, f), out) for d, _, files in os.walk(out / f"table={table}")
+                  for f in files)
+
+
+def tokens_by_name(out) -> dict[str, int]:
+    return dict(sql(out, "select r.run_name, count(*) from tokens t join runs r using (run) group by 1"))
+
+
+def test_many_runs_of_one_checkpoint_are_one_file_per_table_and_each_run_once(tmp_path):
+    logs, out = tmp_path / "logs", tmp_path / "dataset"
+    for k in range(12):
+        one_sequence(logs / f"seed{k:02d}" / "step_1.alog", tokens=k + 1)
+    assert export_to(logs, out).returncode == 0
+    assert len(files_of(out)) == 1 and len(files_of(out, "runs")) == 1
+    assert tokens_by_name(out) == {f"seed{k:02d}/step_1": k + 1 for k in range(12)}
+
+
+def test_a_later_export_replaces_removes_and_adds_runs_inside_a_pack_exactly(tmp_path):
+    logs, out = tmp_path / "logs", tmp_path / "dataset"
+    for k in range(6):
+        one_sequence(logs / f"seed{k}" / "step_1.alog", tokens=k + 1)
+    assert export_to(logs, out).returncode == 0
+    os.unlink(logs / "seed0" / "step_1.alog")  # removed
+    os.unlink(logs / "seed1" / "step_1.alog")  # replaced: another run at the same path
+    one_sequence(logs / "seed1" / "step_1.alog", tokens=20)
+    os.renames(logs / "seed2", logs / "moved" / "seed2")  # moved
+    one_sequence(logs / "seed9" / "step_1.alog", tokens=9)  # added
+    done = export_to(logs, out)
+    assert done.returncode == 0, done.stderr
+    assert tokens_by_name(out) == {"seed1/step_1": 20, "moved/seed2/step_1": 3, "seed3/step_1": 4,
+                                   "seed4/step_1": 5, "seed5/step_1": 6, "seed9/step_1": 9}
+    assert count(out, "runs") == 6 and len(files_of(out)) == 1 and len(files_of(out, "runs")) == 1
+    before = parquet_mtimes(out)
+    again = export_to(logs, out)
+    assert again.returncode == 0 and parquet_mtimes(out) == before  # nothing changed, nothing written
+
+
+def test_runs_whose_columns_do_not_unify_share_no_pack_and_read_as_one_table(tmp_path):
+    logs, out = tmp_path / "logs", tmp_path / "dataset"
+    for name, judge in (("a", 1), ("b", "good"), ("c", 2)):
+        one_sequence(logs / name / "step_1.alog", stream="sequences/E_batch", judge=judge)
+    assert export_to(logs, out).returncode == 0
+    assert len(files_of(out, "sequences")) == 2  # a and c together, b apart
+    assert sorted(sql(out, "select judge from sequences")) == [("1",), ("2",), ("good",)]
+
+
+@pytest.fixture(scope="module")
+def packed_logs(tmp_path_factory):
+    """Runs of one checkpoint, large enough that merging them into a pack takes a while: 12 of 60 k tokens."""
+    folder = tmp_path_factory.mktemp("packed")
+    g = torch.Generator().manual_seed(7)
+    for k in range(12):
+        with asynclog.start(path=folder / f"seed{k:02d}" / "step_1.alog") as run:
+            stream = run.stream("tokens/E_batch", chunk_rows=64)
+            for i in range(120):
+                stream.append(sequence_id=i, tokens=torch.randint(0, 151_000, (500,), generator=g),
+                              token_logprobs=-torch.rand(500, generator=g))
+    return folder
+
+
+def kill_while_packing(logs, out, delay: float = 0.0) -> bool:
+    """Start an export and kill -9 it ``delay`` s after it begins writing a pack into the tokens table (a temporary
+    file there: staged runs are written beside the tables); whether it was killed so."""
+    import signal
+
+    export = subprocess.Popen([sys.executable, "-m", "asynclog", "export", str(logs), "--dataset", str(out)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, mine = time.monotonic() + 60, f".{export.pid}."
+    while export.poll() is None and time.monotonic() < deadline and not any(
+            mine in f for f in _temporary_files(out / "table=tokens")):
+        time.sleep(0.001)
+    time.sleep(delay)
+    if export.poll() is not None:
+        return False
+    os.kill(export.pid, signal.SIGKILL)
+    return export.wait() == -signal.SIGKILL
+
+
+def test_a_compaction_killed_midway_leaves_each_run_once_and_the_next_export_finishes_it(packed_logs, tmp_path,
+                                                                                        full):
+    logs, out = tmp_path / "logs", tmp_path / "dataset"
+    for k in range(6):  # the first half exported whole; the second half comes with the export that is killed
+        shutil.copytree(packed_logs / f"seed{k:02d}", logs / f"seed{k:02d}")
+    assert export_to(logs, out).returncode == 0
+    for k in range(6, 12):
+        shutil.copytree(packed_logs / f"seed{k:02d}", logs / f"seed{k:02d}")
+    assert kill_while_packing(logs, out), "the export ended before it could be killed while packing"
+    glob = f"{out}/table=tokens/**/*.parquet"
+    for read in (lambda: sql(out, "select run, count(*) from tokens group by run"),
+                 lambda: duckdb.sql(f"select run, count(*) from read_parquet('{glob}') group by run").fetchall()):
+        assert sorted(n for _, n in read()) == [120 * 500] * 6  # the pack before, whole; the new one not read
+    for delay in (0.05, 0.1, 0.2, 0.3, 0.5, 0.8) if full else ():  # --full: killed later, up to its end
+        if kill_while_packing(logs, out, delay):
+            assert set(n for _, n in sql(out, "select run, count(*) from tokens group by run")) == {120 * 500}
+    done = export_to(logs, out)
+    assert done.returncode == 0, done.stderr
+    assert not _temporary_files(out) and not os.path.exists(out / "_asynclog_staging")
+    assert sorted(n for _, n in sql(out, "select run, count(*) from tokens group by run")) == [120 * 500] * 12
+    assert len(files_of(out)) == 1 and count(out, "runs") == 12
+
+
+def test_a_pack_someone_removed_has_its_runs_written_again_by_the_next_export(tmp_path):
+    logs, out = tmp_path / "logs", tmp_path / "dataset"
+    for k in range(3):
+        one_sequence(logs / f"seed{k}" / "step_1.alog", tokens=k + 1)
+    assert export_to(logs, out).returncode == 0
+    [pack] = files_of(out)
+    os.unlink(out / pack)
+    done = export_to(logs, out)
+    assert done.returncode == 0, done.stderr
+    assert tokens_by_name(out) == {f"seed{k}/step_1": k + 1 for k in range(3)} and len(files_of(out)) == 1
+
+
+def copies_of(path, folder, n: int) -> None:
+    """``n`` runs made of the bytes of the run at ``path``, each with another start time in its header frame: each
+    its own identity, as ``dataset.run_identity`` hashes that frame (a plain copy would be held once)."""
+    from asynclog import _format as fmt
+    from asynclog._ondisk import first_frame
+
+    first = first_frame(path)
+    with open(path, "rb") as f:
+        rest = f.read()[len(first):]
+    folder.mkdir(parents=True, exist_ok=True)
+    header = fmt.decode_meta(first[fmt.PREAMBLE_SIZE + fmt.HEADER_SIZE:-4])
+    for k in range(n):
+        start = fmt.log_start(fmt.encode_meta({**header, "created": header["created"] + k + 1}))
+        assert len(start) == len(first)
+        (folder / f"copy{k:04d}.alog").write_bytes(start + rest)
+
+
+def test_a_pack_of_more_runs_than_the_export_may_open_files_is_written(tmp_path):
+    logs, out = tmp_path / "logs", tmp_path / "dataset"
+    copies_of(one_sequence(tmp_path / "step_1.alog", tokens=3), logs, 300)
+    script = ("import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200)); "
+              "from asynclog.tools.dataset import export_dataset; export_dataset(sys.argv[1], sys.argv[2])")
+    done = subprocess.run([sys.executable, "-c", script, str(logs), str(out)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert count(out, "runs") == 300 and count(out) == 900 and len(files_of(out)) == 1

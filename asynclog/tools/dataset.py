@@ -4,13 +4,17 @@ Layout (hive partitioning: any engine that reads ``key=value`` folders finds ``c
 
     OUT/
     ├── _asynclog_exported.json                                     what it holds: the folders exported, and
-    │                                                               each run's path, stamp and part files
+    │                                                               each run's path, stamp and files
     ├── _asynclog_exported.lock                                     one export into OUT at a time
-    ├── table=runs/part-<run>.parquet                               one row per run: run, run_name, analysis.COLUMNS
-    ├── table=events/checkpoint=<c>/rank=<r>/part-<run>.parquet     run, type, name, time, data (JSON text)
-    ├── table=sequences/checkpoint=<c>/rank=<r>/part-<run>.parquet  run, batch, one row per sequence
-    ├── table=importance/checkpoint=<c>/rank=<r>/part-<run>.parquet run, batch, one row per sequence
-    └── table=tokens/checkpoint=<c>/rank=<r>/part-<run>.parquet     run, batch, position, one row per token
+    ├── _asynclog_staging/                                          an export's runs until merged (packs.py)
+    ├── table=runs/part-<id>.parquet                                one row per run: run, run_name, COLUMNS
+    ├── table=events/checkpoint=<c>/rank=<r>/part-<id>.parquet      run, type, name, time, data (JSON text)
+    ├── table=sequences/checkpoint=<c>/rank=<r>/part-<id>.parquet   run, batch, one row per sequence
+    ├── table=importance/checkpoint=<c>/rank=<r>/part-<id>.parquet  run, batch, one row per sequence
+    └── table=tokens/checkpoint=<c>/rank=<r>/part-<id>.parquet      run, batch, position, one row per token
+
+Each file is a pack of many runs' rows or one run's own (``<id>`` is then the run): ``packs.Merge`` keeps each
+folder of a table at a few files, however many runs it holds.
 
 Identity: ``<run>``, the ``run`` column of every table and the key to join on, is ``run_identity``: what the
 run was when it started, not where it is, so two runs never share it and a run moved or exported from
@@ -19,14 +23,14 @@ exported from, without ``.alog``) and its ``path``. ``checkpoint`` is the run's 
 ls`` shows it) in letters, digits, ``_``, ``.`` and ``-``; ``rank`` is 0 for a plain run and each shard's rank
 for a run folder of ranks; both are strings, in every engine's read that docs/DATASET.md gives.
 
-Sync: an export of DIR makes the dataset hold what DIR holds. A run new or changed there is written (its old
-part files removed); one unchanged (the size, mtime, ctime and inode of each of its files, as the state holds
-them) is skipped; one moved within DIR keeps its part files and gets a new runs row; a copy of a run held
-already is named on stderr and not held twice; a run the state recorded below DIR that DIR no longer holds
-(retention removed it, or it moved out) is removed. Runs exported from other folders are left alone. Any file
-of the tables that no run of the state names (a killed export's temporary file, a part whose run was not
-recorded) is removed. The state is replaced atomically at most every 2 s and once more at the end, so an
-export killed outright writes again the runs of its last 2 s (their part files are replaced, not doubled).
+Sync: an export of DIR makes the dataset hold what DIR holds. A run new or changed there is staged, then merged
+into its folders' packs in place of its old rows; one unchanged (the size, mtime, ctime and inode of each of its
+files, as the state holds them) is skipped; one moved within DIR keeps its rows and gets a new runs row; a copy
+of a run held already is named on stderr and not held twice; a run the state recorded below DIR that DIR no
+longer holds (retention removed it, or it moved out) is removed. Runs exported from other folders are left alone.
+Any file of the tables that no run of the state names (a killed export's temporary file, a part whose run was not
+recorded) is removed. The state is replaced atomically at most every 2 s and once more at the end, so an export
+killed outright writes again the runs of its last 2 s (their rows are replaced, not doubled).
 
 A run a table cannot hold (a column whose type changes between chunks, numbers and text in one column, a
 per-token column longer than its tokens) is skipped, with one line on stderr naming it and why, and the
@@ -44,27 +48,31 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 
 from asynclog import _ondisk as ondisk
-from asynclog._files import atomic_write, makedirs, replacing
+from asynclog._files import atomic_write, makedirs
 from asynclog._format import SUFFIX
 from asynclog._ranks import MANIFEST
 from asynclog._tables import EVENT_BATCH, STREAM_KINDS, arrow_batch, event_row, groups, need, per_token, shards_of
 from asynclog.errors import AsyncLogError, ExportError
 from asynclog.tools import index
 from asynclog.tools.analysis import COLUMNS, NUMBERS, find_logs, read_run, row, run_sources
+from asynclog.tools.packs import STAGING, Merge, staged_file
 
-__all__ = ["export_dataset", "Exported", "run_identity", "is_dataset", "connect", "table", "STATE", "TABLES",
-           "PARTITIONS"]
+__all__ = ["export_dataset", "Exported", "run_identity", "is_dataset", "connect", "table", "table_files", "STATE",
+           "TABLES", "PARTITIONS"]
 
 STATE = "_asynclog_exported.json"
 LOCK = "_asynclog_exported.lock"
 TABLES = ("runs", "events", "sequences", "importance", "tokens")
 PARTITIONS = ("checkpoint", "rank")  # the hive keys of every table but runs; strings
-_FORMAT = "asynclog-dataset/2"  # the state's; an older one named runs by their path
+_FORMAT = "asynclog-dataset/3"  # the state's: a file may hold many runs (packs.py); 1 named runs by their path
+_READ = (_FORMAT, "asynclog-dataset/2")  # 2: each file one run's, which 3 reads as it is
 _INTEGERS = frozenset({"size", "dropped"})  # of analysis.NUMBERS, the counts; the others are float64
 _SAVE_EVERY = 2.0  # seconds between saves of the state file during an export
 _PART = re.compile(r"table=[a-z]+/(checkpoint=[^/]+/rank=\d+/)?part-[0-9a-f]{16}\.parquet")  # what _part names
@@ -73,7 +81,7 @@ Sources = list[Callable[[], Iterator]]  # each call gives a fresh pass over one 
 
 
 class Exported(list):
-    """What an export did: the part files it wrote (the list itself), and ``skipped`` (path, why) for each run
+    """What an export did: the files it put in the tables (the list itself), and ``skipped`` (path, why) for each run
     a table cannot hold, ``copies`` (path, the path the dataset holds the run from) for each copy of a run it
     holds already, ``removed`` the paths of the runs it removed because their folder no longer holds them."""
 
@@ -167,20 +175,28 @@ def _refuse_partition_like(out: str) -> None:
 def _read_state(out: str) -> dict:
     """The state, or an empty one when there is none, it cannot be read, or an older asynclog wrote it (naming
     runs by their path): the sync then removes every part it does not name, and writes the runs again."""
-    empty = {"format": _FORMAT, "sources": {}, "runs": {}}
+    state = _load_state(out)
+    if state is None:
+        state = {"format": _FORMAT, "sources": {}, "runs": {}}
+        if os.path.lexists(os.path.join(out, STATE)):
+            print(f"asynclog export: {out}: {STATE} is unreadable or from an older asynclog; its tables are written "
+                  "again (runs exported from other folders come back when those are exported)", file=sys.stderr)
+    return state
+
+
+def _load_state(out: str) -> dict | None:
+    """The state, its runs' entries checked; None when there is none, it cannot be read, or an older asynclog
+    wrote it."""
     try:
         with open(os.path.join(out, STATE), "rb") as f:
             state = json.loads(f.read())
-    except FileNotFoundError:
-        return empty
-    except ValueError:  # not JSON, or not UTF-8
-        state = None
-    if not (isinstance(state, dict) and state.get("format") == _FORMAT and isinstance(state.get("runs"), dict)
+    except (OSError, ValueError):  # none; not JSON, or not UTF-8
+        return None
+    if not (isinstance(state, dict) and state.get("format") in _READ and isinstance(state.get("runs"), dict)
             and isinstance(state.get("sources"), dict)):
-        print(f"asynclog export: {out}: {STATE} is unreadable or from an older asynclog; its tables are written "
-              "again (runs exported from other folders come back when those are exported)", file=sys.stderr)
-        return empty
+        return None
     state["runs"] = {run: entry for run, entry in state["runs"].items() if _is_entry(entry)}
+    state["format"] = _FORMAT
     return state
 
 
@@ -215,8 +231,10 @@ def _one_export_at_a_time(out: str) -> Iterator[None]:
 
 def _tidy(out: str, runs: dict) -> None:
     """Remove from ``out``'s tables every file no run of the state names (a killed export's temporary files;
-    a part renamed into place just before a kill, whose run is then written again; parts an older asynclog
-    wrote twice), then the folders left empty, and the state's own stale temporary files."""
+    a pack renamed into place just before a kill, whose runs are then written again; the files a pack replaced;
+    parts an older asynclog wrote twice), then the folders left empty, the staging folder, and the state's own
+    stale temporary files."""
+    shutil.rmtree(os.path.join(out, STAGING), ignore_errors=True)
     keep = {os.path.normpath(part) for entry in runs.values() for part in entry["parts"]}
     for table in TABLES:
         for folder, _, names in os.walk(os.path.join(out, f"table={table}"), topdown=False):
@@ -230,6 +248,15 @@ def _tidy(out: str, runs: dict) -> None:
         if name.startswith(STATE + ".") and name.endswith(".tmp"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(out, name))
+
+
+def _forget_missing(out: str, runs: dict) -> None:
+    """A run whose files are not all there (someone removed one) is written again by this export: its entry
+    loses its stamp and the missing files."""
+    for entry in runs.values():
+        there = [p for p in entry["parts"] if os.path.isfile(os.path.join(out, p))]
+        if there != entry["parts"]:
+            entry["parts"], entry["stamp"] = there, []
 
 
 # --- one export: a sync of the source into the dataset ----------------------------------------------------------
@@ -246,6 +273,7 @@ def export_dataset(directory: str | os.PathLike, out: str | os.PathLike) -> Expo
             for path in runs:
                 sync.add(path)
             sync.remove_gone()
+            sync.merge()
         finally:
             sync.save()
         _tidy(out, sync.runs)
@@ -253,13 +281,18 @@ def export_dataset(directory: str | os.PathLike, out: str | os.PathLike) -> Expo
 
 
 class _Sync:
-    """One export of ``source`` into ``out``: ``add`` each run the source holds, then ``remove_gone``, ``save``."""
+    """One export of ``source`` into ``out``: ``add`` each run the source holds (its rows staged), then
+    ``remove_gone``, ``merge`` (the staged rows into the tables' packs), ``save``."""
 
     def __init__(self, out: str, source: str, base: str):
         self.out, self.source, self.base = out, source, base
         self.state = _read_state(out)
         self.runs: dict[str, dict] = self.state["runs"]
         _tidy(out, self.runs)
+        _forget_missing(out, self.runs)
+        self.staging = os.path.join(out, STAGING)
+        self.staged: dict[str, list[tuple[str, str]]] = defaultdict(list)  # each folder's (run, staged file)
+        self.pending: dict[str, dict] = {}  # each run staged: its entry once merged, with the parts it keeps
         self.at = {entry["path"]: run for run, entry in self.runs.items()}  # the run recorded at each path
         self.found: dict[str, str] = {}  # each run found, and the path the dataset holds it from
         self.result = Exported()
@@ -296,23 +329,23 @@ class _Sync:
         return True
 
     def _write_run(self, run: str, path: str, stamp: list, entry: dict | None) -> None:
-        """Write a run new or changed; of a run moved whose files are the same, only its runs row."""
+        """Stage a run new or changed; of a run moved whose files are the same, only its runs row."""
         facts = row(read_run(path))
         checkpoint = _folder_value(facts["checkpoint"] or os.path.basename(path).removesuffix(SUFFIX))
         if entry is not None and _content(entry["stamp"]) == _content(stamp) and entry["checkpoint"] == checkpoint:
             batch = _run_batch(run, self._name(path), facts)
-            _write(os.path.join(self.out, _part("runs", run)), [lambda: iter([batch])])
-            parts = entry["parts"]
+            _write(os.path.join(self.staging, _part("runs", run)), [lambda: iter([batch])])
+            parts, keep = [_part("runs", run)], [p for p in entry["parts"] if not p.startswith("table=runs" + os.sep)]
         else:
             try:
-                parts = _export_run(path, run, self._name(path), facts, checkpoint, self.out)
+                parts = _export_run(path, run, self._name(path), facts, checkpoint, self.staging)
             except ExportError as exc:
                 return self._skip(run, path, str(exc))
-            self.result += [os.path.join(self.out, p) for p in parts]
-            self._remove_parts(set(entry["parts"]) - set(parts) if entry else ())
-        self.runs[run] = {"path": path, "stamp": stamp, "checkpoint": checkpoint, "parts": parts}
+            keep = []
+        for part in parts:
+            self.staged[os.path.dirname(part)].append((run, os.path.join(self.staging, part)))
+        self.pending[run] = {"path": path, "stamp": stamp, "checkpoint": checkpoint, "parts": keep}
         self.at[path] = run
-        self._changed()
 
     def _name(self, path: str) -> str:
         return _readable(os.path.relpath(path, self.base).removesuffix(SUFFIX))
@@ -324,15 +357,9 @@ class _Sync:
         self._drop(run)
 
     def _drop(self, run: str) -> None:
-        entry = self.runs.pop(run, None)
-        if entry is not None:
-            self._remove_parts(entry["parts"])
+        """The run leaves the dataset: its own files go with the next tidy, its rows in packs with the merge."""
+        if self.runs.pop(run, None) is not None:
             self._changed()
-
-    def _remove_parts(self, parts) -> None:
-        for part in parts:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(self.out, part))
 
     def remove_gone(self) -> None:
         """Remove each run recorded below the source that the source no longer holds."""
@@ -340,6 +367,24 @@ class _Sync:
             if run not in self.found and _below(entry["path"], self.source):
                 self.result.removed.append(entry["path"])
                 self._drop(run)
+
+    def merge(self) -> None:
+        """Bring the staged runs into the tables (``packs.Merge``). Until it ends, each staged run's entry has no
+        stamp, so a kill has the next export write it again; the files it had where it is staged again stay
+        named until a pack replaces them."""
+        restaged = defaultdict(set)  # each run's folders
+        for folder, pairs in self.staged.items():
+            for run, _ in pairs:
+                restaged[run].add(folder)
+        for run, pending in self.pending.items():
+            old = self.runs.get(run, {"parts": []})["parts"]
+            self.runs[run] = {**pending, "stamp": [], "parts": pending["parts"] + [
+                p for p in old if os.path.dirname(p) in restaged[run] and p not in pending["parts"]]}
+        merge = Merge(self.out, self.runs, self.staged, self.save)
+        merge.run(_SAVE_EVERY, time.monotonic)
+        for run, pending in self.pending.items():
+            self.runs[run]["stamp"] = pending["stamp"]
+        self.result += merge.written
 
     def _changed(self) -> None:
         if time.monotonic() - self.saved >= _SAVE_EVERY:  # a save writes every run's entry: once a run is quadratic
@@ -507,7 +552,8 @@ def _repeats(values) -> bool:
 
 
 def _write(path: str, sources: Sources, every: bool = False) -> bool:
-    """Write the sources' batches to one Parquet file, a batch at a time; False (nothing written) when empty.
+    """Write the sources' batches to one staged Parquet file, a batch at a time; False (nothing written) when
+    empty.
 
     Each source's pass is begun once: its first batch serves for the schema and is then written, not decoded
     again. Only the first batches wait together (as the schema needs them all); the rest come one at a time.
@@ -522,7 +568,7 @@ def _write(path: str, sources: Sources, every: bool = False) -> bool:
     makedirs(os.path.dirname(path))
     dictionary = _dictionary_columns(schema, firsts)
     try:
-        with replacing(path) as f, pq.ParquetWriter(f, schema, use_dictionary=dictionary) as writer:
+        with staged_file(path) as f, pq.ParquetWriter(f, schema, use_dictionary=dictionary) as writer:
             for k, rest in enumerate(passes):
                 if firsts[k] is not None:
                     writer.write_batch(_conform(firsts[k], schema))
@@ -549,7 +595,7 @@ def table(dataset: str | os.PathLike, name: str):
     Runs differ in columns (a debug run has token texts, another run may not), and pyarrow, pandas and Dask
     take a dataset's columns from one file unless told otherwise; this gives them the union, with the types
     of ``_union``. ``checkpoint`` and ``rank`` are strings, as the folders hold them (inferred, ``007`` and
-    ``7`` would both be the number 7). Only the part files are read, never an export's temporary files.
+    ``7`` would both be the number 7). Only the files the state names are read (``files``).
     """
     if name not in TABLES:
         raise AsyncLogError(f"a dataset's tables are {', '.join(TABLES)}, not {name!r}")
@@ -558,8 +604,7 @@ def table(dataset: str | os.PathLike, name: str):
     import pyarrow.dataset as ds
 
     folder = os.path.join(os.fspath(dataset), f"table={name}")
-    files = sorted(os.path.join(d, f) for d, _, names in os.walk(folder) for f in names
-                   if f.startswith("part-") and f.endswith(".parquet"))
+    files = table_files(dataset, name)
     if not files:
         raise AsyncLogError(f"{folder}: no such table in the dataset (export some runs first)")
     partitioning = None if name == "runs" else ds.partitioning(
@@ -569,6 +614,21 @@ def table(dataset: str | os.PathLike, name: str):
     partitions = [partitioning.schema] if partitioning is not None else []
     return ds.dataset(files, partitioning=partitioning, partition_base_dir=folder,
                       schema=_union([*schemas, *partitions], [*files, *(["the folders"] * len(partitions))]))
+
+
+def table_files(dataset: str | os.PathLike, name: str) -> list[str]:
+    """The table's files that the dataset's state names: each run's rows in them once at every moment, while an
+    export merges and after one was killed (packs.py). Without a state (or one an older asynclog wrote), every
+    ``part-*.parquet`` of the table, never an export's temporary files."""
+    dataset = os.fspath(dataset)
+    state = _load_state(dataset)
+    if state is None:
+        folder = os.path.join(dataset, f"table={name}")
+        return sorted(os.path.join(d, f) for d, _, names in os.walk(folder) for f in names
+                      if f.startswith("part-") and f.endswith(".parquet"))
+    prefix = f"table={name}{os.sep}"
+    named = {part for entry in state["runs"].values() for part in entry["parts"] if part.startswith(prefix)}
+    return [os.path.join(dataset, part) for part in sorted(named) if os.path.isfile(os.path.join(dataset, part))]
 
 
 def _union(schemas: list, where: list[str]):
@@ -604,17 +664,17 @@ def _unify_one(name: str, types: list):
 
 
 def connect(dataset: str | os.PathLike):
-    """A DuckDB connection with one view per table the dataset holds (``sequences``, ``runs``, ...): every part
-    file's columns (``union_by_name``), ``checkpoint`` and ``rank`` as strings (``hive_types_autocast=false``:
-    inferred, ``007`` and ``7`` would both be the number 7)."""
+    """A DuckDB connection with one view per table the dataset holds (``sequences``, ``runs``, ...) over the files
+    the state names (``table_files``): every file's columns (``union_by_name``), ``checkpoint`` and ``rank`` as
+    strings (``hive_types_autocast=false``: inferred, ``007`` and ``7`` would both be the number 7)."""
     duckdb = need("duckdb", "query")
     con = duckdb.connect()
     for table in TABLES:
-        folder = os.path.join(os.fspath(dataset), f"table={table}")
-        if not any(name.endswith(".parquet") for _, _, names in os.walk(folder) for name in names):
+        files = table_files(dataset, table)
+        if not files:
             continue
-        glob = os.path.join(folder, "**", "*.parquet").replace("'", "''")
-        con.execute(f"create view {table} as select * exclude (\"table\") from read_parquet('{glob}', "
+        listed = ", ".join("'" + path.replace("'", "''") + "'" for path in files)
+        con.execute(f"create view {table} as select * exclude (\"table\") from read_parquet([{listed}], "
                     f"hive_partitioning=true, hive_types_autocast=false, union_by_name=true)")
     return con
 
