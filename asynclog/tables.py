@@ -49,15 +49,23 @@ def to_numpy(tensor):
 
 
 def plain(value):
-    """A value JSON can hold: tensors as lists, NaN and ±inf as strings, maps and lists walked."""
+    """A value JSON can hold: tensors as lists, NaN and ±inf as strings, maps and lists walked. ExportError for
+    a value nested deeper than Python's stack allows a walk (the reader decodes deeper than two frames a level)."""
+    try:
+        return _plain(value)
+    except RecursionError:
+        raise ExportError("a value nests too deeply to be written as JSON") from None
+
+
+def _plain(value):
     if is_tensor(value):
         value = value.tolist()
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
     if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
+        return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
+        return [_plain(v) for v in value]
     return value
 
 

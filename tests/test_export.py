@@ -294,3 +294,13 @@ def test_a_link_planted_at_the_temporary_name_is_not_followed(run_path, tmp_path
     os.symlink(victim, f"{target}.{os.getpid()}.{threading.get_ident()}.tmp")  # the name replacing() takes
     export.export(run_path, to, "tensors" if to in ("parquet", "npz") else "sequences/E_batch", target)
     assert victim.read_bytes() == b"keep" and target.stat().st_size > 0
+
+
+@pytest.mark.parametrize("to", ["jsonl", "csv", "parquet"])
+def test_a_record_too_deep_for_a_table_is_one_clear_line(tmp_path, to):
+    """Found writing the fuzz targets (tests/fuzz): the events' JSON text recursed until RecursionError."""
+    from test_cli import deep_log
+
+    done = cli(deep_log(tmp_path), "--to", to, "-o", str(tmp_path / f"events.{to}"))
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 3 and len(lines) == 1 and "nests too deeply" in lines[0], done.stderr[-2000:]
