@@ -38,7 +38,7 @@ import msgspec
 from . import __version__, index, ondisk
 from . import format as fmt
 from ._table import cell, human_size, render
-from .exits import NOT_FOUND, USAGE
+from .exits import DAMAGED, NOT_FOUND, USAGE, Failure
 from .errors import CorruptLogError
 from .layout import checkpoint_name, sanitize_name
 from .ondisk import SUMMARY_SUFFIX, is_run_folder, run_files as run_sources
@@ -488,7 +488,8 @@ def _csv(rows: list[dict]) -> str:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    """What a person wants to see first about one run. Exit 0; 3 for a folder of runs; 4 when there is no such run."""
+    """What a person wants to see first about one run. Exit 0; 1 when --json cannot print what its header or footer
+    holds (not what asynclog writes); 3 for a folder of runs; 4 when there is no such run."""
     path = args.run.removesuffix(SUMMARY_SUFFIX) + fmt.SUFFIX if args.run.endswith(SUMMARY_SUFFIX) else args.run
     if os.path.isdir(path) and not is_run_folder(path):
         print(f"asynclog: {args.run}: is a folder (give one run's .alog file; `asynclog ls {args.run}` lists them)",
@@ -503,7 +504,12 @@ def cmd_show(args: argparse.Namespace) -> int:
         report = {"path": path, "status": facts.status, "reason": facts.reason, "size": facts.size,
                   "warnings": warnings, "row": row(facts), "summary": facts.summary, "header": facts.header,
                   "footer": facts.footer}
-        sys.stdout.buffer.write(_json.encode(report) + b"\n")
+        try:
+            text = _json.encode(report)
+        except (TypeError, msgspec.EncodeError) as exc:  # msgpack extension types, maps keyed by arrays
+            raise Failure(DAMAGED, f"{path}: its header or footer holds what JSON cannot ({exc}); asynclog "
+                                   "never writes that") from None
+        sys.stdout.buffer.write(text + b"\n")
     else:
         print(describe(facts, warnings))
     return 0

@@ -460,3 +460,19 @@ def test_a_summary_counting_more_sequences_than_a_float_holds_shows_without_an_e
     done = cli("show", run.path)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert "ESS" in done.stdout and "is below" not in done.stdout
+
+
+@pytest.mark.parametrize("odd", ["ext", "array key"])
+def test_show_json_of_a_header_json_cannot_hold_is_one_line(tmp_path, odd):
+    """Found writing the fuzz targets (tests/fuzz): msgpack holds extension types and maps keyed by arrays,
+    which a header asynclog writes never has and JSON cannot print; show --json raised TypeError."""
+    import msgspec
+
+    value = msgspec.msgpack.Ext(1, b"xy") if odd == "ext" else {(1, 2): 3}
+    meta = msgspec.msgpack.encode({"created": 1.0, "config": {}, "metadata": {"x": value}})
+    path = tmp_path / "odd.alog"
+    path.write_bytes(fmt.log_start(meta))
+    done = cli("show", "--json", str(path))
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1 and str(path) in lines[0], done.stderr[-2000:]
+    assert cli("show", str(path)).returncode == 0

@@ -130,7 +130,7 @@ def console(*argv: str) -> None:
 
 
 def read_log_file(path: str) -> None:
-    """What every reader of a log makes of ``path``: open and read it all, verify, cat, ls's row and show."""
+    """What every reader of a log makes of ``path``: open and read it all, verify, cat, show, ls's row."""
     streams = []
     with quiet():
         with contextlib.suppress(*ALLOWED):
@@ -144,6 +144,7 @@ def read_log_file(path: str) -> None:
         console("cat", path)
         for name in streams:
             console("cat", path, "--rows", name)
+        console("show", "--json", path)
         facts = read_run(path)
         row(facts)
         describe(facts, warnings_for(facts))
