@@ -569,8 +569,12 @@ class Log:
 
 
 def _plain(value):
-    """A tensor cell as a number or list (``tolist``), anything else as it is."""
-    return value.tolist() if hasattr(value, "tolist") else value
+    """A tensor cell as a number or list (``tolist``), anything else as it is (a tensor of a dtype torch gives
+    no numbers of, such as torch.bits8, too: as a key, the table lacks it)."""
+    try:
+        return value.tolist() if hasattr(value, "tolist") else value
+    except RuntimeError:
+        return value
 
 
 def _look_up(keys, table: dict):

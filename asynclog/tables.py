@@ -45,7 +45,17 @@ def to_numpy(tensor):
     try:
         return tensor.numpy()
     except TypeError:
+        pass
+    try:
         return tensor.float().numpy() if tensor.is_floating_point() else tensor.long().numpy()
+    except (RuntimeError, NotImplementedError):
+        raise _unconvertible(tensor) from None
+
+
+def _unconvertible(tensor) -> ExportError:
+    """Bits, sub-byte and quantized dtypes (torch.bits8, uint4, qint8) round-trip as tensors, but torch gives
+    no numbers of them: neither ``tolist`` nor a conversion."""
+    return ExportError(f"a tensor of {tensor.dtype} holds no values torch converts to numbers")
 
 
 def plain(value):
@@ -59,7 +69,10 @@ def plain(value):
 
 def _plain(value):
     if is_tensor(value):
-        value = value.tolist()
+        try:
+            value = value.tolist()
+        except RuntimeError:
+            raise _unconvertible(value) from None
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
     if isinstance(value, dict):
