@@ -1,5 +1,5 @@
 """The fuzz targets (tests/fuzz) in short: each runs over its seed corpus, cut from real runs, then mutates for a
-few seconds under atheris; any exception the readers do not document, a hang or a blown memory bound fails.
+second under atheris; any exception the readers do not document, a hang or a blown memory bound fails.
 
 ``--full`` mutates for a minute a target; ``scripts/fuzz.sh`` runs them for as long as asked. Skipped where
 atheris is not installed (``pip install 'asynclog[fuzz]'``).
@@ -28,7 +28,7 @@ def target_names() -> list[str]:
             if isinstance(node, ast.FunctionDef) and node.name.startswith("target_")]
 
 
-SHORT_S, FULL_S = 2, 60
+SHORT_S, FULL_S = 1, 60
 
 
 @pytest.fixture(scope="module")

@@ -122,14 +122,9 @@ def read_everything(log) -> None:
     """Every record, tensor and stream row of an open Log or ShardedLog."""
     for _ in log.events():
         pass
-    for name in log.tensor_names():
-        if isinstance(log, Log):
-            for _ in log.tensors():
-                pass
-        else:
-            for rank in log.ranks:
-                if name in log.shard(rank).tensor_names():
-                    log.tensor(name, rank=rank)
+    for shard in log.shards.values() if isinstance(log, ShardedLog) else [log]:
+        for _ in shard.tensors():
+            pass
     for name in log.stream_names():
         for _ in log.rows(name):
             pass
