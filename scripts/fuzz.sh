@@ -7,8 +7,8 @@
 # (tests/fuzz/seeds.py); each target's corpus grows in .fuzz/corpus/TARGET across runs. A finding (crash-*,
 # timeout-*, oom-*) lands in .fuzz/findings/TARGET/ and ends that target's run (slow-unit-* there are inputs
 # that took over 10 s, kept to look at, not findings). The table at the end gives each target's executions,
-# coverage (libFuzzer's cov: edges of asynclog and PyYAML covered), corpus and findings; the script exits 1
-# when there is any finding. Full logs: .fuzz/logs/TARGET.txt.
+# coverage (libFuzzer's cov: edges of asynclog and PyYAML covered), corpus and the findings of this run; the
+# script exits 1 when there is any. Full logs: .fuzz/logs/TARGET.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-300}"
@@ -35,6 +35,7 @@ for target in "${targets[@]}"; do
     mkdir -p "$work/corpus/$target" "$work/findings/$target" "$work/logs"
     cp -n "$work/seeds/corpus/$target/"* "$work/corpus/$target/" 2>/dev/null || true
     echo "fuzz.sh: $target for ${seconds}s" >&2
+    touch "$work/logs/$target.start"  # findings of this run are the files newer than this
     status=0
     "$python" tests/fuzz/run.py "$target" -max_total_time="$seconds" -print_final_stats=1 \
         -artifact_prefix="$work/findings/$target/" "$work/corpus/$target" > "$work/logs/$target.txt" 2>&1 || status=$?
@@ -42,7 +43,8 @@ for target in "${targets[@]}"; do
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     speed=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
     cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
-    findings=$(find "$work/findings/$target" -type f \( -name 'crash-*' -o -name 'timeout-*' -o -name 'oom-*' \) | wc -l)
+    findings=$(find "$work/findings/$target" -type f -newer "$work/logs/$target.start" \
+        \( -name 'crash-*' -o -name 'timeout-*' -o -name 'oom-*' \) | wc -l)
     printf '%-14s %10s %8s %8s %10s %s\n' "$target" "${execs:-?}" "${speed:-?}" "${cov:-?}" \
         "$(find "$work/corpus/$target" -type f | wc -l)" "$findings" >> "$work/summary.txt"
     if [ "$status" -ne 0 ] || [ "$findings" -ne 0 ]; then
