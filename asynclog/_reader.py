@@ -92,6 +92,15 @@ def _nbytes(shape: list[int], itemsize: int) -> int:
     return math.prod(shape) * itemsize
 
 
+_TORCH_LIMIT = 1 << 63  # torch holds sizes, strides and byte counts as int64
+
+
+def _fits_torch(shape: list[int], itemsize: int) -> bool:
+    """Whether torch can make a tensor of ``shape``: its strides (an empty dimension counts as one) and bytes
+    fit in int64. A shape of no elements passes every byte count, so it is checked on its own."""
+    return math.prod(max(size, 1) for size in shape) * itemsize < _TORCH_LIMIT
+
+
 class Chunk(Mapping):
     """One chunk of a stream: ``rows`` rows, ``columns`` mapping each column name to its list of row values.
 
@@ -168,6 +177,8 @@ def _decode_column(column: fmt.ColumnMeta, body: bytes, rows: int, offset: int) 
     shapes = column.shapes
     if shapes is None or len(shapes) != rows or sum(_nbytes(s, itemsize) for s in shapes) != len(segment):
         raise CorruptLogError(f"column {column.name!r}: its shapes disagree with its {len(segment)} bytes", offset)
+    if not all(_fits_torch(shape, itemsize) for shape in shapes):
+        raise CorruptLogError(f"column {column.name!r}: a shape is larger than any tensor", offset)
     import torch
 
     flat = _tensor_from_bytes(segment, torch.uint8, [len(segment)])
@@ -212,6 +223,8 @@ def _check_pieces(name: str, pieces: list[tuple[fmt.FrameHeader, fmt.TensorMeta]
         at += header.raw_len
     if len(pieces) != first.pieces or at != first.nbytes or _nbytes(first.shape, itemsize) != first.nbytes:
         raise CorruptLogError(f"tensor {name!r}: its pieces do not add up to its shape", first_offset)
+    if not _fits_torch(first.shape, itemsize):
+        raise CorruptLogError(f"tensor {name!r}: its shape is larger than any tensor", first_offset)
 
 
 class Log:
@@ -567,8 +580,12 @@ class Log:
 
 
 def _plain(value):
-    """A tensor cell as a number or list (``tolist``), anything else as it is."""
-    return value.tolist() if hasattr(value, "tolist") else value
+    """A tensor cell as a number or list (``tolist``), anything else as it is (a tensor of a dtype torch gives
+    no numbers of, such as torch.bits8, too: as a key, the table lacks it)."""
+    try:
+        return value.tolist() if hasattr(value, "tolist") else value
+    except RuntimeError:
+        return value
 
 
 def _look_up(keys, table: dict):

@@ -93,11 +93,17 @@ class ShardedLog:
 
     def batch_statistics(self) -> dict[str, dict]:
         """Each batch type's statistics over every rank's batches (``merge_batch_statistics``); empty for a
-        run that logged none."""
+        run that logged none. CorruptLogError when the records carry aggregates that are not DetailedLogger's
+        (a file may come from anyone)."""
         grouped: dict[str, list[dict]] = {}
         for record in self._events(None, "batch_statistics", None):
-            grouped.setdefault(record["data"].get("batch"), []).append(record["data"])
-        return {batch: merge_batch_statistics(found) for batch, found in grouped.items()}
+            data = record.get("data")  # a map when DetailedLogger wrote it; anything in a crafted file
+            grouped.setdefault(data.get("batch") if isinstance(data, dict) else None, []).append(data)
+        try:
+            return {batch: merge_batch_statistics(found) for batch, found in grouped.items()}
+        except (KeyError, TypeError, AttributeError, IndexError, ZeroDivisionError, OverflowError) as exc:
+            raise CorruptLogError(f"{self.path}: its batch_statistics records do not merge "
+                                  f"({type(exc).__name__}: {exc})", 0) from None
 
     # --- tensors ----------------------------------------------------------------------------------------
     def tensor_names(self, rank: int | None = None) -> list[str]:

@@ -45,19 +45,40 @@ def to_numpy(tensor):
     try:
         return tensor.numpy()
     except TypeError:
+        pass
+    try:
         return tensor.float().numpy() if tensor.is_floating_point() else tensor.long().numpy()
+    except (RuntimeError, NotImplementedError):
+        raise _unconvertible(tensor) from None
+
+
+def _unconvertible(tensor) -> ExportError:
+    """Bits, sub-byte and quantized dtypes (torch.bits8, uint4, qint8) round-trip as tensors, but torch gives
+    no numbers of them: neither ``tolist`` nor a conversion."""
+    return ExportError(f"a tensor of {tensor.dtype} holds no values torch converts to numbers")
 
 
 def plain(value):
-    """A value JSON can hold: tensors as lists, NaN and ±inf as strings, maps and lists walked."""
+    """A value JSON can hold: tensors as lists, NaN and ±inf as strings, maps and lists walked. ExportError for
+    a value nested deeper than Python's stack allows a walk (the reader decodes deeper than two frames a level)."""
+    try:
+        return _plain(value)
+    except RecursionError:
+        raise ExportError("a value nests too deeply to be written as JSON") from None
+
+
+def _plain(value):
     if is_tensor(value):
-        value = value.tolist()
+        try:
+            value = value.tolist()
+        except RuntimeError:
+            raise _unconvertible(value) from None
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
     if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
+        return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
+        return [_plain(v) for v in value]
     return value
 
 

@@ -317,7 +317,10 @@ def parse_yaml(raw: bytes, source: str) -> Any:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config {source} is not UTF-8 text (byte {raw[exc.start]:#04x} at offset "
                           f"{exc.start})") from None
-    loader = _bounded_loader(yaml)(text)
+    try:
+        loader = _bounded_loader(yaml)(text)  # PyYAML checks every character here (a NUL is a ReaderError)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {source}: {_one_line(exc)}") from None
     loader.name = source
     try:
         node = loader.get_single_node()

@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 
@@ -421,3 +421,58 @@ def test_a_label_is_the_recorded_name_sanitised_and_no_pattern_from_a_file_is_ru
     done = cli("sweep", str(tmp_path / "logs"), "--json")
     assert done.returncode == 0, done.stderr
     assert [r["checkpoint"] for r in json.loads(done.stdout)] == ["etc_passwd"]
+
+
+def created_at(path: str, created: float) -> None:
+    """Rewrite the log's header frame to say it was created at ``created`` (a float64 as before: the same
+    length), its checksum made to hold: what a crafted or bit-flipped-then-resealed file says."""
+    with open(path, "rb") as f:
+        header = fmt.read_header(f, fmt.PREAMBLE_SIZE, fmt.read_preamble(f))
+        meta = fmt.read_meta(f, header)
+        f.seek(0)
+        data = bytearray(f.read())
+    start = header.offset + fmt.HEADER_SIZE
+    at = data.index(b"\xcb" + struct.pack(">d", meta["created"]), start)
+    data[at + 1 : at + 9] = struct.pack(">d", created)
+    meta_bytes = bytes(data[start : start + header.meta_len])
+    data[start + header.meta_len : header.end] = fmt.frame_suffix(meta_bytes, b"")
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+@pytest.mark.parametrize("created", [1e20, -1e20, math.nan, math.inf])
+def test_a_start_time_past_any_date_reads_as_no_date(tmp_path, created):
+    """Found writing the fuzz targets (tests/fuzz): datetime.fromtimestamp raised."""
+    with asynclog.start(tmp_path, name="when") as run:
+        run.event("step", i=1)
+    created_at(run.path, created)
+    assert analysis().row(analysis().read_run(run.path))["date"] is None
+    for done in (cli("ls", str(tmp_path)), cli("show", run.path)):
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+
+
+def test_a_summary_counting_more_sequences_than_a_float_holds_shows_without_an_ess_floor(tmp_path):
+    """Found writing the fuzz targets (tests/fuzz): the ESS floor overflowed a float."""
+    with asynclog.start(tmp_path, name="many") as run:
+        run.event("step", i=1)
+    summary = '{"ground_truth": {"diagnostics": {"ESS": 1.0}}, "core_results": {"B_E": 1%s}}' % ("0" * 400)
+    (tmp_path / "many_summary.json").write_text(summary)
+    done = cli("show", run.path)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "ESS" in done.stdout and "is below" not in done.stdout
+
+
+@pytest.mark.parametrize("odd", ["ext", "array key"])
+def test_show_json_of_a_header_json_cannot_hold_is_one_line(tmp_path, odd):
+    """Found writing the fuzz targets (tests/fuzz): msgpack holds extension types and maps keyed by arrays,
+    which a header asynclog writes never has and JSON cannot print; show --json raised TypeError."""
+    import msgspec
+
+    value = msgspec.msgpack.Ext(1, b"xy") if odd == "ext" else {(1, 2): 3}
+    meta = msgspec.msgpack.encode({"created": 1.0, "config": {}, "metadata": {"x": value}})
+    path = tmp_path / "odd.alog"
+    path.write_bytes(fmt.log_start(meta))
+    done = cli("show", "--json", str(path))
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1 and str(path) in lines[0], done.stderr[-2000:]
+    assert cli("show", str(path)).returncode == 0

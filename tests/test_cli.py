@@ -270,3 +270,23 @@ def test_every_command_documents_the_exit_statuses_it_returns(tmp_path, capsys):
             if status not in documented:
                 wrong[" ".join(argv[:1] + [path.name])] = (status, sorted(documented))
     assert wrong == {}, "\n".join(f"{k}: {v}" for k, v in wrong.items())
+
+
+def deep_log(directory, depth: int = 600) -> str:
+    """A real log whose first event holds a value nested ``depth`` lists deep (which the reader decodes, and a
+    walk of two Python frames a level does not), then a flat one."""
+    value = 0
+    for _ in range(depth):
+        value = [value]
+    with asynclog.start(directory, name="deep") as run:
+        run.event("deep", value=value)
+        run.event("flat", x=1)
+    return run.path
+
+
+def test_cat_skips_a_record_too_deep_for_json_in_one_line_and_prints_the_rest(tmp_path):
+    """Found writing the fuzz targets (tests/fuzz): json_safe recursed until RecursionError."""
+    done = asynclog_cli("cat", deep_log(tmp_path))
+    assert done.returncode == cli.DAMAGED and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "nests too deeply" in done.stderr
+    assert [json.loads(line)["type"] for line in done.stdout.splitlines()] == ["header", "footer"]

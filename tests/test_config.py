@@ -225,3 +225,12 @@ def test_a_config_may_use_anchors_merge_keys_and_format_widths(tmp_path):
     settings = asynclog.config.read_config(path)
     assert (settings.probe.enabled, settings.probe.level, settings.data["sweeps"][1]["level"]) == (True, "minimal",
                                                                                                     "minimal")
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x07", "\ufffe"])
+def test_a_config_holding_a_character_yaml_forbids_is_a_config_error_naming_the_file(tmp_path, char):
+    """Found by the fuzzer (tests/fuzz, target config): PyYAML checks the characters as its loader is made."""
+    path = tmp_path / "probe.yaml"
+    path.write_text(f"detailed_logging:\n  run_name: a{char}b\n", encoding="utf-8")
+    with pytest.raises(asynclog.ConfigError, match="probe.yaml.*not allowed"):
+        asynclog.config.read_config(path)

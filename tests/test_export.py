@@ -294,3 +294,40 @@ def test_a_link_planted_at_the_temporary_name_is_not_followed(run_path, tmp_path
     os.symlink(victim, f"{target}.{os.getpid()}.{threading.get_ident()}.tmp")  # the name replacing() takes
     export.export(run_path, to, "tensors" if to in ("parquet", "npz") else "sequences/E_batch", target)
     assert victim.read_bytes() == b"keep" and target.stat().st_size > 0
+
+
+@pytest.mark.parametrize("to", ["jsonl", "csv", "parquet"])
+def test_a_record_too_deep_for_a_table_is_one_clear_line(tmp_path, to):
+    """Found writing the fuzz targets (tests/fuzz): the events' JSON text recursed until RecursionError."""
+    from test_cli import deep_log
+
+    done = cli(deep_log(tmp_path), "--to", to, "-o", str(tmp_path / f"events.{to}"))
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 3 and len(lines) == 1 and "nests too deeply" in lines[0], done.stderr[-2000:]
+
+
+def bits_log(directory) -> str:
+    """A real log whose stream holds cells of torch.bits8, which torch neither lists nor converts, used as
+    lookup keys too."""
+    lookup = {"column": "words", "keys": "x", "table": "names", "key": "id", "value": "name"}
+    with asynclog.start(directory, name="bits") as run:
+        stream = run.stream("s", chunk_rows=2, lookups=[lookup])
+        for i in range(2):
+            stream.append(x=torch.zeros(2, dtype=torch.uint8).view(torch.bits8), i=i)
+        run.stream("names", chunk_rows=1).append(id=1, name="one")
+    return run.path
+
+
+@pytest.mark.parametrize("command", ["cat --rows s", "export --to jsonl", "export --to parquet", "export --to csv"])
+def test_a_stream_of_a_dtype_torch_cannot_convert_is_one_clear_line(tmp_path, command):
+    """Found by the fuzzer (tests/fuzz, targets log_sealed and chunk: a chunk column of uint7): tolist raised
+    RuntimeError and the conversion for numpy NotImplementedError."""
+    words = command.split()
+    args = [*words, "-o", str(tmp_path / "out"), "--what", "s"] if words[0] == "export" else words
+    path = bits_log(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "asynclog", words[0], path, *args[1:]], capture_output=True,
+                          text=True, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 3 and len(lines) == 1 and "bits8" in lines[0], done.stderr[-2000:]
+    with asynclog.open(path) as log:  # the lookup of such keys finds nothing, as for any key the table lacks
+        assert [row["words"] for row in log.rows("s")] == [None, None]

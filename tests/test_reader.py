@@ -143,3 +143,16 @@ def test_a_stored_column_reads_as_stored_without_a_table(logdir):
     with asynclog.open(run.path) as log:
         [row] = log.rows("tokens/E_batch")
     assert row["token_texts"] == ["five", "six"] and row["tokens"].tolist() == [5, 6]
+
+
+@pytest.mark.parametrize("data", [{"batch": "E", "aggregates": {"prompt_length": {}}},
+                                  {"batch": "E", "aggregates": {}, "length_percentiles": 5, "num_prompts": "x"}])
+def test_batch_statistics_records_that_do_not_merge_are_a_corrupt_log_error(tmp_path, data):
+    """Records named batch_statistics that DetailedLogger did not write (a file from anyone): found writing the
+    fuzz targets (tests/fuzz); merge_batch_statistics raised KeyError or TypeError."""
+    runs = [asynclog.start(tmp_path, name="job", rank=rank, world_size=2) for rank in (0, 1)]
+    for run in runs:
+        run.event("batch_statistics", **data)
+        run.close()
+    with asynclog.open(tmp_path / "job") as log, pytest.raises(asynclog.CorruptLogError, match="do not merge"):
+        log.batch_statistics()

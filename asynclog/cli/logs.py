@@ -129,6 +129,8 @@ def _json_lines(log: Log, header: fmt.FrameHeader, meta: dict) -> bytes:
         return b"".join(_json.encode(json_safe(line)) + b"\n" for line in lines)
     except (TypeError, msgspec.EncodeError) as exc:  # e.g. a map keyed by an array: msgpack has it, JSON not
         raise CorruptLogError(f"frame cannot be printed as JSON ({exc})", header.offset) from None
+    except RecursionError:  # the reader decodes deeper than json_safe, two frames a level, can walk
+        raise CorruptLogError("frame cannot be printed as JSON (a value nests too deeply)", header.offset) from None
 
 
 _NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}

@@ -17,7 +17,7 @@ from asynclog._follow import Ended, Follower
 from asynclog._format import FrameKind
 from asynclog._ondisk import SUMMARY_SUFFIX, is_run_folder
 from asynclog._reader import Log
-from asynclog.cli.exits import INCOMPLETE, NOT_FOUND, USAGE, Failure
+from asynclog.cli.exits import DAMAGED, INCOMPLETE, NOT_FOUND, USAGE, Failure
 from asynclog.cli.logs import ABANDONED, follow_options
 from asynclog.tools import index
 from asynclog.tools._table import human_size, render
@@ -97,7 +97,8 @@ def _csv(rows: list[dict]) -> str:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    """What a person wants to see first about one run. Exit 0; 3 for a folder of runs; 4 when there is no such run.
+    """What a person wants to see first about one run. Exit 0; 1 when --json cannot print what its header or footer
+    holds (not what asynclog writes); 3 for a folder of runs; 4 when there is no such run.
 
     With --follow, first a line per record as the writer appends it (like cat --follow: until the footer,
     Ctrl-C, or --quiet seconds after the log was abandoned, then exit 2; docs/FOLLOW.md), then the summary."""
@@ -118,7 +119,12 @@ def cmd_show(args: argparse.Namespace) -> int:
         report = {"path": path, "status": facts.status, "reason": facts.reason, "size": facts.size,
                   "warnings": warnings, "row": row(facts), "summary": facts.summary, "header": facts.header,
                   "footer": facts.footer}
-        sys.stdout.buffer.write(_json.encode(report) + b"\n")
+        try:
+            text = _json.encode(report)
+        except (TypeError, msgspec.EncodeError) as exc:  # msgpack extension types, maps keyed by arrays
+            raise Failure(DAMAGED, f"{path}: its header or footer holds what JSON cannot ({exc}); asynclog "
+                                   "never writes that") from None
+        sys.stdout.buffer.write(text + b"\n")
     else:
         print(describe(facts, warnings))
     return INCOMPLETE if abandoned else 0

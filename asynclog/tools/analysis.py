@@ -232,7 +232,10 @@ def _when(meta: dict, header: dict) -> tuple[str | None, str | None]:
         return date, time_
     created = header.get("created")
     if isinstance(created, (int, float)) and not isinstance(created, bool):
-        stamp = datetime.fromtimestamp(created)
+        try:
+            stamp = datetime.fromtimestamp(created)
+        except (OverflowError, ValueError, OSError):  # NaN, or past the dates the platform holds: a crafted file
+            return None, None
         return stamp.strftime("%Y-%m-%d"), stamp.strftime("%H:%M:%S")
     return None, None
 
@@ -360,6 +363,9 @@ def logged_problems(path: str, limit: int = 20) -> list[str]:
     return found
 
 
+_MOST_SEQUENCES = 1 << 53  # a float holds every integer up to here
+
+
 def _ess_warning(summary: dict, min_ess: float | None, fraction: float) -> list[str]:
     ess = _number(_get(summary, "ground_truth", "diagnostics", "ESS"))
     if ess is None:
@@ -369,7 +375,7 @@ def _ess_warning(summary: dict, min_ess: float | None, fraction: float) -> list[
     else:
         n = _number(_first(_get(summary, "batch_statistics", "E_batch", "num_sequences"),
                            _get(summary, "core_results", "B_E")))
-        if not n:
+        if not n or abs(n) > _MOST_SEQUENCES:  # an integer past any float is no batch size
             return []
         floor, how = fraction * n, f"{fraction:g} of the {n} E-batch sequences; --min-ess-fraction"
     return [f"ESS {ess:.4g} is below {floor:.4g} ({how})"] if ess < floor else []

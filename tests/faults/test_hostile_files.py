@@ -314,6 +314,21 @@ def _edit_column(**changes):
     return edit
 
 
+def _empty_tensor(shape):
+    """The tensor's one piece emptied, its shape ``shape`` (of no elements)."""
+    def edit(frame: Frame) -> None:
+        _set(filter=fmt.Filter.RAW, stored=b"", raw_len=0)(frame)
+        _change(frame.meta, {"shape": shape, "nbytes": 0})
+    return edit
+
+
+def _empty_cells(shapes):
+    """The chunk's tensor column of ``shapes`` (each of no elements) and no bytes."""
+    def edit(frame: Frame) -> None:
+        _edit_column(shapes=shapes, nbytes=0)(frame)
+    return edit
+
+
 # (what the crafted frame is, which frame to pick, how to change it)
 CRAFTED = {
     "records bomb declaring 1 GiB": (fmt.FrameKind.RECORDS, {}, _bomb(GiB)),
@@ -342,6 +357,15 @@ CRAFTED = {
     "tensor with no pieces": (fmt.FrameKind.TENSOR, {"name": "small"}, _edit_meta(pieces=0)),
     "tensor with too many pieces": (fmt.FrameKind.TENSOR, {"name": "small"}, _edit_meta(pieces=1 << 40)),
     "tensor with a huge int": (fmt.FrameKind.TENSOR, {"name": "small"}, _edit_meta(nbytes=(1 << 64) - 1)),
+    # Shapes of no bytes whose sizes or strides torch cannot hold in 64 bits (found writing the fuzz targets)
+    "tensor of no bytes, a dim past int64": (fmt.FrameKind.TENSOR, {"name": "small"},
+                                             _empty_tensor(shape=[0, 1 << 63])),
+    "tensor of no bytes, strides past int64": (fmt.FrameKind.TENSOR, {"name": "small"},
+                                               _empty_tensor(shape=[0, 1 << 40, 1 << 40])),
+    "chunk cells of no bytes, a dim past int64": (fmt.FrameKind.CHUNK, {"chunk": 1},
+                                                  _empty_cells(shapes=[[0, 1 << 63]] * 4)),
+    "chunk cells of no bytes, strides past int64": (fmt.FrameKind.CHUNK, {"chunk": 1},
+                                                    _empty_cells(shapes=[[1 << 40, 1 << 40, 0]] * 4)),
     "chunk column shapes disagree with bytes": (fmt.FrameKind.CHUNK, {"chunk": 1},
                                                 _edit_column(shapes=[[1000]] * 4)),
     "chunk column offset out of range": (fmt.FrameKind.CHUNK, {"chunk": 1}, _edit_column(offset=1 << 40)),
