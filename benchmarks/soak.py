@@ -21,14 +21,17 @@ What must hold:
   complete, at their levels, ``sweep`` gives rank 0's results, and the dataset holds exactly those runs with
   every event, sequence, importance and token row.
 - **Flat resources.** After each checkpoint this process samples each probe process and its writers: open
-  file descriptors, threads, RSS, staging memory mapped (the pools are ``memfd``s), writer processes, CPU time;
-  and new entries in /dev/shm. After a warm-up (both levels' writers started), a late window is compared with
-  an early one: descriptors, threads, writers and staging must not grow at all; the soak's processes may hold
-  nothing in /dev/shm after any checkpoint (asynclog's pools are ``memfd``s, counted as staging); RSS may grow
-  at most ``--rss-slack-mib`` plus ``--rss-kib`` per checkpoint between the windows; the writers' CPU time per
-  checkpoint at most 1.5 times (plus 20 ms) what it was. When the probe processes exit, their writers must
-  exit too. (/dev/shm is shared by everyone on the machine: entries left there that no process of the soak
-  held are listed in the report, ``dev_shm_new``, but cannot be told apart from other users'.)
+  file descriptors, threads, resident memory of their own (``rss``: anonymous and file-backed pages), resident
+  pages of the staging pool (``pool``), staging memory mapped (the pools are ``memfd``s), writer processes, CPU
+  time; and the /dev/shm entries they hold. After a warm-up (both levels' writers started), a late window is
+  compared with an early one: descriptors, threads, writers and staging must not grow at all; the soak's
+  processes may hold nothing in /dev/shm after any checkpoint; ``rss`` may grow at most ``--rss-slack-mib``
+  plus ``--rss-kib`` per checkpoint between the windows; ``pool`` never beyond the staging mapped (its pages
+  become resident as the ring first passes over them, run by run: growth bounded by the pool, not a leak);
+  the writers' CPU time per checkpoint at most 1.5 times (plus 20 ms) what it was. When the probe processes
+  exit, their writers must exit too. (/dev/shm is shared by everyone on the machine: entries left there that
+  no process of the soak held are listed in the report, ``dev_shm_new``, but cannot be told apart from other
+  users'.)
 
 ``--leak fd|thread|memory`` makes the probe processes leak one descriptor, one thread or 1 MiB per checkpoint,
 to see the checks catch it. Prints a table of early and late windows with slopes per checkpoint; ``--json``
@@ -285,11 +288,24 @@ def staging_bytes(pid: int) -> int:
     return total
 
 
+def resident(pid: int) -> dict[str, int]:
+    """Resident bytes of ``pid``: ``rss``, its own (anonymous and file-backed pages), and ``pool``, the pages of
+    shared memory (the staging pool) it touched. The pool's pages count once the ring has passed over them, so a
+    process's RSS grows run by run until the ring has wrapped; that is bounded by the pool, not a leak."""
+    fields = {}
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("Rss"):
+                key, value = line.split(":", 1)
+                fields[key] = int(value.split()[0]) * 1024
+    return {"rss": fields.get("RssAnon", 0) + fields.get("RssFile", 0), "pool": fields.get("RssShmem", 0)}
+
+
 def process_figures(process) -> dict:
-    """Descriptors, threads, RSS, shared memory mapped and CPU seconds of one ``psutil.Process``."""
+    """Descriptors, threads, resident memory, shared memory mapped and CPU seconds of one ``psutil.Process``."""
     with process.oneshot():
         cpu = process.cpu_times()
-        return {"fds": process.num_fds(), "threads": process.num_threads(), "rss": process.memory_info().rss,
+        return {"fds": process.num_fds(), "threads": process.num_threads(), **resident(process.pid),
                 "staging": staging_bytes(process.pid), "cpu": cpu.user + cpu.system}
 
 
@@ -309,7 +325,7 @@ def sample(probes: list[ProbeProcess]) -> dict:
         figures[f"probe {probe.rank}"] = process_figures(process)
         writers = writers_of(process)
         per = [process_figures(w) for w in writers]
-        summed = {key: sum(f[key] for f in per) for key in ("fds", "threads", "rss", "staging", "cpu")}
+        summed = {key: sum(f[key] for f in per) for key in ("fds", "threads", "rss", "pool", "staging", "cpu")}
         figures[f"writers {probe.rank}"] = {**summed, "processes": len(writers)}
         writer_cpu[probe.rank] = {w.pid: f["cpu"] for w, f in zip(writers, per)}
         pids += [process.pid] + [w.pid for w in writers]
@@ -471,7 +487,7 @@ def judge(samples: list[dict], args: argparse.Namespace) -> tuple[list[dict], li
             series["cpu"] = cpu_per_checkpoint(samples, int(key.split()[1]))
         else:  # one process throughout: the growth of its total
             series["cpu"] = [b - a for a, b in zip([0.0] + series["cpu"], series["cpu"])]
-        rows += [_row(name, key, values, split, args) for name, values in series.items()]
+        rows += [_row(name, key, values, split, args, series["staging"]) for name, values in series.items()]
     for name in ("shm_entries", "shm_bytes"):
         rows.append(_row(name, "/dev/shm", [s[name] for s in samples], split, args))
     for name in ("probes", "export"):
@@ -484,7 +500,8 @@ def judge(samples: list[dict], args: argparse.Namespace) -> tuple[list[dict], li
     return rows, problems
 
 
-def _row(name: str, key: str, values: list, split: tuple[range, range], args: argparse.Namespace) -> dict:
+def _row(name: str, key: str, values: list, split: tuple[range, range], args: argparse.Namespace,
+         staging: list | None = None) -> dict:
     """One figure of one process: its early and late windows (the largest value of each for counts, the mean
     otherwise), its slope after the warm-up, and whether the late window kept within the limit."""
     early, late = split
@@ -499,6 +516,9 @@ def _row(name: str, key: str, values: list, split: tuple[range, range], args: ar
         allowed = args.rss_slack_mib * 2**20 + args.rss_kib * 1024 * (late.start - early.start)
         row.update(limit=f"{args.rss_slack_mib:g} MiB + {args.rss_kib:g} KiB/ckpt",
                    held=row["late"] - row["early"] <= allowed)
+    elif name == "pool":
+        row.update(early=max(first), late=max(last), limit="within staging")
+        row["held"] = max(values) <= max(staging)
     elif name == "cpu" and key.startswith("writers"):
         row.update(limit=f"x{CPU_FACTOR} + {CPU_SLACK_S * 1e3:.0f} ms",
                    held=row["late"] <= row["early"] * CPU_FACTOR + CPU_SLACK_S)
@@ -506,7 +526,7 @@ def _row(name: str, key: str, values: list, split: tuple[range, range], args: ar
 
 
 def print_table(rows: list[dict]) -> None:
-    scale = {"rss": (2**20, "MiB"), "staging": (2**20, "MiB"), "shm_bytes": (2**20, "MiB"), "cpu": (1e-3, "ms")}
+    scale = {"rss": (2**20, "MiB"), "pool": (2**20, "MiB"), "staging": (2**20, "MiB"), "shm_bytes": (2**20, "MiB"), "cpu": (1e-3, "ms")}
     print(f"{'figure':<13} {'process':<10} {'early':>10} {'late':>10} {'slope/ckpt':>11}  {'limit':<26} held")
     for r in rows:
         div, unit = scale.get(r["figure"], (1, ""))
