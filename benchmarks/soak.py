@@ -594,9 +594,17 @@ def soak(args: argparse.Namespace) -> dict:
             problems += export(args)
         problems += check_dataset(args.dataset, kept)
     rows, verdict = judge(samples, args)
-    return {"checkpoints": index, "seconds": time.monotonic() - began, "ranks": args.ranks, "rows": rows,
+    return {"checkpoints": index, "logged": logged(runs), "seconds": time.monotonic() - began, "ranks": args.ranks, "rows": rows,
             "problems": problems + verdict, "samples": samples, "kept": len(kept), "dev_shm_new": left,
             "levels": dict(collections.Counter(run["level"] for run in runs))}
+
+
+def logged(runs: list[dict]) -> dict:
+    """What the probes handed asynclog over the sweep, all read back as it was: shards, events, rows, tokens,
+    tensors."""
+    tallies = [tally for run in runs for tally in run["tallies"].values()]
+    return {"shards": len(tallies), **{key: sum(sum(t[key].values()) for t in tallies)
+                                       for key in ("events", "rows", "tokens", "tensors")}}
 
 
 def _every(index: int, every: int) -> bool:
@@ -680,7 +688,7 @@ def main(argv: list[str] | None = None) -> int:
         if temporary:
             shutil.rmtree(args.out, ignore_errors=True)
     print(f"soak: {report['checkpoints']} checkpoints ({report['levels']}) on {args.ranks} ranks in "
-          f"{report['seconds']:.0f} s; {report['kept']} runs kept by retention")
+          f"{report['seconds']:.0f} s; {report['kept']} runs kept by retention; read back: {report['logged']}")
     print_table(report["rows"])
     for problem in report["problems"]:
         print(f"PROBLEM: {problem}")

@@ -36,7 +36,7 @@ def _failing(report: dict) -> set[tuple[str, str]]:
 
 
 def test_a_sweep_of_checkpoints_keeps_resources_flat_and_loses_nothing(tmp_path, full):
-    done, report = _soak(tmp_path, *(["--minutes", "3"] if full else SHORT))
+    done, report = _soak(tmp_path, *(["--minutes", "3"] if full else [*SHORT, "--check-every", "3"]))
     assert report["problems"] == [], done.stdout[-5000:]
     assert done.returncode == 0
     assert report["levels"]["standard"] >= 3 and report["levels"]["debug"] >= 3
