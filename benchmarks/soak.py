@@ -162,7 +162,7 @@ def probe_main(args: argparse.Namespace) -> int:
     """One rank: read ``run INDEX`` lines on stdin, run that checkpoint, answer one JSON line; stop at end of input."""
     import torch
 
-    torch.set_num_threads(1)  # a shared machine; the probe's own threads are not what is watched
+    torch.set_num_threads(1)  # one intra-op thread: the machine is shared, and two ranks share it
     from asynclog import DetailedLogger
     from asynclog.toyprobe import SIZES, build, perturbed, run_probe
 
