@@ -10,7 +10,8 @@ checkpoint, every checkpoint a run folder of one shard per rank. Each probe proc
 level for the whole sweep, and every ``--debug-every``-th checkpoint goes through the debug one (sequence,
 token and importance rows, raw tensors), the others through the standard one; the two levels' pools differ, so
 each probe process has two writer processes. Retention is the default ``max_files`` (50), as users have it;
-the one engine setting changed is ``fsync_interval_s`` (see FSYNC_INTERVAL_S). After each checkpoint this process runs ``asynclog export LOGS --dataset DATASET``, and every ``--check-every``
+the one engine setting changed is ``fsync_interval_s`` (see FSYNC_INTERVAL_S). After each checkpoint this
+process runs ``asynclog export LOGS --dataset DATASET``, and every ``--check-every``
 checkpoints ``asynclog ls --json`` and ``asynclog sweep --json``, as a user would from a shell.
 
 What must hold:
@@ -62,8 +63,9 @@ REPLY_TIMEOUT_S = 300.0  # one checkpoint of one probe process, export and listi
 CPU_FACTOR, CPU_SLACK_S = 1.5, 0.02
 CPU_WINDOW = 8  # CPU time comes in 10 ms ticks, a writer's checkpoint in a few: fewer samples cannot tell 1.5x
 # A writer starts its fsync thread the first time a run stays unsynced this long: at the default 1 s that
-# is whenever a run first takes a second (hours into a sweep, perhaps), at 50 ms it is the first run.
-FSYNC_INTERVAL_S = 0.05
+# is whenever a run first takes a second (hours into a sweep, perhaps); at 50 ms a quick standard run could
+# still slip under it for a few checkpoints; at 10 ms it is the first run.
+FSYNC_INTERVAL_S = 0.01
 
 
 def level_of(index: int, debug_every: int) -> str:
@@ -529,7 +531,8 @@ def _row(name: str, key: str, values: list, split: tuple[range, range], args: ar
 
 
 def print_table(rows: list[dict]) -> None:
-    scale = {"rss": (2**20, "MiB"), "pool": (2**20, "MiB"), "staging": (2**20, "MiB"), "shm_bytes": (2**20, "MiB"), "cpu": (1e-3, "ms")}
+    mib = (2**20, "MiB")
+    scale = {"rss": mib, "pool": mib, "staging": mib, "shm_bytes": mib, "cpu": (1e-3, "ms")}
     print(f"{'figure':<13} {'process':<10} {'early':>10} {'late':>10} {'slope/ckpt':>11}  {'limit':<26} held")
     for r in rows:
         div, unit = scale.get(r["figure"], (1, ""))
@@ -597,7 +600,8 @@ def soak(args: argparse.Namespace) -> dict:
             problems += export(args)
         problems += check_dataset(args.dataset, kept)
     rows, verdict = judge(samples, args)
-    return {"checkpoints": index, "logged": logged(runs), "seconds": time.monotonic() - began, "ranks": args.ranks, "rows": rows,
+    return {"checkpoints": index, "logged": logged(runs), "seconds": time.monotonic() - began, "ranks": args.ranks,
+            "rows": rows,
             "problems": problems + verdict, "samples": samples, "kept": len(kept), "dev_shm_new": left,
             "levels": dict(collections.Counter(run["level"] for run in runs))}
 
