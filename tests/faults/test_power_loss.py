@@ -63,7 +63,8 @@ class Workload:
     journal: list
     promises: list  # [(where in the journal the promise returned, path relative to the root, kind)]
     final: ci.Disk = field(init=False)
-    versions: dict[int, bytes] = field(init=False)  # inode renamed or linked into place: its bytes then
+    versions: dict[int, list[tuple[int, bytes]]] = field(init=False)  # inode renamed or linked into place:
+    # (where in the journal, its bytes then), for each time it was
     placed: list[tuple[int, int]] = field(init=False)  # (where in the journal, inode) of each rename or link
     first_write: dict[int, int] = field(init=False)  # a log's inode: the length of its first write (the header)
     _logged: dict = field(default_factory=dict)
@@ -80,9 +81,16 @@ class Workload:
                 continue
             for _, _, inode in op.changes:
                 if inode in named and inode in disk.data:  # a rename or a link: a version put in place
-                    self.versions[inode] = bytes(disk.data[inode])
+                    self.versions.setdefault(inode, []).append((i, bytes(disk.data[inode])))
                     self.placed.append((i, inode))
                 named.add(inode)
+
+    def version_before(self, inode: int, upto: int) -> bytes | None:
+        """The bytes ``inode`` had when it was last renamed or linked into place among the journal's first ``upto``
+        operations; None when it was not (a file written under its own name and renamed later, like a dataset's
+        staged part, may be cut anywhere before that rename)."""
+        placed = [data for i, data in self.versions.get(inode, ()) if i < upto]
+        return placed[-1] if placed else None
 
     def at(self, upto: int) -> ci.Disk:
         return ci.replay(self.journal, upto)
@@ -223,7 +231,7 @@ def _check_image(workload: Workload, crash: ci.Crash, disk: ci.Disk, image: str)
     paths = disk.paths()
     try:
         with _bounded(HANG_S):
-            return (_promises_kept(workload, crash, disk, paths) + _renamed_files_whole(workload, disk, paths)
+            return (_promises_kept(workload, crash, disk, paths) + _renamed_files_whole(workload, crash, disk, paths)
                     + [f for path, inode in paths.items() if path.endswith(LOG)
                        for f in _log_read_honestly(workload, disk, image, path, inode)]
                     + _run_folders_open(workload, disk, image, paths) + _commands_answer(workload, disk, image, paths))
@@ -249,12 +257,12 @@ def _promises_kept(workload: Workload, crash: ci.Crash, disk: ci.Disk, paths: di
     return findings
 
 
-def _renamed_files_whole(workload: Workload, disk: ci.Disk, paths: dict[str, int]) -> list[str]:
-    CHECKED["files renamed into place"] += sum(inode in workload.versions for inode in paths.values())
-    return [f"{path}: put in place by rename, holds {len(disk.data[inode])} bytes, not the "
-            f"{len(workload.versions[inode])} renamed" for path, inode in paths.items()
-            if inode in workload.versions and not path.endswith(".tmp")
-            and bytes(disk.data[inode]) != workload.versions[inode]]
+def _renamed_files_whole(workload: Workload, crash, disk: ci.Disk, paths: dict[str, int]) -> list[str]:
+    versions = {path: workload.version_before(inode, crash.at) for path, inode in paths.items()}
+    versions = {path: data for path, data in versions.items() if data is not None and not path.endswith(".tmp")}
+    CHECKED["files renamed into place"] += len(versions)
+    return [f"{path}: put in place by rename, holds {len(disk.data[paths[path]])} bytes, not the {len(data)} renamed"
+            for path, data in versions.items() if bytes(disk.data[paths[path]]) != data]
 
 
 def _log_read_honestly(workload: Workload, disk: ci.Disk, image: str, path: str, inode: int) -> list[str]:
