@@ -16,6 +16,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 import warnings
 
 import torch
@@ -24,7 +25,7 @@ import asynclog
 from asynclog import _format as fmt
 from asynclog.tools.analysis import scan
 from asynclog.tools.dataset import STATE, export_dataset
-from asynclog.tools.index import INDEX_NAME
+from asynclog.tools.index import INDEX_NAME, RECENT_NS
 
 WORDS = {"column": "words", "keys": "ids", "table": "names", "key": "id", "value": "name"}
 SMALL_STAGING = {"staging_bytes": 1 << 20}  # pieces of 256 KiB: a tensor of 320 KB is stored in two
@@ -135,6 +136,16 @@ def keep_bases(runs: str, base: str) -> None:
         shutil.copy(shard, os.path.join(base, os.path.basename(shard)))
 
 
+def settle(folder: str) -> None:
+    """Wait until every file below ``folder`` is older than ``RECENT_NS``: the index keeps no row of a run whose
+    files changed more recently (they may change again), so a sweep right after the runs would write none."""
+    newest = max(os.stat(os.path.join(root, name)).st_mtime_ns
+                 for root, _, names in os.walk(folder) for name in names)
+    wait = (newest + RECENT_NS - time.time_ns()) / 1e9
+    if wait > 0:
+        time.sleep(wait + 0.05)
+
+
 def make(out: str) -> None:
     runs, corpus, base, dataset = (os.path.join(out, name) for name in ("runs", "corpus", "base", "dataset"))
     for folder in (runs, corpus, base, dataset):
@@ -143,6 +154,7 @@ def make(out: str) -> None:
     rank_runs(os.path.join(runs, "ranks"))
     demo_run(os.path.join(runs, "demo"))
     cut_copy(log, os.path.join(runs, "cut"))
+    settle(runs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         scan(runs, as_frame=False)  # writes each folder's index
