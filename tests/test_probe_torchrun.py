@@ -71,7 +71,12 @@ def _folders(*launches) -> list[str]:
     folders = []
     for proc in launches:
         assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-        folders += [json.loads(line)["folder"] for line in proc.stdout.splitlines() if line.startswith("{")]
+        # The ranks share torchrun's stdout and print at the same moment: two lines can come out run together.
+        decoder, text, at = json.JSONDecoder(), proc.stdout, proc.stdout.find("{\"rank\"")
+        while at != -1:
+            printed, end = decoder.raw_decode(text, at)
+            folders.append(printed["folder"])
+            at = text.find("{\"rank\"", end)
     return folders
 
 
