@@ -11,6 +11,11 @@
 # script exits 1 when there is any. Full logs: .fuzz/logs/TARGET.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+usage="usage: bash scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET ...]"
+case "${1:-300}" in
+    -h|--help) echo "$usage"; exit 0 ;;
+    *[!0-9]*|0) echo "fuzz.sh: '$1' is not a number of seconds; $usage" >&2; exit 2 ;;
+esac
 seconds="${1:-300}"
 shift || true
 python=.venv/bin/python

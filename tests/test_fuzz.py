@@ -55,3 +55,11 @@ def test_fuzz_target_holds_over_its_seeds_and_mutations(seeds, target, tmp_path,
     seeded = len(os.listdir(seeds / "corpus" / target))
     executed = int(done.stderr.rpartition("stat::number_of_executed_units:")[2].split()[0])
     assert executed > seeded, f"only {executed} inputs ran for {seeded} seeds"
+
+
+@pytest.mark.parametrize("argument", ["--help", "-h", "abc", "0", "-5"])
+def test_fuzz_script_refuses_what_is_not_a_number_of_seconds_before_it_fuzzes(argument):
+    script = os.path.join(os.path.dirname(FUZZ), "..", "scripts", "fuzz.sh")
+    done = subprocess.run(["bash", script, argument], capture_output=True, text=True, timeout=60)
+    assert done.returncode == (0 if argument.startswith("-h") or argument == "--help" else 2), done.stderr
+    assert "usage: bash scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET ...]" in done.stdout + done.stderr
